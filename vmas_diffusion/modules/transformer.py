@@ -1,0 +1,95 @@
+"""Transformer primitives shared by the generators and the video encoder.
+
+Parameter names follow MusicGen's decoder (``q_proj``/``k_proj``/``v_proj``/``out_proj``,
+``fc1``/``fc2``) so that a warm start maps weights by name.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention over ``x [B, T, D]``; cross-attention when ``context [B, S, Dc]`` is given.
+
+    ``key_padding_mask [B, S]`` is True where a key is valid. A query whose keys are all
+    masked out returns zeros (not NaN), which is what a dropped condition needs.
+    """
+
+    def __init__(self, dim: int, num_heads: int, context_dim: Optional[int] = None, bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        context_dim = context_dim or dim
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, dim, bias=bias)
+        self.v_proj = nn.Linear(context_dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, context: torch.Tensor):
+        """``context [B, S, Dc]`` -> keys and values ``[B, H, S, hd]`` (cacheable for cross-attention)."""
+        return self.split_heads(self.k_proj(context)), self.split_heads(self.v_proj(context))
+
+    def attend(self, q, k, v, attn_mask=None, is_causal=False) -> torch.Tensor:
+        """Heads in, ``[B, T, D]`` out. ``attn_mask`` is bool (True = attend), broadcastable to ``[B, H, T, S]``."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        b, h, t, hd = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, h * hd))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        q = self.split_heads(self.q_proj(x))
+        k, v = self.project_kv(x if context is None else context)
+        mask = attn_mask
+        if key_padding_mask is not None:
+            kpm = key_padding_mask[:, None, None, :].bool()
+            mask = kpm if mask is None else (mask & kpm)
+        if mask is not None:
+            if is_causal:
+                t, s = q.shape[-2], k.shape[-2]
+                mask = mask & torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
+                is_causal = False
+            # rows with no valid key would give NaN; let them attend to everything, then zero them
+            empty = ~mask.any(-1, keepdim=True)
+            out = self.attend(q, k, v, attn_mask=mask | empty)
+            row_empty = empty.all(dim=1).squeeze(-1)  # [B, T] or [B, 1]
+            return out.masked_fill(row_empty[..., None], 0.0)
+        return self.attend(q, k, v, is_causal=is_causal)
+
+
+class FeedForward(nn.Module):
+    """``fc2(gelu(fc1(x)))``."""
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """``positions [...]`` (int or float) -> ``[..., dim]``, cos half first, as MusicGen's positional embedding."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=positions.device, dtype=torch.float32) / max(half - 1, 1))
+    args = positions.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
