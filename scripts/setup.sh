@@ -19,6 +19,13 @@ if [ "$dev" = 1 ]; then
   # The `encodec` package declares torchaudio, which would replace torch with a multi-GB build;
   # it is only imported through vmas_diffusion.models.codecs.encodec_package, which needs no torchaudio.
   python -m pip install -q --no-deps "encodec==0.1.1" "einops>=0.6"
+  # laion-clap pins numpy<2 and imports torchvision; only its HTSAT audio branch is used, through
+  # vmas_diffusion.models.clap_audio, so it is installed without its declared dependencies.
+  python -m pip install -q --no-deps "laion-clap==1.1.7" "torchlibrosa==0.1.0"
+  # Hydrogen renders the drum track with a known tempo that the beat tests use (Debian packages).
+  if ! command -v h2cli >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hydrogen hydrogen-data
+  fi
   bash scripts/fetch_test_media.sh
 else
   python -m pip install -q -e .

@@ -19,3 +19,73 @@ def seeded(build):
     wrapper.__name__ = build.__name__
     wrapper.__doc__ = build.__doc__
     return wrapper
+
+
+@seeded
+def dummy_video_encoder(**overrides):
+    """Tiny TemporalVideoEncoder: 32x32 frames at 8 fps, CNN backbone (F=16), D=16, 2 layers, window 8, 2 memory tokens."""
+    from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
+
+    config = dict(
+        fps=8.0, frame_size=32, backbone="cnn", feature_dim=16, cnn_channels=8, cnn_stages=2, hidden_dim=16,
+        num_layers=2, num_heads=2, window=8, num_memory_tokens=2, ff_mult=2, frame_chunk_size=32,
+        inference_chunk_frames=64,
+    )  # fmt: skip
+    config.update(overrides)
+    return TemporalVideoEncoder(**config).eval()
+
+
+@seeded
+def dummy_ar_generator(num_codebooks=4, cardinality=64, video_dim=16, frame_rate=50.0, **overrides):
+    """Tiny ARTokenLM: hidden 32, 2 layers, 4 heads, delay pattern, 1 s window (0.5 s stride), eval mode."""
+    from vmas_diffusion.models.generators.ar_token_lm import ARTokenLM
+
+    config = dict(
+        num_codebooks=num_codebooks, cardinality=cardinality, video_dim=video_dim, frame_rate=frame_rate,
+        hidden_size=32, num_layers=2, num_heads=4, ffn_dim=64, max_duration=1.0, extend_stride=0.5,
+    )  # fmt: skip
+    config.update(overrides)
+    return ARTokenLM(**config).eval()
+
+
+@seeded
+def dummy_codec(**overrides):
+    """Tiny EncodecHFCodec: 16 kHz mono, hop 320 (ratios 8*5*8) -> 50 frames/s, 4 codebooks x 64 ids, latent_dim 16, eval mode."""
+    from vmas_diffusion.models.codecs.encodec_hf import EncodecHFCodec
+
+    config = dict(
+        sampling_rate=16000, audio_channels=1, num_filters=8, upsampling_ratios=[8, 5, 8], codebook_size=64,
+        codebook_dim=16, hidden_size=16, num_lstm_layers=1, target_bandwidths=[1.2],
+    )  # fmt: skip
+    config.update(overrides)
+    return EncodecHFCodec(**config).eval()
+
+
+@seeded
+def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **overrides):
+    """Tiny LatentDiT: hidden 32, 2 layers, 4 heads, v-prediction, 4 s windows (1 s overlap), eval mode;
+    latent_dim 16 and 50 frames/s match dummy_codec().
+
+    Its adaLN-Zero gates and output projection (zeros at init) get small random weights, so
+    the untrained model's output already depends on the latents, timestep and conditions.
+    """
+    from vmas_diffusion.models.generators.latent_dit import LatentDiT
+
+    config = dict(
+        latent_dim=latent_dim, video_dim=video_dim, frame_rate=frame_rate, hidden_size=32, num_layers=2,
+        num_heads=4, ffn_mult=2.0, max_duration=4.0, window_overlap=1.0, num_train_timesteps=1000,
+    )  # fmt: skip
+    config.update(overrides)
+    model = LatentDiT(**config)
+    with torch.no_grad():
+        for layer in [block.ada_ln for block in model.blocks] + [model.ada_ln_out, model.proj_out]:
+            layer.weight.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@seeded
+def dummy_contrastive_loss(video_dim=16, music_dim=32, **overrides):
+    """ContrastiveLoss, 8-wide joint space; defaults fit dummy_video_encoder (D=16) and the dummy generators (hidden 32)."""
+    from vmas_diffusion.losses import ContrastiveLoss
+
+    return ContrastiveLoss(video_dim=video_dim, music_dim=music_dim, **{"embed_dim": 8, **overrides})

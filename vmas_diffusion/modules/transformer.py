@@ -64,12 +64,65 @@ class Attention(nn.Module):
                 t, s = q.shape[-2], k.shape[-2]
                 mask = mask & torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
                 is_causal = False
-            # rows with no valid key would give NaN; let them attend to everything, then zero them
-            empty = ~mask.any(-1, keepdim=True)
-            out = self.attend(q, k, v, attn_mask=mask | empty)
-            row_empty = empty.all(dim=1).squeeze(-1)  # [B, T] or [B, 1]
-            return out.masked_fill(row_empty[..., None], 0.0)
+            return self.attend_masked(q, k, v, mask)
         return self.attend(q, k, v, is_causal=is_causal)
+
+    def attend_masked(self, q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`attend` with a bool ``mask`` (True = attend, broadcastable to ``[B, H, T, S]``).
+
+        A query row with no valid key returns zeros instead of NaN.
+        """
+        if mask is None:
+            return self.attend(q, k, v)
+        # rows with no valid key would give NaN; let them attend to everything, then zero them
+        empty = ~mask.any(-1, keepdim=True)
+        out = self.attend(q, k, v, attn_mask=mask | empty)
+        row_empty = empty.all(dim=1).squeeze(-1)  # [B, T] or [B, 1]
+        return out.masked_fill(row_empty[..., None], 0.0)
+
+    def forward_cached(
+        self, x: torch.Tensor, cache: "KVCache", key_padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Causal self-attention of ``x [B, T, D]`` (the next ``T`` positions) over the cache plus ``x``.
+
+        Appends this call's keys and values to ``cache``. ``key_padding_mask [B, S_max]`` (True = valid),
+        if given, covers every position the cache can hold; only its first ``cache.length`` columns are read.
+        """
+        q = self.split_heads(self.q_proj(x))
+        k, v = cache.append(*self.project_kv(x))
+        t, s = q.shape[-2], k.shape[-2]
+        mask = None
+        if t > 1:  # the new positions see the past and each other causally
+            mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
+        if key_padding_mask is not None:
+            kpm = key_padding_mask[:, None, None, :s]
+            mask = kpm if mask is None else (mask & kpm)
+        return self.attend_masked(q, k, v, mask)
+
+
+class KVCache:
+    """Preallocated self-attention keys and values ``[B, H, capacity, head_dim]`` for incremental decoding.
+
+    Writing in place into a fixed buffer avoids the re-allocation a growing ``torch.cat`` cache pays
+    at every step.
+    """
+
+    def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
+        shape = (batch, num_heads, capacity, head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """Write ``k, v [B, H, T, hd]`` after the cached positions; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class FeedForward(nn.Module):

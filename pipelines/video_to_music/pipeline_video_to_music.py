@@ -1,0 +1,314 @@
+"""VideoToMusicPipeline: a video in, music that fits it out.
+
+The flow (ARCHITECTURE.md): frames at the encoder's rate -> visual beats and the temporal
+video encoder -> named conditions ``{"video", "beat"}`` -> one generator backend (AR
+tokens or LDM latents) -> codec decode -> waveform trimmed to the asked duration.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from vmas_diffusion.beats import visual_beats
+from vmas_diffusion.conditions import BEAT, VIDEO, Condition
+from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
+from vmas_diffusion.media import load_video
+
+VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
+GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+
+@dataclass
+class VideoToMusicPipelineOutput(BaseOutput):
+    """
+    Args:
+        audios: ``(batch, channels, samples)`` float32 in [-1, 1], numpy or torch per ``output_type``;
+            ``batch = number of videos * num_waveforms_per_video``.
+        sample_rate: Hz of ``audios``.
+        video_beats: seconds of the visual beats used as the beat condition: a 1-D array for one
+            video, a list of them for several.
+    """
+
+    audios: Union[np.ndarray, torch.Tensor]
+    sample_rate: int
+    video_beats: Union[np.ndarray, List[np.ndarray]]
+
+
+@dataclass
+class _PreparedVideo:
+    frames: np.ndarray  # (T, H, W, 3) uint8 at the encoder's fps and size
+    duration: float  # seconds
+
+
+class VideoToMusicPipeline(DiffusionPipeline):
+    """Writes music for a video.
+
+    Components: ``video_encoder`` (:class:`~vmas_diffusion.models.video_encoder.TemporalVideoEncoder`),
+    ``generator`` (``ARTokenLM`` or ``LatentDiT``), ``codec`` (a :class:`MusicCodec`),
+    ``scheduler`` (the LDM backend's diffusers scheduler, None for AR) and the optional
+    ``contrastive_head`` (projection heads of the video-music contrastive objective, used
+    for retrieval embeddings).
+    """
+
+    model_cpu_offload_seq = "video_encoder->generator->codec"
+    _optional_components = ["scheduler", "contrastive_head"]
+
+    def __init__(self, video_encoder, generator, codec, scheduler=None, contrastive_head=None):
+        super().__init__()
+        self.register_modules(
+            video_encoder=video_encoder,
+            generator=generator,
+            codec=codec,
+            scheduler=scheduler,
+            contrastive_head=contrastive_head,
+        )
+
+    @property
+    def backend(self) -> str:
+        """``"ar"`` or ``"ldm"``."""
+        return self.generator.backend
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    # ------------------------------------------------------------------ building and loading
+
+    @classmethod
+    def from_recipe(cls, recipe, overrides: Optional[Sequence[str]] = None) -> "VideoToMusicPipeline":
+        """A randomly initialised pipeline from a recipe (YAML path, dict or DictConfig)."""
+        from vmas_diffusion.building import build_components
+
+        return cls(**build_components(recipe, overrides))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VideoToMusicPipeline":
+        """Load a saved pipeline folder (offline) or a Hub id; safetensors only.
+
+        A folder that is not a saved VideoToMusicPipeline raises CheckpointError naming what is wrong.
+        """
+        path = Path(str(pretrained_model_name_or_path))
+        if path.exists():
+            _check_pipeline_folder(path)
+        if kwargs.get("use_safetensors") is False:
+            raise CheckpointError("VideoToMusicPipeline loads safetensors weights only")
+        kwargs["use_safetensors"] = True
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except VMASError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"cannot load a VideoToMusicPipeline from {pretrained_model_name_or_path}: {first}") from err
+        if not isinstance(pipe, VideoToMusicPipeline):
+            raise CheckpointError(f"{pretrained_model_name_or_path} holds a {type(pipe).__name__}, not a VideoToMusicPipeline")
+        return pipe
+
+    def with_generator(self, generator, scheduler=None) -> "VideoToMusicPipeline":
+        """The same pipeline with another generator backend, sharing encoder, codec and contrastive head.
+
+        For an LDM generator without a scheduler, its default inference scheduler is made.
+        """
+        if generator.backend == "ldm" and scheduler is None:
+            scheduler = generator.make_scheduler()
+        return type(self)(
+            video_encoder=self.video_encoder,
+            generator=generator,
+            codec=self.codec,
+            scheduler=scheduler if generator.backend == "ldm" else None,
+            contrastive_head=self.contrastive_head,
+        )
+
+    # ------------------------------------------------------------------ steps of __call__
+
+    def check_inputs(self, video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps):
+        if video is None and video_embeds is None:
+            raise InputError("give `video` (a path or frames) or `video_embeds`")
+        if video_embeds is not None and video is None and duration is None:
+            raise InputError("`duration` is required when only `video_embeds` are given")
+        if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+            raise InputError(f"`duration` must be a positive number of seconds, got {duration!r}")
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise InputError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}")
+        if not (isinstance(num_waveforms_per_video, int) and num_waveforms_per_video >= 1):
+            raise InputError(f"`num_waveforms_per_video` must be an integer >= 1, got {num_waveforms_per_video!r}")
+        if output_type not in ("np", "pt"):
+            raise InputError(f"`output_type` must be 'np' or 'pt', got {output_type!r}")
+        if num_inference_steps is not None and not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
+            raise InputError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
+        if self.backend == "ldm" and self.scheduler is None:
+            raise ConfigError("the LDM backend needs a `scheduler` component")
+        videos = video if isinstance(video, (list, tuple)) else [video]
+        for item in videos if video is not None else []:
+            if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
+                raise InputError("`fps` is required when `video` is an array of frames")
+
+    def prepare_video(self, video: VideoInput, fps: Optional[float]) -> _PreparedVideo:
+        """A path or a ``(T, H, W, 3)`` uint8 array -> frames at the encoder's fps and size."""
+        target_fps = float(self.video_encoder.config.fps)
+        size = int(self.video_encoder.config.frame_size)
+        if isinstance(video, (str, Path)):
+            clip = load_video(video, fps=target_fps, size=size)
+            return _PreparedVideo(clip.frames, float(clip.duration))
+        frames = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise InputError(f"video frames must be a non-empty (T, H, W, 3) array, got shape {frames.shape}")
+        if frames.dtype != np.uint8:
+            raise InputError(f"video frames must be uint8, got {frames.dtype}")
+        if not (math.isfinite(fps) and fps > 0):
+            raise InputError(f"`fps` must be positive, got {fps!r}")
+        duration = frames.shape[0] / float(fps)
+        # resample by time, as load_video does for files: frame k at k / target_fps
+        times = np.arange(int(math.ceil(duration * target_fps - 1e-6))) / target_fps
+        index = np.minimum(np.floor(times * fps + 1e-6).astype(int), frames.shape[0] - 1)
+        picked = torch.from_numpy(np.ascontiguousarray(frames[index])).permute(0, 3, 1, 2).float()
+        resized = F.interpolate(picked, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return _PreparedVideo(resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), duration)
+
+    def encode_video(self, prepared: List[_PreparedVideo], video_embeds=None):
+        """Frames -> ``(video Condition, beat Condition, beat times per video)``; ``video_embeds`` skips the encoder."""
+        device = self._execution_device
+        fps = float(self.video_encoder.config.fps)
+        if prepared:
+            lengths = [p.frames.shape[0] for p in prepared]
+            t_max = max(lengths)
+            frames = torch.zeros((len(prepared), t_max) + prepared[0].frames.shape[1:], dtype=torch.uint8)
+            mask = torch.zeros(len(prepared), t_max, dtype=torch.bool)
+            envelope = torch.zeros(len(prepared), t_max, 1)
+            beat_times = []
+            for i, p in enumerate(prepared):
+                frames[i, : lengths[i]] = torch.from_numpy(p.frames)
+                mask[i, : lengths[i]] = True
+                beats = visual_beats(p.frames, fps)
+                envelope[i, : lengths[i], 0] = torch.from_numpy(np.asarray(beats.envelope, dtype=np.float32))
+                beat_times.append(np.asarray(beats.times, dtype=np.float64))
+            beat = Condition(envelope.to(device), mask.to(device), fps)
+        if video_embeds is None:
+            output = self.video_encoder(frames.to(device), mask=mask.to(device))
+            video_condition = output.condition()
+        else:
+            video_condition = _as_condition(video_embeds, device)
+        if not prepared:  # embeddings only: no frames, so no visual beats
+            b, t = video_condition.mask.shape
+            beat = Condition(torch.zeros(b, t, 1, device=device), torch.zeros(b, t, dtype=torch.bool, device=device), video_condition.frame_rate)
+            beat_times = [np.zeros(0) for _ in range(b)]
+        if beat.tensor.shape[0] != video_condition.tensor.shape[0]:
+            raise InputError(f"{beat.tensor.shape[0]} videos but video_embeds for {video_condition.tensor.shape[0]}")
+        return video_condition, beat, beat_times
+
+    # ------------------------------------------------------------------ __call__
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: Optional[Union[VideoInput, List[VideoInput]]] = None,
+        fps: Optional[float] = None,
+        duration: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: float = 3.0,
+        num_waveforms_per_video: int = 1,
+        generator: GeneratorArg = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        video_embeds=None,
+        **generation_kwargs,
+    ):
+        """Write music for ``video``.
+
+        Args:
+            video: a path, a uint8 ``(T, H, W, 3)`` array or tensor (with ``fps``), or a list of them.
+            fps: frame rate of array input.
+            duration: seconds of music; default the (longest) video's duration.
+            num_inference_steps: diffusion steps (LDM); ignored by AR.
+            guidance_scale: classifier-free guidance on the video condition (1 = no guidance).
+            num_waveforms_per_video: samples per video.
+            generator: a torch.Generator, or a list with one per output waveform (then a batch equals
+                the same items run one by one).
+            output_type: ``"np"`` or ``"pt"``.
+            video_embeds: a ``VideoEncoderOutput``, a Condition or a ``[B, T, D]`` tensor at the encoder's
+                frame rate, to skip the video encoder.
+            generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
+        """
+        # 1. check inputs
+        self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps)
+
+        # 2. load the video(s), find visual beats, encode
+        videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
+        prepared = [self.prepare_video(v, fps) for v in videos]
+        video_condition, beat_condition, beat_times = self.encode_video(prepared, video_embeds)
+        if duration is None:
+            duration = max(p.duration for p in prepared)
+        conditions = {
+            VIDEO: video_condition.repeat_interleave(num_waveforms_per_video),
+            BEAT: beat_condition.repeat_interleave(num_waveforms_per_video),
+        }
+        batch = conditions[VIDEO].tensor.shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise InputError(f"got {len(generator)} generators for {batch} waveforms")
+
+        # 3-4. prepare tokens or latents and generate them
+        num_frames = max(1, int(math.ceil(duration * self.codec.frame_rate)))
+        if self.backend == "ar":
+            codes = self.generator.generate(
+                conditions, num_frames, guidance_scale=guidance_scale, generator=generator,
+                progress_bar=self.progress_bar, **generation_kwargs,
+            )
+            # 5. decode
+            audio = self.codec.decode_tokens(codes)
+        else:
+            latents = self.generator.generate(
+                conditions, num_frames, scheduler=self.scheduler,
+                num_inference_steps=num_inference_steps or 25, guidance_scale=guidance_scale,
+                generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
+            )
+            audio = self.codec.decode(latents)
+
+        # 6. trim to the asked duration and return
+        num_samples = int(round(duration * self.sample_rate))
+        if audio.shape[-1] < num_samples:
+            audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
+        audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
+        audios = audio.numpy() if output_type == "np" else audio
+        beats_out = beat_times[0] if len(beat_times) == 1 else beat_times
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (audios, self.sample_rate, beats_out)
+        return VideoToMusicPipelineOutput(audios=audios, sample_rate=self.sample_rate, video_beats=beats_out)
+
+
+def _as_condition(video_embeds, device) -> Condition:
+    if isinstance(video_embeds, Condition):
+        return video_embeds.to(device)
+    if hasattr(video_embeds, "condition"):
+        return video_embeds.condition().to(device)
+    if isinstance(video_embeds, torch.Tensor) and video_embeds.dim() == 3:
+        mask = torch.ones(video_embeds.shape[:2], dtype=torch.bool)
+        return Condition(video_embeds, mask, None).to(device)
+    raise InputError("`video_embeds` must be a VideoEncoderOutput, a Condition or a [B, T, D] tensor")
+
+
+def _check_pipeline_folder(path: Path) -> None:
+    """Reject folders that are not a saved VideoToMusicPipeline before diffusers tries them."""
+    index = path / "model_index.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder")
+    if not index.is_file():
+        raise CheckpointError(f"{path} has no model_index.json: not a saved pipeline")
+    try:
+        config = json.loads(index.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{index} is unreadable: {err}") from err
+    if config.get("_class_name") != VideoToMusicPipeline.__name__:
+        raise CheckpointError(f"{path} holds a {config.get('_class_name')!r}, not a VideoToMusicPipeline")
+    for name in ("video_encoder", "generator", "codec"):
+        entry = config.get(name)
+        if not (isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("vmas_diffusion")):
+            raise CheckpointError(f"{path}: component {name!r} is {entry!r}, not a vmas_diffusion class")

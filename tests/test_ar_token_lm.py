@@ -1,0 +1,326 @@
+import dummies
+import pytest
+import torch
+
+from vmas_diffusion.conditions import Condition
+from vmas_diffusion.errors import CheckpointError, ConfigError, InputError
+from vmas_diffusion.models.generators import build_generator
+from vmas_diffusion.models.generators.ar_token_lm import ARTokenLM, sample_from_logits
+from vmas_diffusion.modules.codebook_patterns import build_pattern
+
+K, V, DV, FR = 4, 64, 16, 50.0
+
+
+def make_conditions(batch=2, seconds=0.6, video_fps=10.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tv = int(seconds * video_fps)
+    video = Condition(torch.randn(batch, tv, DV, generator=g), torch.ones(batch, tv, dtype=torch.bool), video_fps)
+    beat = Condition(torch.rand(batch, tv, 1, generator=g), torch.ones(batch, tv, dtype=torch.bool), video_fps)
+    return {"video": video, "beat": beat}
+
+
+def null(conditions):
+    return {name: cond.null() for name, cond in conditions.items()}
+
+
+def teacher_inputs(model, codes):
+    steps = model.codebook_pattern.interleave(codes, model.special_id)
+    return steps, torch.cat([torch.full_like(steps[..., :1], model.special_id), steps[..., :-1]], 2)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_forward_train_shapes_and_gradients():
+    model = dummies.dummy_ar_generator().train()
+    codes = torch.randint(0, V, (2, K, 20))
+    out = model.forward_train({"codes": codes, "conditions": make_conditions()})
+    assert set(out.losses) == {"ce"}
+    assert out.music_embedding.shape == (2, 32) and out.onset_logits.shape == (2, 20)
+    assert torch.allclose(out.losses["ce"].detach(), out.ce_per_codebook.mean())
+    # a fresh model is close to uniform over the codebook
+    assert abs(out.losses["ce"].item() - torch.log(torch.tensor(float(V))).item()) < 0.3
+    (out.losses["ce"] + out.onset_logits.sum() + out.music_embedding.sum()).backward()
+    assert model.layers[0].cross_attn.q_proj.weight.grad.abs().sum() > 0  # video reaches the loss
+    assert model.beat_proj.weight.grad.abs().sum() > 0
+    assert model.beat_head.weight.grad.abs().sum() > 0
+
+
+def test_loss_ignores_masked_frames():
+    model = dummies.dummy_ar_generator(cond_dropout=0.0)
+    codes = torch.randint(0, V, (2, K, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    conds = make_conditions()
+    a = model.forward_train({"codes": codes, "conditions": conds, "mask": mask})
+    # later frames are masked and, by causality, cannot change earlier predictions: same loss
+    changed = codes.clone()
+    changed[1, :, 10:] = torch.randint(0, V, (K, 6))
+    b = model.forward_train({"codes": changed, "conditions": conds, "mask": mask})
+    assert torch.allclose(a.losses["ce"], b.losses["ce"], atol=1e-6)
+    assert torch.allclose(a.music_embedding, b.music_embedding, atol=1e-6)
+    # sanity: without the mask the change is visible
+    full_a = model.forward_train({"codes": codes, "conditions": conds})
+    full_c = model.forward_train({"codes": changed, "conditions": conds})
+    assert (full_a.ce_per_codebook - full_c.ce_per_codebook).abs().max() > 1e-5
+
+
+def test_cross_entropy_matches_manual_computation():
+    model = dummies.dummy_ar_generator()
+    codes = torch.randint(0, V, (1, K, 6))
+    conds = make_conditions(batch=1)
+    out = model.forward_train({"codes": codes, "conditions": conds})
+    steps, inputs = teacher_inputs(model, codes)
+    logits = model(inputs, conds)[0]  # [K, S, V]
+    layout = model.codebook_pattern.layout(6)
+    manual = []
+    for k in range(K):
+        valid = layout[k] >= 0
+        manual.append(torch.nn.functional.cross_entropy(logits[k][valid], steps[0, k][valid]))
+    assert torch.allclose(out.ce_per_codebook, torch.stack(manual), atol=1e-5)
+
+
+def test_onset_logits_undo_the_delay():
+    """Frame t's onset logit is read before any code of frame t is seen, and after frame t-1 is."""
+    model = dummies.dummy_ar_generator()
+    codes = torch.randint(0, V, (1, K, 12))
+    conds = make_conditions(batch=1)
+    base = model.forward_train({"codes": codes, "conditions": conds}).onset_logits
+    changed = codes.clone()
+    changed[:, :, 6:] = (changed[:, :, 6:] + 1) % V
+    after = model.forward_train({"codes": changed, "conditions": conds}).onset_logits
+    assert torch.allclose(base[:, :7], after[:, :7], atol=1e-6)
+    assert not torch.allclose(base[:, 7:], after[:, 7:], atol=1e-4)
+
+
+def test_condition_dropout_one_equals_null_conditions():
+    model = dummies.dummy_ar_generator(cond_dropout=0.99, dropout=0.0).train()
+    codes = torch.randint(0, V, (2, K, 10))
+    conds = make_conditions()
+    torch.manual_seed(3)  # rand(B) < 0.99 drops both items with this seed
+    assert bool((torch.rand(2) < 0.99).all())
+    torch.manual_seed(3)
+    dropped = model.forward_train({"codes": codes, "conditions": conds}).losses["ce"]
+    model.eval()
+    assert torch.allclose(dropped, model.forward_train({"codes": codes, "conditions": null(conds)}).losses["ce"])
+    assert torch.allclose(dropped, model.forward_train({"codes": codes, "conditions": {}}).losses["ce"])
+    assert not torch.allclose(dropped, model.forward_train({"codes": codes, "conditions": conds}).losses["ce"])
+
+
+@pytest.mark.parametrize("video_fuse", ["cross", "prepend"])
+def test_conditions_change_logits_and_are_causal(video_fuse):
+    model = dummies.dummy_ar_generator(video_fuse=video_fuse)
+    codes = torch.randint(0, V, (1, K, 10))
+    conds = make_conditions(batch=1)
+    _, inputs = teacher_inputs(model, codes)
+    with_cond, without = model(inputs, conds), model(inputs, null(conds))
+    assert not torch.allclose(with_cond, without, atol=1e-4)
+    # a change at step 5 leaves the logits of positions <= 5 untouched
+    changed = inputs.clone()
+    changed[:, :, 6:] = (changed[:, :, 6:] + 1) % V
+    after = model(changed, conds)
+    assert torch.allclose(with_cond[:, :, :6], after[:, :, :6], atol=1e-6)
+    assert not torch.allclose(with_cond[:, :, 6:], after[:, :, 6:], atol=1e-4)
+
+
+def test_beat_enters_at_the_step_that_predicts_its_frame():
+    model = dummies.dummy_ar_generator(video_fuse="none")
+    codes = torch.randint(0, V, (1, K, 10))
+    _, inputs = teacher_inputs(model, codes)
+    fps = FR  # beat at the music frame rate: frame i of the beat is music frame i
+    beat = torch.zeros(1, 13, 1)
+    a = model(inputs, {"beat": Condition(beat, torch.ones(1, 13, dtype=torch.bool), fps)})
+    beat[0, 4] = 1.0
+    b = model(inputs, {"beat": Condition(beat, torch.ones(1, 13, dtype=torch.bool), fps)})
+    diff = (a - b).abs().amax(dim=(0, 1, 3))  # per position
+    assert diff[:4].max() == 0 and diff[4] > 0  # the delay pattern predicts frame 4 at step 4
+
+
+# -------------------------------------------------------------------------------------------- generation
+def guided_logits(model, inputs, conds, scale):
+    cond, uncond = model(inputs, conds), model(inputs, null(conds))
+    return uncond + scale * (cond - uncond)
+
+
+@pytest.mark.parametrize("pattern,video_fuse", [("delay", "cross"), ("delay", "prepend"), ("flatten", "cross"), ("parallel", "cross")])
+def test_greedy_generation_matches_teacher_forcing(pattern, video_fuse):
+    """KV-cached, CFG-batched decoding reproduces argmax of the full forward at every sampled slot."""
+    model = dummies.dummy_ar_generator(pattern=pattern, video_fuse=video_fuse)
+    conds = make_conditions(batch=2)
+    codes = model.generate(conds, 12, guidance_scale=2.5, temperature=0.0)
+    assert codes.shape == (2, K, 12) and codes.dtype == torch.long
+    steps, inputs = teacher_inputs(model, codes)
+    argmax = guided_logits(model, inputs, conds, 2.5).argmax(-1)
+    valid = model.codebook_pattern.valid_mask(12)
+    assert torch.equal(argmax[:, valid], steps[:, valid])
+
+
+def test_generation_is_reproducible_and_batch_equals_singles():
+    model = dummies.dummy_ar_generator()
+    conds = make_conditions(batch=2)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = model.generate(conds, 15, generator=gens(1, 2), top_k=10)
+    again = model.generate(conds, 15, generator=gens(1, 2), top_k=10)
+    assert torch.equal(batch, again)
+    for i, seed in enumerate((1, 2)):
+        single = {n: Condition(c.tensor[i : i + 1], c.mask[i : i + 1], c.frame_rate) for n, c in conds.items()}
+        assert torch.equal(model.generate(single, 15, generator=gens(seed), top_k=10), batch[i : i + 1])
+    assert not torch.equal(batch, model.generate(conds, 15, generator=gens(3, 4), top_k=10))
+    # one generator for a batch: item 0 equals a single run with the same seed
+    one = model.generate(conds, 15, generator=torch.Generator().manual_seed(7), top_k=10)
+    single0 = {n: Condition(c.tensor[:1], c.mask[:1], c.frame_rate) for n, c in conds.items()}
+    assert torch.equal(one[:1], model.generate(single0, 15, generator=torch.Generator().manual_seed(7), top_k=10))
+    assert not torch.equal(one[0], one[1])
+
+
+def test_windowed_continuation():
+    # window 10 frames, stride 6: a 25-frame piece takes windows at 0, 6, 12 and 18
+    model = dummies.dummy_ar_generator(max_duration=0.2, extend_stride=0.12)
+    assert model.plan_windows(8) == [(0, 8, 0)]
+    assert model.plan_windows(25) == [(0, 10, 0), (6, 10, 4), (12, 10, 4), (18, 7, 4)]
+    conds = make_conditions(batch=1, seconds=0.6)
+    ticks = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total = total
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            ticks.append(n)
+
+    def factory(total):
+        bar = Bar(total)
+        ticks.append(-total)
+        return bar
+
+    greedy = dict(guidance_scale=2.0, temperature=0.0)
+    long = model.generate(conds, 25, progress_bar=factory, **greedy)
+    assert long.shape == (1, K, 25) and int(long.min()) >= 0 and int(long.max()) < V
+    # steps sampled: window 1 all 13 steps; the others start after their prompt (10+3-4 and 7+3-4)
+    assert ticks[0] == -(13 + 9 + 9 + 6) and sum(ticks[1:]) == 13 + 9 + 9 + 6
+    # the first window is an ordinary single-window generation
+    assert torch.equal(long[:, :, :10], model.generate(conds, 10, **greedy))
+    # each later window continues its prompt: greedy decoding of window 2 given frames 6..9
+    start, length, prompt_len = 6, 10, 4
+    window = long[:, :, start : start + length]
+    steps, inputs = teacher_inputs(model, window)
+    argmax = guided_logits_window(model, inputs, conds, 2.0, start).argmax(-1)
+    layout = model.codebook_pattern.layout(length)
+    sampled = layout >= prompt_len
+    assert torch.equal(argmax[:, sampled], steps[:, sampled])
+
+
+def guided_logits_window(model, inputs, conds, scale, start_frame):
+    cond = model(inputs, conds, start_frame=start_frame)
+    uncond = model(inputs, null(conds), start_frame=start_frame)
+    return uncond + scale * (cond - uncond)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(4000, 1)
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_from_logits(logits, u, top_k=1), torch.ones(4000, dtype=torch.long))
+    assert torch.equal(sample_from_logits(logits, u, temperature=0.0), torch.ones(4000, dtype=torch.long))
+    top2 = sample_from_logits(logits, u, top_k=2)
+    assert set(top2.tolist()) == {1, 3}
+    p = torch.tensor([3.0, 2.0]).softmax(0)[0].item()
+    assert abs((top2 == 1).float().mean().item() - p) < 0.03
+    full = sample_from_logits(logits, u, top_k=0)
+    freq = torch.bincount(full, minlength=4).float() / 4000
+    assert torch.allclose(freq, logits[0].softmax(0), atol=0.03)
+    # nucleus 0.7: {1} holds 0.64 < 0.7, so {1, 3} are kept
+    assert set(sample_from_logits(logits, u, top_p=0.7).tolist()) == {1, 3}
+
+
+# ------------------------------------------------------------------------------------- save, load, build
+def test_save_load_round_trip(tmp_path):
+    model = dummies.dummy_ar_generator(pattern="flatten", video_fuse="prepend")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = ARTokenLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.pattern == "flatten" and loaded.config.video_fuse == "prepend"
+    _, inputs = teacher_inputs(model, torch.randint(0, V, (1, K, 5)))
+    conds = make_conditions(batch=1)
+    assert torch.equal(model(inputs, conds), loaded(inputs, conds))
+
+
+def test_registry_and_bad_config():
+    model = build_generator({"type": "ar", "config": {"num_codebooks": 2, "cardinality": 16, "hidden_size": 16,
+                                                      "num_layers": 1, "num_heads": 2, "ffn_dim": 32, "video_dim": 8}})
+    assert isinstance(model, ARTokenLM) and model.backend == "ar"
+    with pytest.raises(ConfigError, match="video_fuse"):
+        dummies.dummy_ar_generator(video_fuse="sum")
+    with pytest.raises(ConfigError, match="pattern"):
+        dummies.dummy_ar_generator(pattern="zigzag")
+    with pytest.raises(ConfigError, match="extend_stride"):
+        dummies.dummy_ar_generator(extend_stride=1.0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_generator({"type": "ar", "config": {"hidden": 8}})
+
+
+def test_bad_inputs_raise_input_error():
+    model = dummies.dummy_ar_generator()
+    conds = make_conditions(batch=1)
+    with pytest.raises(InputError, match="width 8"):
+        model.generate({"video": Condition(torch.zeros(1, 3, 8), torch.ones(1, 3), 10.0)}, 5)
+    with pytest.raises(InputError, match="unknown condition"):
+        model.generate({"vidoe": conds["video"]}, 5)
+    with pytest.raises(InputError, match="ids must lie"):
+        model.forward_train({"codes": torch.full((1, K, 5), V), "conditions": conds})
+    with pytest.raises(InputError, match="K=4"):
+        model.forward_train({"codes": torch.zeros(1, 3, 5, dtype=torch.long), "conditions": conds})
+    with pytest.raises(InputError, match="num_frames"):
+        model.generate(conds, 0)
+    with pytest.raises(InputError, match="generator list"):
+        model.generate(conds, 5, generator=[torch.Generator(), torch.Generator()])
+
+
+# ------------------------------------------------------------------------------------------- warm start
+def tiny_musicgen(tmp_path, full=False):
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    config = MusicgenDecoderConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, num_codebooks=K,
+        pad_token_id=V, bos_token_id=V, max_position_embeddings=64, dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = MusicgenForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    return hf
+
+
+def test_from_musicgen_gives_identical_logits(tmp_path):
+    hf = tiny_musicgen(tmp_path)
+    model = ARTokenLM.from_musicgen(tmp_path, video_dim=DV).eval()
+    assert model.config.hidden_size == 32 and model.config.cardinality == V
+    codes = torch.randint(0, V, (2, K, 9))
+    _, inputs = teacher_inputs(model, codes)
+    with torch.no_grad():
+        ref = hf(input_ids=inputs.reshape(2 * K, -1)).logits.view(2, K, -1, V)
+        ours = model(inputs)  # conditions off
+        assert (ours - ref).abs().max() < 1e-4
+        # the new video and beat branches start silent: conditions do not move the warm start yet
+        assert (model(inputs, make_conditions(batch=2)) - ref).abs().max() < 1e-4
+
+
+def test_from_musicgen_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        ARTokenLM.from_musicgen(tmp_path, video_dim=DV)
+    tiny_musicgen(tmp_path)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        ARTokenLM.from_musicgen(tmp_path, video_dim=DV, hidden_size=64, num_heads=4)
+    (tmp_path / "model.safetensors").rename(tmp_path / "other.bin")
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        ARTokenLM.from_musicgen(tmp_path, video_dim=DV)
+
+
+def test_pattern_is_shared_index_logic():
+    model = dummies.dummy_ar_generator(pattern="parallel")
+    assert model.codebook_pattern.num_steps(7) == build_pattern("parallel", K).num_steps(7) == 7

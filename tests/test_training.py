@@ -1,0 +1,386 @@
+"""Training: the objective, checkpoints without pickle, exact resume after SIGKILL, the CLI, two processes = one."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vmas_diffusion.data import ShardDataset, ShardWriter
+from vmas_diffusion.data.shards import write_index
+from vmas_diffusion.errors import ConfigError
+from vmas_diffusion.training import read_metrics
+from vmas_diffusion.training.checkpoints import (
+    list_checkpoints,
+    optimizer_from_files,
+    optimizer_to_files,
+    restore_rng_state,
+    rng_state_tensors,
+)
+from vmas_diffusion.training.task import VideoMusicTask, item_generators, mix_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def tiny_recipe(backend: str, out_dir, data_dir, **train) -> dict:
+    """recipes/tiny_<backend>.yaml with a short training run on ``data_dir``."""
+    recipe = yaml.safe_load((ROOT / "recipes" / f"tiny_{backend}.yaml").read_text())
+    recipe["train"] = {
+        "output_dir": str(out_dir), "max_steps": 4, "batch_size": 2, "learning_rate": 1e-3, "log_every": 1,
+        "checkpoint_every": 2, "keep_checkpoints": 2, "validate_every": 4, "validation_batches": 1,
+        "num_validation_samples": 1, "validation_inference_steps": 2, "warmup_steps": 1, **train,
+    }  # fmt: skip
+    recipe["data"] = {"train_dir": str(data_dir)}
+    return recipe
+
+
+def make_synthetic_data(folder: Path, num_samples: int = 6, seconds: float = 0.5) -> Path:
+    """A prepared folder of random windows shaped like the tiny codec's (50 Hz, 4 x 64 codes, 16-d latents) at 8 fps."""
+    gen = torch.Generator().manual_seed(0)
+    tv, tm = int(8 * seconds), int(50 * seconds)
+    refs = []
+    for number in range(num_samples // 2):
+        writer = ShardWriter(folder, number)
+        for j in range(2):
+            key = f"s{number}_{j}"
+            onset = torch.zeros(tm)
+            onset[torch.randint(0, tm, (3,), generator=gen)] = 1.0
+            tensors = {
+                "frames": torch.randint(0, 256, (tv, 32, 32, 3), generator=gen, dtype=torch.uint8),
+                "visual_envelope": torch.rand(tv, generator=gen),
+                "codes": torch.randint(0, 64, (4, tm), generator=gen),
+                "latents": torch.randn(16, tm, generator=gen),
+                "onset": onset,
+            }
+            writer.write(key, tensors, {"id": key})
+        refs += writer.close()
+    info = {"options": {"fps": 8.0}, "music_frame_rate": 50.0, "sample_rate": 16000}
+    write_index(folder, refs, info)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_synthetic_data(tmp_path_factory.mktemp("synthetic"))
+
+
+# ---------------------------------------------------------------------------------------- task
+def _task(backend, weights=None):
+    import dummies
+
+    from vmas_diffusion.losses import ContrastiveLoss
+    from vmas_diffusion.recipes import LossWeights
+
+    torch.manual_seed(0)
+    generator = dummies.dummy_ar_generator() if backend == "ar" else dummies.dummy_ldm_generator()
+    head = ContrastiveLoss(video_dim=16, music_dim=32, embed_dim=8)
+    return VideoMusicTask(dummies.dummy_video_encoder(), generator.train(), head, weights or LossWeights(), seed=0)
+
+
+@pytest.mark.parametrize("backend, gen_loss", [("ar", "ce"), ("ldm", "diffusion")])
+def test_task_sums_weighted_terms(data_dir, backend, gen_loss):
+    from vmas_diffusion.recipes import LossWeights
+
+    batch = next(iter(ShardDataset(data_dir, batch_size=3)))
+    total, terms, metrics = _task(backend)(batch)
+    assert set(terms) == {gen_loss, "contrastive", "beat_onset", "beat_visual"}
+    assert torch.allclose(total, sum(terms.values()))
+    assert total.requires_grad and "logit_scale" in metrics
+    # weights scale their terms; a zero weight drops the term (its heads leave the task)
+    doubled = _task(backend, LossWeights(contrastive=0.2, beat_onset=0.0, beat_visual=0.0))
+    total2, terms2, _ = doubled(batch)
+    assert set(terms2) == {gen_loss, "contrastive"}
+    assert torch.allclose(terms2["contrastive"], 2 * terms["contrastive"], rtol=1e-5)
+    assert torch.allclose(terms2[gen_loss], terms[gen_loss], rtol=1e-5)  # same per-sample randomness
+    with pytest.raises(ConfigError, match="nothing to train"):
+        _task(backend, LossWeights(generation=0, contrastive=0, beat_onset=0, beat_visual=0))(batch)
+
+
+def test_task_randomness_is_a_function_of_the_samples(data_dir):
+    task = _task("ldm")
+    batch = next(iter(ShardDataset(data_dir, batch_size=2)))
+    torch.manual_seed(1)
+    a = task(batch)[0]
+    torch.manual_seed(2)  # the process RNG does not matter
+    b = task(batch)[0]
+    c = task(batch, salt=1)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert mix_seed(1, 2) == mix_seed(1, 2) != mix_seed(2, 1)
+    g = item_generators(0, torch.tensor([5, 7]))
+    assert torch.equal(torch.rand(3, generator=g[0]), torch.rand(3, generator=item_generators(0, torch.tensor([5]))[0]))
+
+
+def test_zero_contrastive_weight_without_heads_is_allowed_but_positive_is_not():
+    import dummies
+
+    from vmas_diffusion.recipes import LossWeights
+
+    with pytest.raises(ConfigError, match="contrastive"):
+        VideoMusicTask(dummies.dummy_video_encoder(), dummies.dummy_ar_generator(), None, LossWeights())
+    task = VideoMusicTask(dummies.dummy_video_encoder(), dummies.dummy_ar_generator(), None, LossWeights(contrastive=0.0))
+    assert task.contrastive_head is None
+
+
+# ---------------------------------------------------------------------------------------- checkpoint pieces
+def test_rng_states_round_trip_as_tensors():
+    import random
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    np.random.normal()  # leaves a cached gaussian in numpy's state
+    state = rng_state_tensors()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    first = (torch.rand(4), np.random.rand(4), random.random(), np.random.normal())
+    restore_rng_state(state)
+    second = (torch.rand(4), np.random.rand(4), random.random(), np.random.normal())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert first[2:] == second[2:]
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.9))
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    optimizer_to_files(opt.state_dict(), tmp_path)
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
+    fresh.load_state_dict(optimizer_from_files(tmp_path))
+    want, got = opt.state_dict(), fresh.state_dict()
+    assert got["param_groups"][0]["betas"] == (0.8, 0.9) and got["param_groups"][0]["lr"] == 0.1
+    for index in want["state"]:
+        for name, value in want["state"][index].items():
+            assert torch.equal(value, got["state"][index][name])
+
+
+# ---------------------------------------------------------------------------------------- the loop
+KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from vmas_diffusion.training import train
+
+    def crash(step, values):
+        if step == 3:  # after step 3, before its checkpoint: the last checkpoint is step 2
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(json.load(open(sys.argv[1])), progress=False, step_callbacks=[crash])
+    """
+)
+
+
+def _losses(run_dir: Path) -> dict:
+    return {step: row["loss"] for step, row in read_metrics(run_dir / "logs" / "metrics.jsonl", "loss").items()}
+
+
+def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
+    """kill -9 after step 3 (last checkpoint: step 2), resume: per-step losses and weights equal an unbroken run."""
+    from vmas_diffusion.training import train
+
+    def recipe(out):
+        return tiny_recipe("ar", out, data_dir, max_steps=3, validate_every=10, num_validation_samples=0)
+
+    unbroken = tmp_path / "unbroken"
+    assert train(recipe(unbroken), progress=False).step == 3
+
+    broken = tmp_path / "broken"
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe(broken)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(recipe_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(broken / "checkpoints")] == ["step-00000002"]
+    before = _losses(broken)
+    assert sorted(before) == [1, 2, 3]
+
+    resumed = train(json.loads(recipe_file.read_text()), resume="auto", progress=False)
+    assert resumed.step == 3 and sorted(resumed.losses) == [3]  # steps 1-2 were not run again
+    want, got = _losses(unbroken), _losses(broken)
+    assert sorted(got) == [1, 2, 3]
+    assert len({round(v, 6) for v in want.values()}) == 3  # the loss moves from step to step
+    for step in range(1, 4):
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+    assert before[3] == pytest.approx(got[3], rel=1e-6)  # the step run before the kill equals its re-run
+    a = load_file(str(unbroken / "checkpoints" / "step-00000003" / "model.safetensors"))
+    b = load_file(str(broken / "checkpoints" / "step-00000003" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("backend", ["ldm"])
+def test_checkpoint_layout_and_exported_pipeline(tmp_path, data_dir, backend):
+    import vmas_diffusion.models.codecs.encodec_hf  # noqa: F401 - diffusers finds saved classes only in imported modules
+    import vmas_diffusion.models.generators.latent_dit  # noqa: F401
+    import vmas_diffusion.models.video_encoder  # noqa: F401
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+    from vmas_diffusion.training import train
+
+    run = tmp_path / "run"
+    result = train(tiny_recipe(backend, run, data_dir, max_steps=3, keep_checkpoints=1, ema_decay=0.9), progress=False)
+    kept = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in kept] == ["step-00000003"] and result.last_checkpoint == kept[0]
+    files = [p for p in kept[0].rglob("*") if p.is_file()]
+    assert files and all(p.suffix in (".safetensors", ".json", ".txt") for p in files), files  # nothing pickled
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    pipe = VideoToMusicPipeline.from_pretrained(str(kept[0] / "pipeline"))
+    assert pipe.backend == backend
+    # the exported generator holds the EMA weights
+    ema = load_file(str(kept[0] / "ema.safetensors"))
+    gen_params = list(pipe.generator.parameters())
+    assert all(torch.allclose(p, ema[f"shadow.{i}"]) for i, p in enumerate(gen_params))
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    out = pipe(video=frames, fps=8.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.audios.shape == (1, 1, 16000) and np.isfinite(out.audios).all()
+    metrics = read_metrics(run / "logs" / "metrics.jsonl")
+    assert {"loss", "diffusion", "contrastive", "beat_onset", "beat_visual", "lr"} <= set(metrics[1])
+    assert "val/loss" in metrics[3]
+
+
+def test_cli_train_and_prepare_errors_are_one_line(tmp_path, capsys, data_dir):
+    from vmas_diffusion.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe("ar", tmp_path / "run", data_dir)))
+    assert main(["train", str(recipe), "train.max_stepz=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "max_stepz" in err and len(err.splitlines()) == 1
+    assert main(["train", str(recipe), "train.mixed_precision=fp8"]) == 2
+    assert "mixed_precision" in capsys.readouterr().err
+    assert main(["train", str(recipe), "data.train_dir=" + str(tmp_path / "nowhere")]) == 2
+    assert "vmas-diffusion prepare" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "d"), "--recipe", str(recipe)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_train_runs_and_resumes(tmp_path, data_dir, capsys):
+    from vmas_diffusion.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".tmp-step-00000002").mkdir(parents=True)  # a save killed half-way
+    (run / "checkpoints" / "step-00000009").mkdir()  # a folder without trainer_state.json is not a checkpoint
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe("ar", run, data_dir)))
+    common = ["--no-progress", str(recipe), "train.validate_every=10", "train.num_validation_samples=0"]
+    assert main(["train", "--resume", *common, "train.max_steps=2"]) == 0  # nothing usable to resume: fresh start
+    assert "trained to step 2" in capsys.readouterr().err
+    assert not (run / "checkpoints" / ".tmp-step-00000002").exists()  # the next save cleared the stale one
+    assert main(["train", *common, "train.max_steps=3", "--resume"]) == 0
+    assert sorted(_losses(run)) == [1, 2, 3]
+    assert main(["train", *common, "--resume-from", str(run / "checkpoints" / "step-00000009")]) == 2
+    assert "not a finished training checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("backend", ["ar", "ldm"])
+@pytest.mark.parametrize(
+    "ablation, changed",
+    [
+        ("no_contrastive", {"contrastive": None, "losses": {"contrastive": 0.0}}),
+        ("no_beat", {"losses": {"beat_onset": 0.0, "beat_visual": 0.0}}),
+    ],
+)
+def test_ablation_recipes_differ_from_their_base_only_where_named(backend, ablation, changed):
+    from omegaconf import OmegaConf
+
+    from vmas_diffusion.recipes import load_recipe
+
+    base = OmegaConf.to_container(load_recipe(ROOT / "recipes" / f"tiny_{backend}.yaml"))
+    variant = OmegaConf.to_container(load_recipe(ROOT / "recipes" / f"tiny_{backend}_{ablation}.yaml"))
+    assert variant.pop("name") == f"tiny_{backend}_{ablation}"
+    base.pop("name")
+    for key, value in changed.items():
+        if isinstance(value, dict):
+            base[key].update(value)
+        else:
+            base[key] = value
+    assert variant == base
+
+
+@pytest.mark.parametrize("name, backend", [("small_ar", "ar"), ("small_ldm", "ldm")])
+def test_small_recipes_have_the_stated_sizes(name, backend):
+    from omegaconf import OmegaConf
+
+    from vmas_diffusion.models.generators import build_generator
+    from vmas_diffusion.recipes import load_recipe
+
+    cfg = load_recipe(ROOT / "recipes" / f"{name}.yaml", ["data.train_dir=somewhere"])
+    gen = OmegaConf.to_container(cfg.generator.config)
+    assert cfg.codec.type == "encodec_hf" and not cfg.codec.config  # EnCodec 32 kHz defaults
+    assert gen["hidden_size"] == 1024 and gen["num_heads"] == 16
+    assert cfg.data.window_seconds == 10.0 and cfg.data.train_dir == "somewhere"
+    if backend == "ar":
+        assert gen["num_layers"] == 24 and gen["ffn_dim"] == 4096  # MusicGen-small's decoder
+        with torch.device("meta"):  # no memory, no init time
+            model = build_generator({"type": "ar", "config": dict(gen, num_codebooks=4, cardinality=2048, video_dim=768)})
+        assert 3.0e8 < sum(p.numel() for p in model.parameters()) < 6.0e8
+
+
+def test_musicgen_warm_start_key(tmp_path):
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    from vmas_diffusion.recipes import load_recipe
+    from vmas_diffusion.training.trainer import build_training_components
+
+    config = MusicgenDecoderConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, num_codebooks=4,
+        pad_token_id=64, bos_token_id=64, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    MusicgenForCausalLM(config).save_pretrained(tmp_path / "musicgen")
+    hf = load_file(str(tmp_path / "musicgen" / "model.safetensors"))
+    recipe = tiny_recipe("ar", tmp_path / "run", tmp_path, musicgen_checkpoint=str(tmp_path / "musicgen"))
+    generator = build_training_components(load_recipe(recipe))["generator"]
+    ours = generator.state_dict()
+    assert torch.equal(ours["lm_heads.0.weight"], hf["lm_heads.0.weight"])
+    assert generator.config.video_dim == 16  # the recipe's other settings are kept
+    recipe["generator"]["config"]["hidden_size"] = 64
+    with pytest.raises(Exception, match="does not fit|hidden"):
+        build_training_components(load_recipe(recipe))
+
+
+# ---------------------------------------------------------------------------------------- distributed
+DISTRIBUTED_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process(tmp_path, data_dir):
+    """accelerate launch, 2 processes x batch 2 == 1 process x batch 4 (weights after 3 steps)."""
+    from vmas_diffusion.training import train
+
+    # no dropout and no CFG dropout: the AR generator then draws no randomness in training
+    def recipe(out, batch):
+        r = tiny_recipe("ar", out, data_dir, max_steps=3, batch_size=batch, checkpoint_every=1, keep_checkpoints=3,
+                        validate_every=3, num_validation_samples=0)  # fmt: skip
+        r["generator"]["config"].update(dropout=0.0, cond_dropout=0.0)
+        return r
+
+    two = tmp_path / "two"
+    recipe_file = tmp_path / "two.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe(two, 2)))
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+        "-m", "vmas_diffusion.cli", "train", str(recipe_file), "--no-progress",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **DISTRIBUTED_ENV)
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())["world_size"] == 2
+    assert (two / "checkpoints" / "step-00000003" / "rng_1.safetensors").is_file()
+
+    one = tmp_path / "one"
+    train(recipe(one, 4), progress=False)
+    a = load_file(str(one / "checkpoints" / "step-00000003" / "model.safetensors"))
+    b = load_file(str(two / "checkpoints" / "step-00000003" / "model.safetensors"))
+    first = load_file(str(one / "checkpoints" / "step-00000001" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(not torch.allclose(a[k], first[k]) for k in a)  # training moved the weights
+    # lr 1e-3: 3 Adam steps move a weight by up to 3e-3. Biases right before a normalisation have a zero
+    # gradient up to float noise, which Adam scales to steps of any sign: hence 5e-5, not exact equality.
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=5e-5), key
+    losses_one, losses_two = _losses(one), _losses(two)
+    for step in (1, 2, 3):
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-5)

@@ -1,0 +1,21 @@
+"""Beats: visual beats of frames, music beats and onsets, BCS/BHS scores, alignment plots."""
+
+from vmas_diffusion.beats.envelope import beats_to_envelope, resample_envelope
+from vmas_diffusion.beats.metrics import SCORE_KEYS, beat_scores
+from vmas_diffusion.beats.music import MusicBeats, music_beats, onset_envelope
+from vmas_diffusion.beats.plot import plot_alignment
+from vmas_diffusion.beats.visual import VisualBeats, detect_cuts, visual_beats
+
+__all__ = [
+    "VisualBeats",
+    "MusicBeats",
+    "visual_beats",
+    "music_beats",
+    "onset_envelope",
+    "beat_scores",
+    "plot_alignment",
+    "detect_cuts",
+    "resample_envelope",
+    "beats_to_envelope",
+    "SCORE_KEYS",
+]

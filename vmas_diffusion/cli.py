@@ -1,0 +1,171 @@
+"""The ``vmas-diffusion`` command line.
+
+Every user error (bad video, bad model folder, bad recipe, bad argument) ends with one
+line on stderr and exit code 2; progress bars go to stderr too.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import InputError, VMASError
+
+EXIT_USAGE = 2
+BACKENDS = ("ar", "ldm")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2), as every other user error."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see `{self.prog} --help`)")
+
+
+def load_pipeline(model: Optional[str], backend: Optional[str] = None):
+    """A pipeline from a saved folder, a Hub id, or a recipe YAML (random weights).
+
+    ``backend`` picks ``ar``/``ldm`` and must match what the model holds.
+    """
+    from .pipelines import VideoToMusicPipeline
+
+    if model is None:
+        raise InputError("no --model given: pass a pipeline folder, a Hub id, or a recipe .yaml")
+    if model.endswith((".yaml", ".yml")):
+        pipe = VideoToMusicPipeline.from_recipe(model)
+    else:
+        pipe = VideoToMusicPipeline.from_pretrained(model)
+    if backend is not None and pipe.backend != backend:
+        raise InputError(f"model {model} is a {pipe.backend!r} pipeline, but --backend {backend} was asked")
+    return pipe
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .media import export_to_video_with_audio, probe_video, save_audio
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".mp4", ".wav"):
+        raise InputError(f"output {out} must end in .mp4 or .wav")
+    probe_video(args.video)  # a bad video fails here, before a model is loaded
+    pipe = load_pipeline(args.model, args.backend)
+    result = pipe(
+        video=args.video,
+        duration=args.duration,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".mp4":
+        export_to_video_with_audio(args.video, result.audios[0], result.sample_rate, str(out))
+    else:
+        save_audio(str(out), result.audios[0], result.sample_rate)
+    print(f"wrote {out} ({result.audios.shape[-1] / result.sample_rate:.2f} s of music, {pipe.backend} backend, "
+          f"{len(result.video_beats)} visual beats)", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import run_evaluation
+
+    report = run_evaluation(
+        models=args.model,
+        data=args.data,
+        out_dir=args.out,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        duration=args.duration,
+        fad_embedder=args.fad_embedder,
+        clap_checkpoint=args.clap_checkpoint,
+        max_videos=args.max_videos,
+    )
+    print(report.markdown)
+    print(f"table written to {report.json_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    result = train(args.recipe, args.overrides, resume=args.resume, progress=not args.no_progress)
+    last = f", last checkpoint {result.last_checkpoint}" if result.last_checkpoint else ""
+    print(f"trained to step {result.step} in {result.output_dir}{last}", file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .data import prepare_from_recipe
+
+    report = prepare_from_recipe(args.manifest, args.out, args.recipe, args.overrides, progress=not args.no_progress)
+    print(report.summary(), file=sys.stderr)
+    if report.failures:
+        print(f"skipped clips are listed in {Path(args.out) / 'errors.jsonl'}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vmas-diffusion", description="Background music for videos.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="write music for a video (an .mp4 with the music muxed, or a .wav)")
+    gen.add_argument("video", help="input video file")
+    gen.add_argument("-o", "--output", required=True, help="OUT.mp4 (video with music) or OUT.wav (music only)")
+    gen.add_argument("--model", help="pipeline folder, Hub id, or recipe .yaml (random weights)")
+    gen.add_argument("--backend", choices=BACKENDS, help="generator backend the model must have")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
+    gen.add_argument("--steps", type=int, help="diffusion steps (LDM backend)")
+    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    gen.set_defaults(run=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
+    ev.add_argument("--model", action="append", required=True, help="pipeline folder (repeat for an ablation table)")
+    ev.add_argument("--data", required=True, help="folder of videos or a JSON Lines manifest")
+    ev.add_argument("--out", default="eval_out", help="folder for the JSON table, plots and the cache")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--steps", type=int)
+    ev.add_argument("--guidance", type=float, default=3.0)
+    ev.add_argument("--duration", type=float)
+    ev.add_argument("--fad-embedder", default="mel")
+    ev.add_argument("--clap-checkpoint")
+    ev.add_argument("--max-videos", type=int)
+    ev.set_defaults(run=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train from a recipe (also under `accelerate launch -m vmas_diffusion.cli train ...`)")
+    tr.add_argument("recipe", help="recipe .yaml")
+    tr.add_argument("overrides", nargs="*", help="key=value recipe overrides right after the recipe, e.g. train.max_steps=100")
+    tr.add_argument("--resume", action="store_const", const="auto", default=None,
+                    help="continue from the latest checkpoint in the run folder (a fresh start when there is none)")
+    tr.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(run=cmd_train)
+
+    pr = sub.add_parser("prepare", help="decode, window, encode and shard the clips of a JSON Lines manifest")
+    pr.add_argument("manifest", help="JSON Lines manifest (video, optional audio/start/end/id per line)")
+    pr.add_argument("--out", required=True, help="dataset folder (resumable: rerun to continue)")
+    pr.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes" / "small_ar.yaml"),
+                    help="recipe whose codec, video encoder and data section are used (default recipes/small_ar.yaml)")
+    pr.add_argument("overrides", nargs="*", help="key=value recipe overrides right after the manifest, e.g. data.window_seconds=10")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(run=cmd_prepare)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except VMASError as err:
+        print(f"vmas-diffusion: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vmas-diffusion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""VGGish (Hershey et al., 2017), the embedding model of the original FAD, for local weights.
+
+The network and its front end follow the published description: 16 kHz mono, a 25 ms / 10 ms
+STFT (512-point FFT, periodic Hann, no centering), 64 mel bands from 125 to 7500 Hz on the
+HTK mel scale with triangles built in the mel domain, ``log(mel + 0.01)``, examples of 96
+frames (0.96 s, no overlap) -> VGG-style convolutions -> 128-d embedding. The embedding is
+taken before the PCA/quantisation post-processing, as FAD does.
+
+Weights are read from a local file: a safetensors file or a PyTorch state dict (loaded with
+``weights_only=True``) whose keys follow the common PyTorch port (``features.{0,3,6,8,11,13}``,
+``embeddings.{0,2,4}``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .embedders import AudioEmbedder
+
+SAMPLE_RATE = 16000
+WINDOW = 400  # 25 ms
+HOP = 160  # 10 ms
+FFT = 512
+N_MELS = 64
+FMIN, FMAX = 125.0, 7500.0
+EXAMPLE_FRAMES = 96
+LOG_OFFSET = 0.01
+
+
+def hertz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """HTK mel scale: ``1127 ln(1 + f / 700)``."""
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def vggish_mel_matrix() -> np.ndarray:
+    """``[FFT // 2 + 1, N_MELS]`` triangular mel weights, triangles linear in mel, DC bin zeroed."""
+    bins_mel = hertz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2, FFT // 2 + 1))
+    edges = np.linspace(hertz_to_mel(FMIN), hertz_to_mel(FMAX), N_MELS + 2)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (center - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0  # the DC bin carries no pitch information
+    return weights
+
+
+def waveform_to_examples(audio: np.ndarray) -> np.ndarray:
+    """``(S,)`` 16 kHz mono audio -> ``[N, 96, 64]`` log-mel examples (short clips are zero-padded to one)."""
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.size < WINDOW + (EXAMPLE_FRAMES - 1) * HOP:
+        audio = np.pad(audio, (0, WINDOW + (EXAMPLE_FRAMES - 1) * HOP - audio.size))
+    n_frames = 1 + (audio.size - WINDOW) // HOP
+    idx = np.arange(WINDOW)[None, :] + HOP * np.arange(n_frames)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW) / WINDOW)  # periodic Hann
+    spec = np.abs(np.fft.rfft(audio[idx] * window, n=FFT))
+    log_mel = np.log(spec @ vggish_mel_matrix() + LOG_OFFSET)
+    n_examples = log_mel.shape[0] // EXAMPLE_FRAMES
+    return log_mel[: n_examples * EXAMPLE_FRAMES].reshape(n_examples, EXAMPLE_FRAMES, N_MELS).astype(np.float32)
+
+
+class VGGish(nn.Module):
+    """VGGish network: ``[B, 1, 96, 64]`` log-mel examples -> ``[B, 128]`` embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        # (out_channels, pool after) per conv, as in the VGGish release
+        for out, pool in ((64, True), (128, True), (256, False), (256, True), (512, False), (512, True)):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+            if pool:
+                layers.append(nn.MaxPool2d(2, 2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.embeddings = nn.Sequential(
+            nn.Linear(512 * 4 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 128),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, examples: torch.Tensor) -> torch.Tensor:
+        x = self.features(examples)  # [B, 512, 6, 4]
+        # the TensorFlow original flattens channels-last: [B, 6, 4, 512]
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        return self.embeddings(x)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or a torch file with ``weights_only=True`` (no unpickling of code)."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+class VGGishEmbedder(AudioEmbedder):
+    """FAD embedder over :class:`VGGish`: one 128-d embedding per 0.96 s of audio."""
+
+    name = "vggish"
+    sample_rate = SAMPLE_RATE
+    dim = 128
+
+    def __init__(self, model: VGGish, device: str = "cpu", batch_size: int = 64):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: str = "cpu") -> "VGGishEmbedder":
+        model = VGGish()
+        state = load_state_dict_file(Path(path))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} is not a VGGish state dict: {exc}") from exc
+        return cls(model, device=device)
+
+    @torch.no_grad()
+    def _embed_mono(self, audio: np.ndarray) -> np.ndarray:
+        examples = torch.from_numpy(waveform_to_examples(audio))[:, None]  # [N, 1, 96, 64]
+        out = [
+            self.model(examples[i : i + self.batch_size].to(self.device)).float().cpu()
+            for i in range(0, examples.shape[0], self.batch_size)
+        ]
+        return torch.cat(out).numpy()

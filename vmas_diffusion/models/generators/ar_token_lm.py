@@ -1,0 +1,791 @@
+"""Autoregressive token LM over codec codes (MusicGen-style decoder, the ``"ar"`` backend).
+
+The model reads codec codes ``[B, K, T]`` through a codebook pattern
+(:mod:`vmas_diffusion.modules.codebook_patterns`, delay by default): every LM step carries
+``K`` slots whose embeddings are summed, and ``K`` heads predict the next step. Slot
+``(k, s)`` of the *input* at position ``s`` is step ``s - 1`` (position 0 holds the special
+token ``cardinality``, MusicGen's pad/BOS id), so logits at position ``s`` predict step ``s``.
+
+Conditions (``dict[str, Condition]``) enter as the recipe says:
+
+* ``"video"`` ``[B, Tv, video_dim]``: ``video_fuse="cross"`` (cross-attention in every layer),
+  ``"prepend"`` (projected tokens before the music, under causal self-attention) or ``"none"``.
+  Time-aligned tokens get a sinusoidal embedding of their time in music frames relative to the
+  window start, the same clock as the music positions, so attention can line them up.
+* ``"beat"`` ``[B, Tv, 1]``: ``beat_fuse="sum"`` resamples it to the music frame rate and adds
+  a projection to each step's input (at the frame that step predicts), or ``"none"``.
+* ``"text"`` ``[B, Tt, text_dim]`` (optional, ``text_dim > 0``): ``text_fuse="cross"|"prepend"``.
+
+A missing condition is treated as dropped (zeros, masked out); an unknown name is an error.
+
+Training (:meth:`ARTokenLM.forward_train`): cross-entropy per codebook over valid slots,
+averaged over codebooks; during training every condition of an item is dropped together with
+probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance.
+
+Generation (:meth:`ARTokenLM.generate`): static KV cache, CFG as one batched forward of
+``[cond; uncond]``, per-item random streams (so a batch equals its items run alone), and
+windowed continuation past ``max_duration``: after each window the last
+``max_duration - extend_stride`` seconds become the prompt of the next window, as MusicGen's
+``extend_stride``, so a long video gets one continuous piece.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ...conditions import BEAT, VIDEO, Condition
+from ...errors import CheckpointError, ConfigError, InputError
+from ...modules.codebook_patterns import PATTERNS, build_pattern
+from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
+from .base import GeneratorTrainOutput, MusicGenerator
+
+TEXT = "text"
+CONDITION_NAMES = (VIDEO, BEAT, TEXT)
+TOKEN_FUSES = ("cross", "prepend", "none")
+BEAT_FUSES = ("sum", "none")
+
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+@dataclass
+class ARTrainOutput(GeneratorTrainOutput):
+    #: ``[K]`` detached cross-entropy of each codebook (already averaged into ``losses["ce"]``)
+    ce_per_codebook: Optional[torch.Tensor] = None
+
+
+@dataclass
+class _Fused:
+    """Conditions turned into model inputs for one window."""
+
+    cross: Optional[torch.Tensor] = None  # [B, C, H] cross-attention context
+    cross_mask: Optional[torch.Tensor] = None  # [B, C] bool; None = all valid
+    cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # cross_attention_mask(cross_mask)
+    prefix: Optional[torch.Tensor] = None  # [B, P, H] tokens before the music
+    prefix_mask: Optional[torch.Tensor] = None  # [B, P] bool; None = all valid
+    step_add: Optional[torch.Tensor] = None  # [B, S, H] added to the input of each position
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+
+def sample_from_logits(
+    logits: torch.Tensor, uniform: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0
+) -> torch.Tensor:
+    """Draw one id per row of ``logits [N, V]`` by inverse CDF with ``uniform [N]`` in [0, 1).
+
+    ``top_p > 0`` keeps the smallest set of ids whose probability reaches ``top_p`` (and then
+    ignores ``top_k``, as audiocraft); otherwise ``top_k > 0`` keeps the ``top_k`` most likely;
+    ``temperature == 0`` is greedy. The caller owns the randomness: one uniform per row makes
+    the draw a pure function of ``(logits, uniform)``.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_p > 0:
+        values, ids = logits.sort(dim=-1, descending=True)
+        probs = values.softmax(-1)
+        # keep an id while the mass before it is still short of top_p (the first id always stays)
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+    elif 0 < top_k < logits.shape[-1]:
+        values, ids = logits.topk(top_k, dim=-1)
+        probs = values.softmax(-1)
+    else:
+        ids, probs = None, logits.softmax(-1)
+    cdf = probs.cumsum(-1)
+    target = (uniform.to(cdf) * cdf[:, -1]).unsqueeze(-1)
+    choice = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
+    return choice.squeeze(-1) if ids is None else ids.gather(-1, choice).squeeze(-1)
+
+
+def cross_attention_mask(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Context mask ``[B, C]`` (True = valid) -> ``(attend [B, 1, 1, C], keep [B, 1, 1])``.
+
+    An item with no valid context token (a dropped condition) attends to everything and is then
+    zeroed by ``keep``, which avoids softmax NaNs; computed once per forward, not per layer and step.
+    """
+    attend = mask[:, None, None, :]
+    empty = ~mask.any(-1)
+    return attend | empty[:, None, None, None], (~empty).float()[:, None, None]
+
+
+class ARDecoderLayer(nn.Module):
+    """Pre-norm decoder layer: causal self-attention, optional cross-attention, feed-forward.
+
+    Names follow MusicGen's decoder layer so a warm start maps weights by name (its text
+    cross-attention ``encoder_attn`` is replaced by ``cross_attn`` to the video).
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, cross: bool, dropout: float):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, num_heads)
+        if cross:
+            self.cross_attn_layer_norm = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, num_heads)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cross_kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        cross_mask: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        self_key_mask: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+    ) -> torch.Tensor:
+        """``x [B, L, H]`` -> ``[B, L, H]``.
+
+        ``cross_kv``: keys/values ``[B, heads, C, hd]`` of the context; ``cross_mask``: None (all
+        valid) or ``(attend [B, 1, 1, C] bool, keep [B, 1, 1] float)`` from :func:`cross_attention_mask`;
+        ``self_key_mask [B, L_keys]`` (True = valid) for prepended tokens; ``cache``: decode
+        incrementally after the cached positions.
+        """
+        h = self.self_attn_layer_norm(x)
+        if cache is None:
+            h = self.self_attn(h, key_padding_mask=self_key_mask, is_causal=True)
+        else:
+            h = self.self_attn.forward_cached(h, cache, key_padding_mask=self_key_mask)
+        x = x + self.dropout(h)
+        if cross_kv is not None:
+            attn = self.cross_attn
+            q = attn.split_heads(attn.q_proj(self.cross_attn_layer_norm(x)))
+            if cross_mask is None:
+                h = attn.attend(q, *cross_kv)
+            else:
+                h = attn.attend(q, *cross_kv, attn_mask=cross_mask[0]) * cross_mask[1]
+            x = x + self.dropout(h)
+        return x + self.dropout(self.ffn(self.final_layer_norm(x)))
+
+
+class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
+    """Decoder-only transformer over interleaved codec codes, conditioned on video (and beats, text).
+
+    Shapes: codes ``[B, K, T]`` with ``K = num_codebooks`` and ids in ``[0, cardinality)``;
+    hidden states ``[B, S, hidden_size]`` over ``S = pattern.num_steps(T)`` steps.
+    """
+
+    backend = "ar"
+
+    @register_to_config
+    def __init__(
+        self,
+        num_codebooks: int = 4,
+        cardinality: int = 2048,
+        hidden_size: int = 1024,
+        num_layers: int = 24,
+        num_heads: int = 16,
+        ffn_dim: int = 4096,
+        video_dim: int = 768,
+        beat_dim: int = 1,
+        text_dim: int = 0,
+        frame_rate: float = 50.0,
+        max_duration: float = 10.0,
+        extend_stride: float = 6.0,
+        pattern: str = "delay",
+        video_fuse: str = "cross",
+        beat_fuse: str = "sum",
+        text_fuse: str = "none",
+        cond_dropout: float = 0.3,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self._check_config()
+        self.codebook_pattern = build_pattern(pattern, num_codebooks)
+        self.special_id = cardinality  # pad / start token, as MusicGen's id 2048
+        self.head_dim = hidden_size // num_heads
+
+        self.embed_tokens = nn.ModuleList(nn.Embedding(cardinality + 1, hidden_size) for _ in range(num_codebooks))
+        has_cross = video_fuse == "cross" or text_fuse == "cross"
+        self.layers = nn.ModuleList(
+            ARDecoderLayer(hidden_size, num_heads, ffn_dim, has_cross, dropout) for _ in range(num_layers)
+        )
+        self.layer_norm = nn.LayerNorm(hidden_size)
+        self.lm_heads = nn.ModuleList(nn.Linear(hidden_size, cardinality, bias=False) for _ in range(num_codebooks))
+        #: onset logit per music frame, read by the beat-alignment loss
+        self.beat_head = nn.Linear(hidden_size, 1)
+        self.video_proj = nn.Linear(video_dim, hidden_size) if video_fuse != "none" else None
+        # no bias: a dropped (zero) beat condition must add exactly nothing
+        self.beat_proj = nn.Linear(beat_dim, hidden_size, bias=False) if beat_fuse == "sum" else None
+        self.text_proj = nn.Linear(text_dim, hidden_size) if text_fuse != "none" else None
+        self.apply(self._init_weights)
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _check_config(self) -> None:
+        c = self.config
+        problems = []
+        for name in ("num_codebooks", "cardinality", "hidden_size", "num_layers", "num_heads", "ffn_dim", "video_dim", "beat_dim"):
+            if getattr(c, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(c, name)})")
+        if c.hidden_size % max(c.num_heads, 1):
+            problems.append(f"hidden_size {c.hidden_size} is not divisible by num_heads {c.num_heads}")
+        if c.pattern not in PATTERNS:
+            problems.append(f"pattern must be one of {sorted(PATTERNS)} (got {c.pattern!r})")
+        if c.video_fuse not in TOKEN_FUSES:
+            problems.append(f"video_fuse must be one of {TOKEN_FUSES} (got {c.video_fuse!r})")
+        if c.text_fuse not in TOKEN_FUSES:
+            problems.append(f"text_fuse must be one of {TOKEN_FUSES} (got {c.text_fuse!r})")
+        if c.text_fuse != "none" and c.text_dim < 1:
+            problems.append(f"text_fuse={c.text_fuse!r} needs text_dim >= 1 (got {c.text_dim})")
+        if c.beat_fuse not in BEAT_FUSES:
+            problems.append(f"beat_fuse must be one of {BEAT_FUSES} (got {c.beat_fuse!r})")
+        if not 0.0 <= c.cond_dropout < 1.0:
+            problems.append(f"cond_dropout must be in [0, 1) (got {c.cond_dropout})")
+        if not 0.0 <= c.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1) (got {c.dropout})")
+        if c.frame_rate <= 0:
+            problems.append(f"frame_rate must be > 0 (got {c.frame_rate})")
+        window = round(c.max_duration * c.frame_rate)
+        stride = round(c.extend_stride * c.frame_rate)
+        if window < 2 or not 1 <= stride < window:
+            problems.append(
+                f"need max_duration * frame_rate >= 2 frames and 0 < extend_stride < max_duration "
+                f"(got max_duration={c.max_duration}, extend_stride={c.extend_stride}, frame_rate={c.frame_rate})"
+            )
+        if problems:
+            raise ConfigError("ARTokenLM config: " + "; ".join(problems))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def window_frames(self) -> int:
+        """Frames generated per window (the training window, ``max_duration * frame_rate``)."""
+        return round(self.config.max_duration * self.config.frame_rate)
+
+    @property
+    def stride_frames(self) -> int:
+        """Frames a continuation window advances by (``extend_stride * frame_rate``)."""
+        return round(self.config.extend_stride * self.config.frame_rate)
+
+    # ------------------------------------------------------------------------------------------ conditions
+    def _check_conditions(self, conditions: Optional[Dict[str, Condition]], batch_size: Optional[int]):
+        """Validate names, widths and batch size; return ``(conditions on device, batch size)``."""
+        conditions = dict(conditions or {})
+        unknown = sorted(set(conditions) - set(CONDITION_NAMES))
+        if unknown:
+            raise InputError(f"ARTokenLM: unknown condition(s) {unknown}; valid names: {list(CONDITION_NAMES)}")
+        widths = {VIDEO: self.config.video_dim, BEAT: self.config.beat_dim, TEXT: self.config.text_dim}
+        out = {}
+        for name, cond in conditions.items():
+            if not isinstance(cond, Condition):
+                raise InputError(f"ARTokenLM: condition {name!r} must be a Condition, got {type(cond).__name__}")
+            b, _, d = cond.tensor.shape
+            if batch_size is None:
+                batch_size = b
+            if b != batch_size:
+                raise InputError(f"ARTokenLM: condition {name!r} has batch {b}, expected {batch_size}")
+            if d != widths[name]:
+                raise InputError(f"ARTokenLM: condition {name!r} has width {d}, config expects {widths[name]}")
+            out[name] = cond.to(self.device, self.dtype)
+        return out, batch_size
+
+    @staticmethod
+    def _drop_items(cond: Condition, drop: torch.Tensor) -> Condition:
+        """Null the items where ``drop [B]`` is True (classifier-free guidance dropout)."""
+        keep = ~drop
+        return Condition(cond.tensor * keep[:, None, None].to(cond.tensor), cond.mask & keep[:, None], cond.frame_rate)
+
+    def _condition_tokens(
+        self, cond: Condition, proj: nn.Module, start_frame: int, num_frames: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, C, H]`` and mask ``[B, C]`` of a condition for the window of music frames
+        ``[start_frame, start_frame + num_frames)``; a time-aligned condition keeps only its frames
+        inside the window and gets a time embedding relative to the window start."""
+        fr = self.config.frame_rate
+        if cond.frame_rate is None:
+            return proj(cond.tensor), cond.mask
+        length = cond.tensor.shape[1]
+        t0, t1 = start_frame / fr, (start_frame + num_frames) / fr
+        first = math.floor(t0 * cond.frame_rate)
+        i0 = min(max(first, 0), max(length - 1, 0))
+        i1 = min(max(math.ceil(t1 * cond.frame_rate) + 1, i0 + 1), length)
+        tensor, mask = cond.tensor[:, i0:i1], cond.mask[:, i0:i1]
+        if length == 0:  # nothing to attend to: one masked zero token keeps shapes valid
+            tensor = cond.tensor.new_zeros(cond.tensor.shape[0], 1, cond.tensor.shape[2])
+            mask = cond.mask.new_zeros(cond.mask.shape[0], 1)
+            i0, i1 = 0, 1
+        times = (torch.arange(i0, i1, device=tensor.device, dtype=torch.float32) / cond.frame_rate - t0) * fr
+        if first >= length:  # the condition ended before this window: nothing of it applies
+            mask = torch.zeros_like(mask)
+        tokens = proj(tensor) + sinusoidal_embedding(times, self.config.hidden_size).to(tensor.dtype)
+        return tokens, mask
+
+    def _fuse(self, conditions: Dict[str, Condition], batch_size: int, num_steps: int, start_frame: int) -> _Fused:
+        """Turn conditions into cross context, prefix tokens and per-step additions for one window of
+        ``num_steps`` LM steps starting at music frame ``start_frame``.
+
+        The window spans the frames its steps predict (:meth:`CodebookPattern.lead_frame`), so
+        training and generation slice conditions the same way.
+        """
+        c = self.config
+        lead = self.codebook_pattern.lead_frame(num_steps, self.device)  # [S] frames within the window
+        num_frames = int(lead.max()) + 1
+        cross, cross_m, prefix, prefix_m = [], [], [], []
+        for name, fuse, proj in ((VIDEO, c.video_fuse, self.video_proj), (TEXT, c.text_fuse, self.text_proj)):
+            if fuse == "none" or name not in conditions:
+                continue  # a missing condition is a dropped one: contributes nothing
+            tokens, mask = self._condition_tokens(conditions[name], proj, start_frame, num_frames)
+            (cross if fuse == "cross" else prefix).append(tokens)
+            (cross_m if fuse == "cross" else prefix_m).append(mask)
+        fused = _Fused()
+        if cross:
+            fused.cross, mask = torch.cat(cross, 1), torch.cat(cross_m, 1)
+            fused.cross_mask = None if bool(mask.all()) else mask
+        elif c.video_fuse == "cross" or c.text_fuse == "cross":
+            # no context at all: one masked token, so every item takes the same (zero) path
+            fused.cross = torch.zeros(batch_size, 1, c.hidden_size, device=self.device, dtype=self.dtype)
+            fused.cross_mask = torch.zeros(batch_size, 1, dtype=torch.bool, device=self.device)
+        if fused.cross_mask is not None:
+            attend, keep = cross_attention_mask(fused.cross_mask)
+            fused.cross_attend = (attend, keep.to(self.dtype))
+        if prefix:
+            fused.prefix, mask = torch.cat(prefix, 1), torch.cat(prefix_m, 1)
+            fused.prefix_mask = None if bool(mask.all()) else mask
+        if c.beat_fuse == "sum" and BEAT in conditions:
+            lead = lead + start_frame  # global music frames
+            beat = conditions[BEAT].resample(int(lead.max()) + 1, c.frame_rate)
+            values = beat.tensor[:, lead] * beat.mask[:, lead, None].to(beat.tensor)
+            fused.step_add = self.beat_proj(values)
+        return fused
+
+    # ------------------------------------------------------------------------------------------ the network
+    def _embed(
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        fused: _Fused,
+        table: Optional[torch.Tensor] = None,
+        pos_table: Optional[torch.Tensor] = None,
+    ):
+        """Step inputs ``[B, K, L]`` at ``positions [L]`` -> ``[B, L, H]`` (token sum + position + step condition).
+
+        Generation passes precomputed ``table`` (all codebooks' embeddings stacked) and ``pos_table``.
+        """
+        if table is None:
+            x = sum(emb(inputs[:, k]) for k, emb in enumerate(self.embed_tokens))
+        else:  # generation: all codebooks in one lookup into the concatenated tables
+            offsets = torch.arange(inputs.shape[1], device=inputs.device)[None, :, None] * (self.special_id + 1)
+            x = F.embedding(inputs + offsets, table).sum(1)
+        if pos_table is None:
+            pos_table = sinusoidal_embedding(positions, self.config.hidden_size).to(x.dtype)
+        else:
+            pos_table = pos_table[positions]
+        x = x + pos_table
+        if fused.step_add is not None:
+            x = x + fused.step_add[:, positions]
+        return x
+
+    def _cross_kv(self, fused: _Fused):
+        if fused.cross is None:
+            return [None] * len(self.layers)
+        return [layer.cross_attn.project_kv(fused.cross) for layer in self.layers]
+
+    def _decode(
+        self,
+        x: torch.Tensor,
+        fused: _Fused,
+        cross_kv: List,
+        self_key_mask: Optional[torch.Tensor] = None,
+        caches: Optional[List[KVCache]] = None,
+    ) -> torch.Tensor:
+        """Run the layers over ``x [B, L, H]`` -> final-normed hidden states ``[B, L, H]``."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cross_kv[i], fused.cross_attend, self_key_mask, None if caches is None else caches[i])
+        return self.layer_norm(x)
+
+    def _hidden(self, inputs: torch.Tensor, fused: _Fused) -> torch.Tensor:
+        """Teacher-forced pass: step inputs ``[B, K, S]`` -> hidden states ``[B, S, H]``."""
+        b, _, s = inputs.shape
+        x = self._embed(inputs, torch.arange(s, device=inputs.device), fused)
+        key_mask = None
+        if fused.prefix is not None:
+            x = torch.cat([fused.prefix, x], 1)
+            if fused.prefix_mask is not None:
+                key_mask = torch.cat([fused.prefix_mask, fused.prefix_mask.new_ones(b, s)], 1)
+        hidden = self._decode(x, fused, self._cross_kv(fused), key_mask)
+        return hidden[:, fused.prefix_len :]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, L, H]`` -> ``[B, K, L, cardinality]``."""
+        return torch.stack([head(hidden) for head in self.lm_heads], dim=1)
+
+    def forward(
+        self, input_codes: torch.Tensor, conditions: Optional[Dict[str, Condition]] = None, start_frame: int = 0
+    ) -> torch.Tensor:
+        """Teacher-forced logits: step inputs ``[B, K, S]`` (ids in ``[0, cardinality]``, position 0 the
+        special token) -> ``[B, K, S, cardinality]``, logits at position ``s`` predicting step ``s``.
+
+        ``conditions`` as in :meth:`generate` (None = all dropped); no condition dropout here.
+        """
+        b, k, s = self._check_codes(input_codes, "input_codes", allow_special=True)
+        conds, _ = self._check_conditions(conditions, b)
+        fused = self._fuse(conds, b, s, start_frame)
+        return self._logits(self._hidden(input_codes, fused))
+
+    def _check_codes(self, codes: torch.Tensor, what: str, allow_special: bool = False):
+        c = self.config
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or codes.shape[1] != c.num_codebooks:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise InputError(f"ARTokenLM: {what} must be a LongTensor [B, K={c.num_codebooks}, T], got {shape}")
+        if codes.dtype != torch.long:
+            raise InputError(f"ARTokenLM: {what} must be int64 (torch.long), got {codes.dtype}")
+        high = c.cardinality + (1 if allow_special else 0)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= high):
+            raise InputError(
+                f"ARTokenLM: {what} ids must lie in [0, {high}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
+        return codes.shape
+
+    # -------------------------------------------------------------------------------------------- training
+    def forward_train(self, batch: dict) -> ARTrainOutput:
+        """Losses and alignment features for one batch.
+
+        ``batch``: ``"codes"`` ``[B, K, T]`` long; ``"conditions"`` ``dict[str, Condition]``; optional
+        ``"mask"`` ``[B, T]`` bool (True = real music frame). Returns ``losses={"ce": mean over codebooks
+        of the per-codebook CE}``, ``music_embedding [B, H]`` (masked mean over frames of the hidden
+        states), ``onset_logits [B, T]`` (beat head at the step that predicts each frame's first code,
+        i.e. the pattern's delay undone) and ``ce_per_codebook [K]``.
+        """
+        if "codes" not in batch:
+            raise InputError("ARTokenLM.forward_train: batch has no 'codes' [B, K, T]")
+        codes = batch["codes"]
+        b, k, t = self._check_codes(codes, "batch['codes']")
+        mask = batch.get("mask")
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
+        elif tuple(mask.shape) != (b, t):
+            raise InputError(f"ARTokenLM.forward_train: batch['mask'] must be [B, T] = {(b, t)}, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        conds, _ = self._check_conditions(batch.get("conditions"), b)
+        if self.training and self.config.cond_dropout > 0:
+            drop = torch.rand(b, device=self.device) < self.config.cond_dropout
+            conds = {name: self._drop_items(cond, drop) for name, cond in conds.items()}
+
+        pattern = self.codebook_pattern
+        steps = pattern.interleave(codes, self.special_id)  # [B, K, S] targets
+        s = steps.shape[2]
+        inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :-1]], dim=2)
+        hidden = self._hidden(inputs, self._fuse(conds, b, s, 0))  # [B, S, H]
+        logits = self._logits(hidden)  # [B, K, S, V]
+
+        layout = pattern.layout(t, codes.device)  # [K, S]
+        valid = (layout >= 0)[None] & mask[:, layout.clamp(min=0)]  # [B, K, S]
+        targets = steps.masked_fill(~valid, -100)
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), ignore_index=-100, reduction="none")
+        ce = ce.view(b, k, s)
+        per_codebook = ce.sum((0, 2)) / valid.sum((0, 2)).clamp(min=1)
+
+        frame_hidden = hidden[:, pattern.first_step_of_frame(t, codes.device)]  # [B, T, H]
+        weights = mask[..., None].to(frame_hidden)
+        embedding = (frame_hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return ARTrainOutput(
+            losses={"ce": per_codebook.mean()},
+            music_embedding=embedding,
+            onset_logits=self.beat_head(frame_hidden).squeeze(-1),
+            ce_per_codebook=per_codebook.detach(),
+        )
+
+    # ------------------------------------------------------------------------------------------ generation
+    def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
+        """``(start_frame, num_frames, prompt_frames)`` of each generation window.
+
+        One window up to ``window_frames``; past it, each window starts ``stride_frames`` after
+        the previous one and keeps the previous window's last ``window_frames - stride_frames``
+        frames as its prompt.
+        """
+        window, stride = self.window_frames, self.stride_frames
+        plan, start, prompt = [], 0, 0
+        while True:
+            length = min(window, num_frames - start)
+            plan.append((start, length, prompt))
+            if start + length >= num_frames:
+                return plan
+            start, prompt = start + stride, window - stride
+
+    @staticmethod
+    def _item_generators(generator: GeneratorArg, batch_size: int) -> List[Optional[torch.Generator]]:
+        """One random stream per batch item.
+
+        A list gives item ``i`` the generator ``generator[i]`` (a batch then equals its items run
+        alone with the same generators). A single generator seeds item ``i`` with its ``i``-th draw,
+        so item 0 of a batch equals a single run with an identically seeded generator.
+        """
+        if generator is None:
+            return [None] * batch_size
+        if isinstance(generator, torch.Generator):
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(batch_size)]
+            return [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
+        generators = list(generator)
+        if len(generators) != batch_size or not all(isinstance(g, torch.Generator) for g in generators):
+            raise InputError(
+                f"ARTokenLM.generate: generator list must hold one torch.Generator per batch item ({batch_size}), "
+                f"got {len(generators)} item(s)"
+            )
+        return generators
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conditions: Dict[str, Condition],
+        num_frames: int,
+        guidance_scale: float = 3.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        generator: GeneratorArg = None,
+        progress_bar: Optional[Callable] = None,
+    ) -> torch.Tensor:
+        """Sample codes ``[B, K, num_frames]`` (ids in ``[0, cardinality)``).
+
+        ``conditions``: ``dict[str, Condition]``; a missing one counts as dropped, and ``B`` comes
+        from them (or from a generator list; 1 when both are absent). ``guidance_scale``: CFG
+        weight, ``logits = uncond + scale * (cond - uncond)``; 1 turns CFG off. ``generator``: a
+        ``torch.Generator`` or one per item (see :meth:`_item_generators`). ``progress_bar``: a
+        factory like ``DiffusionPipeline.progress_bar`` (``total=`` -> tqdm); tqdm when None.
+        Music longer than ``max_duration`` is generated in windows (:meth:`plan_windows`).
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise InputError(f"ARTokenLM.generate: num_frames must be a positive int, got {num_frames!r}")
+        if guidance_scale < 0 or top_k < 0 or not 0 <= top_p <= 1 or temperature < 0:
+            raise InputError(
+                "ARTokenLM.generate: need guidance_scale >= 0, top_k >= 0, 0 <= top_p <= 1, temperature >= 0 "
+                f"(got {guidance_scale}, {top_k}, {top_p}, {temperature})"
+            )
+        conds, batch_size = self._check_conditions(conditions, None)
+        if batch_size is None:  # unconditional: one item per generator in a list, else one
+            batch_size = 1 if generator is None or isinstance(generator, torch.Generator) else len(list(generator))
+        generators = self._item_generators(generator, batch_size)
+        sampling = dict(top_k=top_k, top_p=top_p, temperature=temperature)
+        use_cfg = guidance_scale != 1.0
+        if use_cfg:  # one forward of [cond; uncond]
+            conds = {n: Condition(torch.cat([c.tensor, c.null().tensor]), torch.cat([c.mask, c.null().mask]), c.frame_rate) for n, c in conds.items()}
+
+        plan = self.plan_windows(num_frames)
+        total = sum(self._sampling_steps(length, prompt) for _, length, prompt in plan)
+        if progress_bar is None:
+            from tqdm.auto import tqdm
+
+            progress_bar = lambda total: tqdm(total=total, desc="ARTokenLM.generate", leave=False, disable=None)  # noqa: E731
+
+        # generation-time fused weights: one embedding lookup and one head matmul per step
+        table = torch.cat([e.weight for e in self.embed_tokens])  # [K * (V + 1), H]
+        heads = torch.cat([h.weight for h in self.lm_heads])  # [K * V, H]
+        out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
+        with progress_bar(total=total) as bar:
+            for start, length, prompt_len in plan:
+                prompt = out[:, :, start : start + prompt_len] if prompt_len else None
+                out[:, :, start : start + length] = self._generate_window(
+                    conds, batch_size, length, start, prompt, guidance_scale if use_cfg else None,
+                    sampling, generators, table, heads, bar,
+                )  # fmt: skip
+        return out
+
+    def _sampling_steps(self, num_frames: int, prompt_len: int) -> int:
+        to_sample = (self.codebook_pattern.layout(num_frames) >= prompt_len).any(0)
+        return int(to_sample.sum())
+
+    def _generate_window(
+        self,
+        conds: Dict[str, Condition],
+        batch_size: int,
+        num_frames: int,
+        start_frame: int,
+        prompt: Optional[torch.Tensor],
+        guidance_scale: Optional[float],
+        sampling: dict,
+        generators: List[Optional[torch.Generator]],
+        table: torch.Tensor,
+        heads: torch.Tensor,
+        bar,
+    ) -> torch.Tensor:
+        """Codes ``[B, K, num_frames]`` of one window whose first ``prompt.shape[2]`` frames are ``prompt``."""
+        b, k, device = batch_size, self.config.num_codebooks, self.device
+        pattern = self.codebook_pattern
+        layout = pattern.layout(num_frames, device)  # [K, S]
+        s_total = layout.shape[1]
+        prompt_len = 0 if prompt is None else prompt.shape[2]
+        steps = torch.full((b, k, s_total), self.special_id, dtype=torch.long, device=device)
+        if prompt_len:
+            known = (layout >= 0) & (layout < prompt_len)
+            from_prompt = prompt.gather(2, layout.clamp(0, prompt_len - 1)[None].expand(b, -1, -1))
+            steps = torch.where(known, from_prompt, steps)
+        to_sample = layout >= prompt_len  # [K, S]
+        first = int(to_sample.any(0).nonzero()[0])
+        # every item draws its own uniforms, the same amount whatever the batch: batch == singles
+        uniforms = torch.stack(
+            [torch.rand(s_total, k, generator=g, device=g.device if g is not None else device).to(device) for g in generators]
+        )  # [B, S, K]
+
+        rows = 2 * b if guidance_scale is not None else b
+        fused = self._fuse(conds, rows, s_total, start_frame)
+        cross_kv = self._cross_kv(fused)
+        p = fused.prefix_len
+        key_mask = None
+        if fused.prefix_mask is not None:
+            key_mask = torch.cat([fused.prefix_mask, fused.prefix_mask.new_ones(rows, s_total)], 1)
+        caches = [
+            KVCache(rows, self.config.num_heads, self.head_dim, p + s_total, device=device, dtype=table.dtype)
+            for _ in self.layers
+        ]
+
+        positions = torch.arange(s_total + 1, device=device)
+        pos_table = sinusoidal_embedding(positions, self.config.hidden_size).to(table.dtype)
+
+        def step_logits(inputs: torch.Tensor, positions: torch.Tensor, with_prefix: bool) -> torch.Tensor:
+            """Inputs ``[B, K, L]`` -> guided logits ``[B, K, V]`` of the last position."""
+            if guidance_scale is not None:
+                inputs = torch.cat([inputs, inputs])
+            x = self._embed(inputs, positions, fused, table, pos_table)
+            if with_prefix and p:
+                x = torch.cat([fused.prefix, x], 1)
+            h = self._decode(x, fused, cross_kv, key_mask, caches)[:, -1]  # [rows, H]
+            logits = F.linear(h, heads).view(rows, k, -1)
+            if guidance_scale is not None:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + guidance_scale * (cond - uncond)
+            return logits
+
+        # prefill: the prefix, the start token and every known step before the first one to sample
+        inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)
+        logits = step_logits(inputs, positions[: first + 1], with_prefix=True)
+        for s in range(first, s_total):
+            sampled = sample_from_logits(logits.flatten(0, 1), uniforms[:, s].flatten(), **sampling).view(b, k)
+            steps[:, :, s] = torch.where(to_sample[:, s], sampled, steps[:, :, s])
+            bar.update(1)
+            if s + 1 < s_total:
+                logits = step_logits(steps[:, :, s : s + 1], positions[s + 1 : s + 2], with_prefix=False)
+        return pattern.deinterleave(steps, num_frames)
+
+    # ------------------------------------------------------------------------------------------ warm start
+    #: parameter-name prefixes this model has and MusicGen's decoder does not: newly initialised
+    NEW_PARAMETERS = ("cross_attn", "cross_attn_layer_norm", "video_proj", "beat_proj", "text_proj", "beat_head")
+
+    @classmethod
+    def from_musicgen(cls, path: Union[str, Path], video_dim: int, **overrides) -> "ARTokenLM":
+        """Warm start from a local transformers MusicGen folder (safetensors weights + config.json).
+
+        Accepts a ``MusicgenForCausalLM`` folder or a full ``MusicgenForConditionalGeneration`` one
+        (its decoder is used). Token embeddings, self-attention, feed-forward, norms and LM heads
+        are copied; MusicGen's text cross-attention is not. The video cross-attention and the
+        condition projections are new; their output projections start at zero, so the warm-started
+        model computes exactly the MusicGen decoder's logits until training moves them.
+        ``overrides`` set any other config kwarg (``frame_rate`` defaults to MusicGen's 50 Hz).
+        """
+        folder = Path(path)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"from_musicgen: {folder} has no config.json (expected a saved MusicgenForCausalLM)")
+        config = json.loads(config_file.read_text())
+        prefix = ""
+        if config.get("model_type") == "musicgen":
+            config, prefix = config.get("decoder") or {}, "decoder."
+        if config.get("model_type") != "musicgen_decoder":
+            raise CheckpointError(f"from_musicgen: {config_file} is not a MusicGen decoder config (model_type {config.get('model_type')!r})")
+        unsupported = []
+        if config.get("audio_channels", 1) != 1:
+            unsupported.append("stereo (audio_channels=2)")
+        if config.get("scale_embedding", False):
+            unsupported.append("scale_embedding=True")
+        if config.get("activation_function", "gelu") != "gelu":
+            unsupported.append(f"activation_function={config['activation_function']!r}")
+        if config.get("pad_token_id", config["vocab_size"]) != config["vocab_size"]:
+            unsupported.append("a pad/start id other than vocab_size")
+        if unsupported:
+            raise CheckpointError(f"from_musicgen: {folder} uses {', '.join(unsupported)}, which ARTokenLM does not model")
+        kwargs = dict(
+            num_codebooks=config["num_codebooks"],
+            cardinality=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"],
+            ffn_dim=config["ffn_dim"],
+            dropout=config.get("dropout", 0.1),
+            video_dim=video_dim,
+            frame_rate=50.0,
+        )
+        kwargs.update(overrides)
+        model = cls(**kwargs)
+
+        source = _load_safetensors_folder(folder)
+        state, loaded = model.state_dict(), set()
+        for key, value in source.items():
+            if not key.startswith(prefix):
+                continue  # text encoder, audio codec, enc_to_dec_proj of a full MusicGen
+            name = _musicgen_to_ours(key[len(prefix) :])
+            if name is None:
+                continue
+            if name not in state or state[name].shape != value.shape:
+                have = tuple(state[name].shape) if name in state else "no such parameter"
+                raise CheckpointError(f"from_musicgen: {key} {tuple(value.shape)} does not fit {name} ({have}); check overrides")
+            state[name] = value.to(state[name].dtype)
+            loaded.add(name)
+        missing = sorted(n for n in state if n not in loaded and not _is_new(n))
+        if missing:
+            raise CheckpointError(f"from_musicgen: {folder} lacks {len(missing)} decoder weight(s), e.g. {missing[:5]}")
+        model.load_state_dict(state)
+        # new branches start silent so the warm-started LM is exactly MusicGen's
+        for layer in model.layers:
+            if hasattr(layer, "cross_attn"):
+                nn.init.zeros_(layer.cross_attn.out_proj.weight)
+        if model.beat_proj is not None:
+            nn.init.zeros_(model.beat_proj.weight)
+        return model
+
+
+def _is_new(name: str) -> bool:
+    """True for parameters with no MusicGen counterpart (see ``ARTokenLM.NEW_PARAMETERS``)."""
+    parts = name.split(".")
+    return any(part in ARTokenLM.NEW_PARAMETERS for part in parts)
+
+
+def _musicgen_to_ours(key: str) -> Optional[str]:
+    """A ``MusicgenForCausalLM`` parameter name -> ours, or None for weights we do not take."""
+    if key.startswith("lm_heads."):
+        return key
+    if not key.startswith("model.decoder."):
+        return None
+    key = key[len("model.decoder.") :]
+    if ".encoder_attn" in key or key.startswith("embed_positions"):
+        return None  # text cross-attention (replaced by video); positions are computed, not stored
+    return key.replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
+
+
+def _load_safetensors_folder(folder: Path) -> Dict[str, torch.Tensor]:
+    """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
+    from safetensors.torch import load_file
+
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    else:
+        raise CheckpointError(
+            f"from_musicgen: {folder} has no model.safetensors (or index); pickled weights are not loaded, "
+            "re-save the model with safe_serialization=True"
+        )
+    tensors: Dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            tensors.update(load_file(str(file)))
+        except Exception as err:  # safetensors raises its own error types for a corrupt file
+            raise CheckpointError(f"from_musicgen: cannot read {file}: {err}") from err
+    return tensors
+
+
+__all__ = ["ARTokenLM", "ARDecoderLayer", "ARTrainOutput", "sample_from_logits", "TEXT"]

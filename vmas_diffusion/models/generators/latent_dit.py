@@ -1,0 +1,773 @@
+"""Latent diffusion transformer (DiT) over continuous codec latents ``[B, D, T]``.
+
+The LDM backend: a transformer denoiser over normalised codec latents (one token per
+latent frame, at the codec's frame rate), conditioned on
+
+* the timestep, through adaLN-Zero modulation of every block (DiT),
+* the video condition (``"video"``, ``[B, Tv, Dv]`` at the video encoder's rate) and the
+  beat condition (``"beat"``, ``[B, Tb, 1]``), each fused as the recipe says:
+  ``"cross"`` (cross-attention tokens), ``"sum"`` (resampled to the latent frame rate
+  with :meth:`Condition.resample` and added per frame) or ``"prepend"`` (prefix tokens
+  of the self-attention sequence).
+
+Time-aligned condition tokens carry the same sinusoidal position as the latent frame
+at the same instant, so cross-attention can line video events up with music frames.
+
+Training (:meth:`LatentDiT.forward_train`) draws timesteps and noise from a diffusers
+``DDPMScheduler`` built from the config (``"v_prediction"`` or ``"epsilon"``), or from a
+``FlowMatchEulerDiscreteScheduler`` for ``"flow"`` (rectified flow, target
+``noise - x0``), and drops all conditions together for a ``cond_dropout`` share of the
+batch so classifier-free guidance has a learned unconditional branch.
+:meth:`LatentDiT.make_scheduler` builds inference schedulers (DDPM, DDIM, DPM-Solver++,
+Euler) consistent with that training schedule, so samplers swap without retraining.
+
+Generation longer than ``max_duration`` runs in windows that overlap by
+``window_overlap`` seconds; the overlap is in-painted RePaint-style: before every
+denoising step, the window's leading frames are replaced by the already generated
+latents noised to the current step's level, and set to them exactly at the end.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.training_utils import EMAModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...conditions import BEAT, VIDEO, Condition
+from ...errors import ConfigError, InputError
+from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
+from .base import GeneratorTrainOutput, MusicGenerator
+
+PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
+FUSE_MODES = ("cross", "sum", "prepend")
+ALIGN_FEATURES = ("clean", "denoiser")
+SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "euler")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+
+@dataclass
+class PreparedConditions:
+    """Conditions projected to the model width for one window of ``T`` latent frames."""
+
+    #: ``[B, T, H]`` sum of the per-frame ("sum") conditions, or None
+    frame_embeds: Optional[torch.Tensor] = None
+    #: ``[B, S, H]`` cross-attention tokens and their validity mask ``[B, S]``, or None
+    context: Optional[torch.Tensor] = None
+    context_mask: Optional[torch.Tensor] = None
+    #: ``[B, P, H]`` prefix tokens of the self-attention sequence and mask ``[B, P]``, or None
+    prefix: Optional[torch.Tensor] = None
+    prefix_mask: Optional[torch.Tensor] = None
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x [B, T, H]`` scaled and shifted per item by ``shift, scale [B, H]``."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class TimestepEmbedding(nn.Module):
+    """``timestep [B]`` (float, ``0 .. num_train_timesteps``) -> ``[B, H]``: sinusoid, then a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.linear_1 = nn.Linear(frequency_dim, hidden_size)
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(timestep, self.frequency_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block, ``x [B, T, H]`` -> ``[B, T, H]``.
+
+    Self-attention and feed-forward are modulated (shift, scale, gate) by the timestep
+    embedding ``c [B, H]``; the gates start at zero so every block starts as the identity.
+    Cross-attention (when the model has cross conditions) sits between them, ungated, as in
+    PixArt-alpha.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, ffn_dim: int, cross_attention: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.self_attn = Attention(hidden_size, num_heads)
+        self.norm_cross = nn.LayerNorm(hidden_size) if cross_attention else None
+        self.cross_attn = Attention(hidden_size, num_heads) if cross_attention else None
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(hidden_size, ffn_dim)
+        self.ada_ln = nn.Linear(hidden_size, 6 * hidden_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        context: Optional[torch.Tensor] = None,
+        context_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(F.silu(c)).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1), key_padding_mask=mask)
+        if self.cross_attn is not None and context is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context=context, key_padding_mask=context_mask)
+        return x + gate2[:, None] * self.ff(modulate(self.norm2(x), shift2, scale2))
+
+
+class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
+    """Diffusion transformer generating normalised codec latents ``[B, latent_dim, T]``.
+
+    Args:
+        latent_dim: channels ``D`` of the codec latents.
+        hidden_size, num_layers, num_heads, ffn_mult: transformer width, depth, heads and
+            feed-forward width ``ffn_mult * hidden_size``.
+        video_dim, beat_dim: channels of the ``"video"`` and ``"beat"`` conditions.
+        frame_rate: latent frames per second (the codec's frame rate).
+        max_duration: seconds generated in one window (the training clip length).
+        window_overlap: seconds each window shares with the previous one (in-painted).
+        prediction_type: ``"v_prediction"``, ``"epsilon"`` or ``"flow"`` (velocity ``noise - x0``).
+        num_train_timesteps, beta_schedule, beta_start, beta_end: the DDPM training schedule
+            (``beta_*`` unused by ``"flow"``).
+        flow_shift: timestep shift of the flow schedule (1.0 = none; > 1 spends more steps at high noise).
+        cond_dropout: share of training items whose conditions are all dropped (CFG).
+        video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"`` or ``"prepend"``.
+        align_features: where :meth:`forward_train` takes ``music_embedding`` and
+            ``onset_logits`` from: ``"clean"`` (an extra pass over the clean latents with
+            conditions dropped, so the alignment losses see the music alone and cannot be
+            met by copying the video condition) or ``"denoiser"`` (the denoising pass's own
+            hidden states: free, but noisy and conditioned).
+    """
+
+    backend = "ldm"
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        hidden_size: int = 512,
+        num_layers: int = 8,
+        num_heads: int = 8,
+        ffn_mult: float = 4.0,
+        video_dim: int = 512,
+        beat_dim: int = 1,
+        frame_rate: float = 50.0,
+        max_duration: float = 10.0,
+        window_overlap: float = 2.0,
+        prediction_type: str = "v_prediction",
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        flow_shift: float = 1.0,
+        cond_dropout: float = 0.2,
+        video_fuse: str = "cross",
+        beat_fuse: str = "sum",
+        align_features: str = "clean",
+    ):
+        super().__init__()
+        self._check_config()
+        self.fuse = {VIDEO: video_fuse, BEAT: beat_fuse}
+        self.condition_dims = {VIDEO: video_dim, BEAT: beat_dim}
+        has_cross = "cross" in self.fuse.values()
+
+        self.proj_in = nn.Linear(latent_dim, hidden_size)
+        self.time_embed = TimestepEmbedding(hidden_size)
+        self.cond_proj = nn.ModuleDict({name: nn.Linear(dim, hidden_size) for name, dim in self.condition_dims.items()})
+        # tells condition tokens apart when several share the context or the prefix
+        self.cond_type = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(hidden_size)) for name in self.condition_dims}
+        )
+        ffn_dim = int(round(ffn_mult * hidden_size))
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, ffn_dim, has_cross) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.ada_ln_out = nn.Linear(hidden_size, 2 * hidden_size)
+        self.proj_out = nn.Linear(hidden_size, latent_dim)
+        self.beat_head = nn.Sequential(
+            nn.LayerNorm(hidden_size),
+            nn.Linear(hidden_size, hidden_size // 2),
+            nn.GELU(),
+            nn.Linear(hidden_size // 2, 1),
+        )
+        self._init_weights()
+        self._noise_scheduler = None
+
+    # ------------------------------------------------------------------ setup
+    def _check_config(self) -> None:
+        cfg = self.config
+        where = "LatentDiT config"
+        for name in (
+            "latent_dim",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "video_dim",
+            "beat_dim",
+            "num_train_timesteps",
+        ):
+            if int(getattr(cfg, name)) < 1:
+                raise ConfigError(f"{where}: {name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.hidden_size % cfg.num_heads:
+            raise ConfigError(f"{where}: hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        if cfg.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"{where}: prediction_type {cfg.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+        if cfg.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"{where}: beta_schedule {cfg.beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
+        for name in ("video_fuse", "beat_fuse"):
+            if getattr(cfg, name) not in FUSE_MODES:
+                raise ConfigError(f"{where}: {name} {getattr(cfg, name)!r}; valid: {', '.join(FUSE_MODES)}")
+        if cfg.align_features not in ALIGN_FEATURES:
+            raise ConfigError(f"{where}: align_features {cfg.align_features!r}; valid: {', '.join(ALIGN_FEATURES)}")
+        if not 0.0 <= cfg.cond_dropout < 1.0:
+            raise ConfigError(f"{where}: cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+        if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
+            raise ConfigError(f"{where}: frame_rate, flow_shift and ffn_mult must be > 0")
+        if round(cfg.max_duration * cfg.frame_rate) < 1:
+            raise ConfigError(
+                f"{where}: max_duration {cfg.max_duration} s holds no latent frame at {cfg.frame_rate} Hz"
+            )
+        if not 0 <= cfg.window_overlap < cfg.max_duration:
+            raise ConfigError(
+                f"{where}: window_overlap must be in [0, max_duration={cfg.max_duration}), got {cfg.window_overlap}"
+            )
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        for param in self.cond_type.values():
+            nn.init.normal_(param, std=0.02)
+        # adaLN-Zero: gates and the output projection start at zero (each block starts as the identity)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada_ln.weight)
+            nn.init.zeros_(block.ada_ln.bias)
+        for layer in (self.ada_ln_out, self.proj_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def window_frames(self) -> int:
+        """Latent frames per generation window (``max_duration`` seconds)."""
+        return max(1, int(round(self.config.max_duration * self.config.frame_rate)))
+
+    @property
+    def overlap_frames(self) -> int:
+        """Latent frames shared by consecutive windows (``window_overlap`` seconds)."""
+        return min(int(round(self.config.window_overlap * self.config.frame_rate)), self.window_frames - 1)
+
+    # ------------------------------------------------------------------ schedulers
+    @property
+    def noise_scheduler(self):
+        """The training noise scheduler built from the config (not a module, never saved)."""
+        if self._noise_scheduler is None:
+            cfg = self.config
+            if cfg.prediction_type == "flow":
+                self._noise_scheduler = FlowMatchEulerDiscreteScheduler(
+                    num_train_timesteps=cfg.num_train_timesteps, shift=cfg.flow_shift
+                )
+            else:
+                self._noise_scheduler = DDPMScheduler(**self._beta_kwargs())
+        return self._noise_scheduler
+
+    def _beta_kwargs(self) -> dict:
+        cfg = self.config
+        return dict(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            beta_start=cfg.beta_start,
+            beta_end=cfg.beta_end,
+            prediction_type=cfg.prediction_type,
+        )
+
+    def make_scheduler(self, name: str = "dpmsolver++"):
+        """An inference scheduler matching the training schedule and ``prediction_type``.
+
+        ``name``: ``"ddpm"``, ``"ddim"``, ``"dpmsolver++"`` (DPM-Solver++ 2M) or ``"euler"``
+        (``EulerDiscreteScheduler``; ``FlowMatchEulerDiscreteScheduler`` for a flow model).
+        A flow model offers ``"euler"`` and ``"dpmsolver++"`` (flow sigmas).
+        """
+        cfg = self.config
+        if cfg.prediction_type == "flow":
+            if name == "euler":
+                return FlowMatchEulerDiscreteScheduler(
+                    num_train_timesteps=cfg.num_train_timesteps, shift=cfg.flow_shift
+                )
+            if name == "dpmsolver++":
+                return DPMSolverMultistepScheduler(
+                    num_train_timesteps=cfg.num_train_timesteps,
+                    prediction_type="flow_prediction",
+                    use_flow_sigmas=True,
+                    flow_shift=cfg.flow_shift,
+                    algorithm_type="dpmsolver++",
+                    solver_order=2,
+                )
+            raise InputError(f"scheduler {name!r} does not support prediction_type 'flow'; valid: euler, dpmsolver++")
+        if name == "ddpm":
+            return DDPMScheduler(**self._beta_kwargs(), clip_sample=False, timestep_spacing="trailing")
+        if name == "ddim":
+            # trailing spacing starts at the last training step (pure noise) even with few steps
+            return DDIMScheduler(
+                **self._beta_kwargs(), clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing"
+            )
+        if name == "dpmsolver++":
+            return DPMSolverMultistepScheduler(**self._beta_kwargs(), algorithm_type="dpmsolver++", solver_order=2)
+        if name == "euler":
+            return EulerDiscreteScheduler(**self._beta_kwargs(), timestep_spacing="trailing")
+        raise InputError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULER_NAMES)}")
+
+    def _check_scheduler(self, scheduler) -> None:
+        """Raise InputError unless ``scheduler`` samples with this model's parametrisation."""
+        cfg = self.config
+        sched_cfg = getattr(scheduler, "config", None)
+        if sched_cfg is None or not hasattr(scheduler, "step") or not hasattr(scheduler, "set_timesteps"):
+            raise InputError(f"scheduler must be a diffusers scheduler, got {type(scheduler).__name__}")
+        if type(scheduler).__name__.startswith("FlowMatch"):  # flow-matching schedulers have no prediction_type
+            found = "flow"
+        else:
+            found = {"flow_prediction": "flow"}.get(sched_cfg.get("prediction_type"), sched_cfg.get("prediction_type"))
+        if found != cfg.prediction_type:
+            raise InputError(
+                f"scheduler {type(scheduler).__name__} predicts {found!r}; this model was trained for "
+                f"{cfg.prediction_type!r} (use generator.make_scheduler(...))"
+            )
+        if sched_cfg.get("num_train_timesteps") != cfg.num_train_timesteps:
+            raise InputError(
+                f"scheduler has num_train_timesteps={sched_cfg.get('num_train_timesteps')}; "
+                f"the model was trained with {cfg.num_train_timesteps}"
+            )
+
+    # ------------------------------------------------------------------ conditions
+    def check_conditions(self, conditions: Dict[str, Condition], batch_size: Optional[int] = None) -> int:
+        """Validate ``conditions`` and return the batch size (``batch_size`` or 1 when there are none).
+
+        Known names are ``"video"`` and ``"beat"``; a missing one is treated as dropped.
+        """
+        if not isinstance(conditions, dict):
+            raise InputError(f"conditions must be a dict[str, Condition], got {type(conditions).__name__}")
+        unknown = sorted(set(conditions) - set(self.condition_dims))
+        if unknown:
+            raise InputError(f"unknown condition(s) {unknown}; LatentDiT takes {sorted(self.condition_dims)}")
+        sizes = set() if batch_size is None else {int(batch_size)}
+        for name, cond in conditions.items():
+            if not isinstance(cond, Condition):
+                raise InputError(f"condition {name!r} must be a Condition, got {type(cond).__name__}")
+            if cond.tensor.shape[-1] != self.condition_dims[name]:
+                raise InputError(
+                    f"condition {name!r} has {cond.tensor.shape[-1]} channels; "
+                    f"the model expects {self.condition_dims[name]}"
+                )
+            if self.fuse[name] == "sum" and cond.frame_rate is None:
+                raise InputError(f"condition {name!r} is fused by 'sum' and needs a frame_rate (it has none)")
+            sizes.add(cond.tensor.shape[0])
+        if len(sizes) > 1:
+            raise InputError(f"batch sizes disagree across conditions/latents: {sorted(sizes)}")
+        return sizes.pop() if sizes else 1
+
+    def prepare_conditions(
+        self, conditions: Dict[str, Condition], num_frames: int, start_frame: int = 0
+    ) -> PreparedConditions:
+        """Project ``conditions`` for latent frames ``start_frame .. start_frame + num_frames``.
+
+        "sum" conditions are resampled to the latent frame rate and sliced to the window;
+        time-aligned "cross"/"prepend" tokens are kept when they fall inside the window and
+        get the sinusoidal position of their instant in window frames.
+        """
+        ref = self.proj_in.weight
+        out = PreparedConditions()
+        tokens: Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]] = {"cross": [], "prepend": []}
+        for name in self.condition_dims:  # fixed order, whatever the dict's
+            if name not in conditions:
+                continue
+            cond = conditions[name].to(ref.device, ref.dtype)
+            proj = self.cond_proj[name]
+            if self.fuse[name] == "sum":
+                resampled = cond.resample(start_frame + num_frames, self.config.frame_rate)
+                values = resampled.tensor[:, start_frame:]
+                valid = resampled.mask[:, start_frame:]
+                emb = proj(values) * valid[..., None].to(ref.dtype)  # no condition = no contribution
+                out.frame_embeds = emb if out.frame_embeds is None else out.frame_embeds + emb
+                continue
+            x, mask = cond.tensor, cond.mask
+            if cond.frame_rate is not None:
+                ratio = self.config.frame_rate / cond.frame_rate  # latent frames per condition frame
+                pos = torch.arange(x.shape[1], device=ref.device, dtype=torch.float32) * ratio - start_frame
+                # keep the token straddling the window start too
+                keep = (pos > -ratio) & (pos < num_frames)
+                x, mask, pos = x[:, keep], mask[:, keep], pos[keep]
+                if x.shape[1] == 0:
+                    continue
+                h = proj(x) + sinusoidal_embedding(pos, ref.shape[0]).to(ref.dtype)
+            else:
+                h = proj(x)
+            tokens[self.fuse[name]].append((h + self.cond_type[name], mask))
+        if tokens["cross"]:
+            out.context = torch.cat([h for h, _ in tokens["cross"]], dim=1)
+            out.context_mask = torch.cat([m for _, m in tokens["cross"]], dim=1)
+        if tokens["prepend"]:
+            out.prefix = torch.cat([h for h, _ in tokens["prepend"]], dim=1)
+            out.prefix_mask = torch.cat([m for _, m in tokens["prepend"]], dim=1)
+        return out
+
+    @staticmethod
+    def null_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
+        """The dropped form of every condition (what CFG's unconditional branch sees)."""
+        return {name: cond.null() for name, cond in conditions.items()}
+
+    @staticmethod
+    def _cfg_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
+        """Conditions for one batched CFG call: items ``[cond..., null...]`` (``2B``)."""
+        out = {}
+        for name, cond in conditions.items():
+            null = cond.null()
+            out[name] = Condition(
+                torch.cat([cond.tensor, null.tensor]), torch.cat([cond.mask, null.mask]), cond.frame_rate
+            )
+        return out
+
+    # ------------------------------------------------------------------ the network
+    def _check_sample(self, sample: torch.Tensor, name: str = "sample") -> None:
+        if not isinstance(sample, torch.Tensor) or sample.dim() != 3 or sample.shape[1] != self.config.latent_dim:
+            shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise InputError(f"{name} must be a tensor [B, D={self.config.latent_dim}, T], got {shape}")
+        if sample.shape[-1] == 0:
+            raise InputError(f"{name} has no frames (T = 0)")
+        if not sample.is_floating_point():
+            raise InputError(f"{name} must be float, got {sample.dtype}")
+
+    @staticmethod
+    def _batch_timesteps(timestep, batch: int, device) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() != 1 or t.shape[0] != batch:
+            raise InputError(f"timestep must be a scalar or a tensor [B={batch}], got shape {tuple(t.shape)}")
+        return t.float()
+
+    def _denoise(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        prepared: PreparedConditions,
+        frame_mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``sample [B, D, T]``, ``timestep [B]`` -> (model output ``[B, D, T]``, hidden states ``[B, T, H]``)."""
+        b, _, t = sample.shape
+        dtype = self.proj_in.weight.dtype
+        x = self.proj_in(sample.transpose(1, 2).to(dtype))
+        x = x + sinusoidal_embedding(torch.arange(t, device=x.device), x.shape[-1]).to(dtype)
+        if prepared.frame_embeds is not None:
+            x = x + prepared.frame_embeds
+        c = self.time_embed(timestep)
+        mask = frame_mask
+        num_prefix = 0
+        if prepared.prefix is not None:
+            num_prefix = prepared.prefix.shape[1]
+            x = torch.cat([prepared.prefix, x], dim=1)
+            frames_valid = frame_mask if frame_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
+            mask = torch.cat([prepared.prefix_mask, frames_valid], dim=1)
+        for block in self.blocks:
+            x = block(x, c, mask, prepared.context, prepared.context_mask)
+        hidden = x[:, num_prefix:]
+        shift, scale = self.ada_ln_out(F.silu(c)).chunk(2, dim=-1)
+        out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
+        return out.transpose(1, 2), hidden
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float],
+        conditions: Dict[str, Condition],
+        frame_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The denoiser: ``sample [B, D, T]`` at ``timestep`` (``[B]`` or scalar) -> ``[B, D, T]``.
+
+        The output is the ``prediction_type`` target: noise (epsilon), velocity
+        ``alpha * noise - sigma * x0`` (v_prediction) or ``noise - x0`` (flow).
+        ``frame_mask [B, T]`` (True = valid) hides padding frames from attention.
+        """
+        self._check_sample(sample)
+        batch = self.check_conditions(conditions, sample.shape[0])
+        if frame_mask is not None and tuple(frame_mask.shape) != (batch, sample.shape[-1]):
+            raise InputError(f"frame_mask must be [B, T] = {(batch, sample.shape[-1])}, got {tuple(frame_mask.shape)}")
+        prepared = self.prepare_conditions(conditions, sample.shape[-1])
+        timestep = self._batch_timesteps(timestep, batch, sample.device)
+        return self._denoise(sample, timestep, prepared, None if frame_mask is None else frame_mask.bool())[0]
+
+    # ------------------------------------------------------------------ training
+    def forward_train(self, batch: dict) -> GeneratorTrainOutput:
+        """Diffusion loss on ``batch["latents"] [B, D, T]`` under ``batch["conditions"]``.
+
+        Optional ``batch["mask"] [B, T]`` (True = real music frame) and
+        ``batch["generator"]`` (a ``torch.Generator`` for timesteps, noise and condition
+        dropout). Returns ``losses={"diffusion": masked MSE}``, ``music_embedding [B, H]``
+        (masked mean of hidden states) and ``onset_logits [B, T]`` (beat head).
+        """
+        if not isinstance(batch, dict) or "latents" not in batch or "conditions" not in batch:
+            keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise InputError(f"LatentDiT training batch needs 'latents' and 'conditions', got {keys}")
+        latents = batch["latents"]
+        self._check_sample(latents, "batch['latents']")
+        conditions = batch["conditions"]
+        b, _, t = latents.shape
+        self.check_conditions(conditions, b)
+        mask = batch.get("mask")
+        if mask is not None:
+            if tuple(mask.shape) != (b, t):
+                raise InputError(f"batch['mask'] must be [B, T] = {(b, t)}, got {tuple(mask.shape)}")
+            mask = mask.to(latents.device).bool()
+        gen = batch.get("generator")
+        device = latents.device
+        latents = latents.to(self.proj_in.weight.dtype)
+
+        def draw(fn, *args):  # draw on the generator's device, then move (CPU generator, GPU model)
+            on = gen.device if gen is not None else device
+            return fn(*args, generator=gen, device=on).to(device)
+
+        noise = draw(torch.randn, latents.shape).to(latents.dtype)
+        cfg = self.config
+        sched = self.noise_scheduler
+        if cfg.prediction_type == "flow":
+            index = draw(torch.randint, 0, cfg.num_train_timesteps, (b,))
+            sigma = sched.sigmas[index.cpu()].to(device=device, dtype=latents.dtype)
+            timesteps = sched.timesteps[index.cpu()].to(device)
+            s = sigma[:, None, None]
+            noisy = (1 - s) * latents + s * noise
+            target = noise - latents
+        else:
+            timesteps = draw(torch.randint, 0, cfg.num_train_timesteps, (b,))
+            noisy = sched.add_noise(latents, noise, timesteps)
+            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+
+        cond_in = conditions
+        if self.training and cfg.cond_dropout > 0 and conditions:
+            drop = draw(torch.rand, (b,)) < cfg.cond_dropout
+            cond_in = {name: _drop_items(cond, drop) for name, cond in conditions.items()}
+        prepared = self.prepare_conditions(cond_in, t)
+        output, hidden = self._denoise(noisy, timesteps.float(), prepared, mask)
+
+        err = (output.float() - target.float()).pow(2).mean(dim=1)  # [B, T]
+        loss = _masked_mean(err, mask)
+
+        if cfg.align_features == "clean":
+            clean = self.prepare_conditions(self.null_conditions(conditions), t)
+            _, hidden = self._denoise(latents, torch.zeros(b, device=device), clean, mask)
+        weights = torch.ones(b, t, device=device, dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+        music_embedding = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        onset_logits = self.beat_head(hidden).squeeze(-1)
+        return GeneratorTrainOutput(
+            losses={"diffusion": loss}, music_embedding=music_embedding, onset_logits=onset_logits
+        )
+
+    def create_ema(self, decay: float = 0.9999, **ema_kwargs) -> EMAModel:
+        """An exponential moving average of this model's weights (diffusers ``EMAModel``).
+
+        Update it after each optimiser step with ``ema.step(model.parameters())``.
+        ``ema.save_pretrained(dir)`` writes a normal model folder (the EMA weights, with the
+        EMA state in config.json) that ``LatentDiT.from_pretrained(dir)`` loads for
+        inference and ``EMAModel.from_pretrained(dir, model_cls=LatentDiT)`` resumes;
+        ``ema.copy_to(model.parameters())`` puts the EMA weights into a live model.
+        """
+        return EMAModel(self.parameters(), decay=decay, model_cls=type(self), model_config=self.config, **ema_kwargs)
+
+    # ------------------------------------------------------------------ sampling
+    def _guided(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        prepared: PreparedConditions,
+        guidance_scale: float,
+        cfg: bool,
+    ) -> torch.Tensor:
+        """One guided model call. With ``cfg`` the prepared conditions hold ``2B`` items
+        ``[cond, null]`` and both branches run as one batched forward."""
+        b = sample.shape[0]
+        t = timestep.reshape(-1)[:1].float().expand(b * (2 if cfg else 1)).to(sample.device)
+        if not cfg:
+            return self._denoise(sample, t, prepared)[0]
+        out = self._denoise(torch.cat([sample, sample]), t, prepared)[0]
+        cond, uncond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def guided_output(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float],
+        conditions: Dict[str, Condition],
+        guidance_scale: float = 3.0,
+    ) -> torch.Tensor:
+        """The classifier-free-guided model output for ``sample [B, D, T]`` -> ``[B, D, T]``:
+        ``uncond + guidance_scale * (cond - uncond)``, both branches in one batched forward
+        (the conditional branch alone when ``guidance_scale == 1`` or there are no conditions).
+        ``timestep`` is one scheduler timestep (scalar)."""
+        self._check_sample(sample)
+        self.check_conditions(conditions, sample.shape[0])
+        cfg = bool(conditions) and guidance_scale != 1.0
+        cond_in = self._cfg_conditions(conditions) if cfg else conditions
+        prepared = self.prepare_conditions(cond_in, sample.shape[-1])
+        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance_scale, cfg)
+
+    def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
+        """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
+
+        Each window but the first has ``length == window_frames`` and starts ``overlap_frames``
+        before the previous one ends (earlier for the last, so it stays full length);
+        its first ``known`` frames are already generated and get in-painted.
+        """
+        size, overlap = self.window_frames, self.overlap_frames
+        if num_frames <= size:
+            return [(0, num_frames, 0)]
+        windows, end = [(0, size, 0)], size
+        while end < num_frames:
+            start = min(end - overlap, num_frames - size)
+            windows.append((start, size, end - start))
+            end = start + size
+        return windows
+
+    @staticmethod
+    def _noise_to(scheduler, known: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """``known`` clean latents noised to ``timestep``'s level in the scheduler's sample space."""
+        t = timestep.reshape(1).expand(known.shape[0])
+        if hasattr(scheduler, "add_noise"):
+            return scheduler.add_noise(known, noise, t)
+        return scheduler.scale_noise(known, t, noise)  # flow-matching schedulers
+
+    def _sample_window(
+        self,
+        prepared: PreparedConditions,
+        shape: Tuple[int, int, int],
+        scheduler,
+        num_inference_steps: int,
+        guidance_scale: float,
+        cfg: bool,
+        generator: GeneratorArg,
+        known: Optional[torch.Tensor],
+        bar,
+    ) -> torch.Tensor:
+        """Run the denoising loop for one window ``shape = (B, D, T)``; the first
+        ``known.shape[-1]`` frames are in-painted from ``known``."""
+        device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {}
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        sample = sample * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
+        k = 0 if known is None else known.shape[-1]
+        flow = self.config.prediction_type == "flow"
+        for i, t in enumerate(scheduler.timesteps):
+            if k:
+                noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
+                sample = torch.cat([self._noise_to(scheduler, known, noise, t), sample[..., k:]], dim=-1)
+            model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
+            # DPM-Solver truncates flow timesteps to ints: give the model the exact level the solver uses
+            model_t = scheduler.sigmas[i] * self.config.num_train_timesteps if flow else t
+            output = self._guided(model_input, model_t, prepared, guidance_scale, cfg)
+            sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
+            bar.update(1)
+        if k:
+            sample = torch.cat([known, sample[..., k:]], dim=-1)
+        return sample
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conditions: Dict[str, Condition],
+        num_frames: int,
+        scheduler=None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        generator: GeneratorArg = None,
+        progress_bar: Optional[Callable] = None,
+        batch_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Sample normalised latents ``[B, latent_dim, num_frames]``.
+
+        Args:
+            conditions: ``{"video": ..., "beat": ...}`` (missing names are dropped); ``B`` comes
+                from them (or, when there are none, ``batch_size``, a generator list's length, or 1).
+            num_frames: latent frames (duration x ``frame_rate``); past ``max_duration``
+                generation runs in windows whose overlap is in-painted.
+            scheduler: a diffusers scheduler matching the model (default
+                ``make_scheduler("dpmsolver++")``); its state is reset per window.
+            guidance_scale: classifier-free guidance (1 = conditional branch only).
+            generator: a ``torch.Generator`` or a list of ``B`` (one per item, so a batch
+                equals the single runs).
+            progress_bar: ``callable(total=N) -> tqdm``, e.g. a pipeline's ``progress_bar``.
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not conditions and batch_size is None and isinstance(generator, (list, tuple)):
+            batch_size = len(generator)  # unconditional: one item per generator
+        batch = self.check_conditions(conditions, batch_size)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise InputError(f"got {len(generator)} generators for a batch of {batch}")
+            generator = list(generator)
+        if scheduler is None:
+            scheduler = self.make_scheduler()
+        else:
+            self._check_scheduler(scheduler)
+
+        cfg = bool(conditions) and guidance_scale != 1.0
+        cond_in = self._cfg_conditions(conditions) if cfg else conditions
+        windows = self.plan_windows(num_frames)
+        total = len(windows) * num_inference_steps
+        bar = (
+            progress_bar(total=total) if progress_bar is not None else tqdm(total=total, desc="LatentDiT", leave=False)
+        )
+        device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
+        latents = torch.zeros(batch, self.config.latent_dim, num_frames, device=device, dtype=dtype)
+        with bar:
+            for start, length, known in windows:
+                prepared = self.prepare_conditions(cond_in, length, start)
+                known_latents = latents[..., start : start + known] if known else None
+                latents[..., start : start + length] = self._sample_window(
+                    prepared,
+                    (batch, self.config.latent_dim, length),
+                    scheduler,
+                    num_inference_steps,
+                    float(guidance_scale),
+                    cfg,
+                    generator,
+                    known_latents,
+                    bar,
+                )
+        return latents
+
+
+def _drop_items(cond: Condition, drop: torch.Tensor) -> Condition:
+    """``cond`` with the items where ``drop [B]`` is True replaced by the null condition."""
+    keep = (~drop).to(cond.tensor.device)
+    return Condition(
+        cond.tensor * keep[:, None, None].to(cond.tensor.dtype), cond.mask & keep[:, None], cond.frame_rate
+    )
+
+
+def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``values [B, T]`` over ``mask [B, T]`` (all when None)."""
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)

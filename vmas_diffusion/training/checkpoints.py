@@ -1,0 +1,263 @@
+"""Training checkpoints: safetensors and JSON only, written atomically, the last K kept.
+
+Layout of ``<output_dir>/checkpoints/step-00000120/``::
+
+    trainer_state.json        step, micro-batches consumed, world size, the resolved recipe
+    model.safetensors         the trained modules (video_encoder.*, generator.*, contrastive_head.*)
+    optimizer.safetensors     optimizer state tensors, keyed "state.<param index>.<name>"
+                              (DeepSpeed / FSDP: accelerate/ from save_state(safe_serialization=True) instead)
+    optimizer.json            param_groups and non-tensor state (JSON)
+    scheduler.json            LR scheduler state (JSON); grad_scaler.json with fp16
+    ema.safetensors/.json     the EMA weights and counters (when train.ema_decay is set)
+    rng_<rank>.safetensors    every process's RNG states as tensors (torch CPU and CUDA, numpy, random)
+    pipeline/                 VideoToMusicPipeline.save_pretrained output (safetensors + JSON configs)
+
+Nothing is pickled, so loading never runs code (DDP and single-process runs; under DeepSpeed / FSDP
+the sharded optimizer state is Accelerate's own, whose files are ``torch.save`` pickles). A checkpoint is first written to
+``.tmp-step-...`` and renamed into place when complete (a rename is atomic on one file system), so a
+run killed at any moment leaves either the previous checkpoints or the new one, never a half one;
+:func:`latest_checkpoint` ignores temporary folders and the next save removes them.
+"""
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TMP_PREFIX = ".tmp-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(root: Path) -> List[Path]:
+    """Finished checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+# ------------------------------------------------------------------------------------------- tensors
+def _save_tensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _load_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file is one cause for the user
+        raise CheckpointError(f"checkpoint file {path} cannot be read: {err}") from err
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON: {err}") from err
+
+
+def model_state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """State dict with tensors shared between names (tied weights) stored once per name, cloned."""
+    state, seen = {}, {}
+    for name, tensor in module.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride()) if tensor.numel() else None
+        state[name] = tensor.clone() if key in seen else tensor
+        if key is not None:
+            seen[key] = name
+    return state
+
+
+def load_model_state(module: torch.nn.Module, path: Path) -> None:
+    from ..models.codecs.base import load_state_dict_checked
+
+    load_state_dict_checked(module, _load_tensors(path), f"checkpoint {path}")
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+def optimizer_to_files(state: dict, folder: Path, stem: str = "optimizer") -> None:
+    """``optimizer.state_dict()`` -> ``<stem>.safetensors`` (tensors) + ``<stem>.json`` (the rest)."""
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    _save_tensors(folder / f"{stem}.safetensors", tensors)
+    _write_json(folder / f"{stem}.json", {"param_groups": state["param_groups"], "scalars": scalars})
+
+
+def optimizer_from_files(folder: Path, stem: str = "optimizer") -> dict:
+    tensors = _load_tensors(folder / f"{stem}.safetensors")
+    meta = _read_json(folder / f"{stem}.json")
+    state: Dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = meta["param_groups"]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------------------------------------- RNG
+def rng_state_tensors() -> Dict[str, torch.Tensor]:
+    """This process's RNG states as tensors (no pickle): torch CPU/CUDA, numpy's MT19937, Python's random."""
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{index}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
+    out["numpy_meta"] = torch.tensor([pos, has_gauss], dtype=torch.int64)
+    out["numpy_cached"] = torch.tensor([cached], dtype=torch.float64)
+    version, internal, gauss = random.getstate()
+    out["python_state"] = torch.tensor(internal, dtype=torch.int64)
+    out["python_meta"] = torch.tensor([version], dtype=torch.int64)
+    out["python_gauss"] = torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64)
+    return out
+
+
+def restore_rng_state(tensors: Dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("torch_cuda_"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
+    pos, has_gauss = (int(v) for v in tensors["numpy_meta"].tolist())
+    np.random.set_state(
+        ("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, float(tensors["numpy_cached"][0]))
+    )
+    gauss = float(tensors["python_gauss"][0])
+    random.setstate((int(tensors["python_meta"][0]), tuple(int(v) for v in tensors["python_state"].tolist()), None if gauss != gauss else gauss))
+
+
+# ------------------------------------------------------------------------------------------- save / load
+class CheckpointManager:
+    """Saves and restores the whole training state under ``<output_dir>/checkpoints``."""
+
+    def __init__(self, root: Path, keep: int):
+        if keep < 1:
+            raise CheckpointError(f"train.keep_checkpoints must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.keep = int(keep)
+
+    def save(
+        self, accelerator, step: int, task, optimizer, scheduler, trainer_state: dict, export_pipeline=None, ema=None,
+        sharded: bool = False,
+    ) -> Path:
+        """Write the checkpoint of ``step`` on every process (each its RNG), atomically; returns its folder.
+
+        ``export_pipeline(folder)`` writes the loadable pipeline (main process only). ``sharded``
+        (DeepSpeed / FSDP: the optimizer state is split across processes) stores the model and optimizer
+        with Accelerate's ``save_state(safe_serialization=True)`` under ``accelerate/`` instead.
+        """
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f"{TMP_PREFIX}{step_dir_name(step)}"
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f"{TMP_PREFIX}*"):  # left by a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        accelerator.wait_for_everyone()
+        _save_tensors(tmp / f"rng_{accelerator.process_index}.safetensors", rng_state_tensors())
+        if sharded:
+            # every process writes its shard; Accelerate pickles the optimizer shards (torch.save): they are
+            # read back only by load() below, from checkpoints this code wrote
+            accelerator.save_state(str(tmp / "accelerate"), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if not sharded:
+                _save_tensors(tmp / "model.safetensors", model_state(accelerator.unwrap_model(task)))
+                optimizer_to_files(optimizer.state_dict(), tmp)
+            _write_json(tmp / "scheduler.json", _jsonable(scheduler.state_dict()))
+            if accelerator.scaler is not None:
+                _write_json(tmp / "grad_scaler.json", _jsonable(accelerator.scaler.state_dict()))
+            if ema is not None:
+                ema_state = ema.state_dict()
+                shadow = ema_state.pop("shadow_params")
+                _save_tensors(tmp / "ema.safetensors", {f"shadow.{i}": t for i, t in enumerate(shadow)})
+                _write_json(tmp / "ema.json", _jsonable(ema_state))
+            if export_pipeline is not None:
+                export_pipeline(tmp / "pipeline")
+            _write_json(tmp / "trainer_state.json", trainer_state)  # written last: marks the folder complete
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    with open(path, "rb") as handle:
+                        os.fsync(handle.fileno())
+            if final.exists():  # the same step saved twice (re-run after a resume): replace
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.root)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    @staticmethod
+    def load(accelerator, folder: Path, task, optimizer, scheduler, ema=None) -> dict:
+        """Restore a checkpoint into live objects (every process); returns its ``trainer_state``."""
+        folder = Path(folder)
+        state = _read_json(folder / "trainer_state.json")
+        if (folder / "accelerate").is_dir():  # written by a DeepSpeed / FSDP run (see save)
+            accelerator.load_state(str(folder / "accelerate"))
+        else:
+            load_model_state(accelerator.unwrap_model(task), folder / "model.safetensors")
+            optimizer.load_state_dict(optimizer_from_files(folder))
+        scheduler.load_state_dict(_read_json(folder / "scheduler.json"))
+        if accelerator.scaler is not None and (folder / "grad_scaler.json").is_file():
+            accelerator.scaler.load_state_dict(_read_json(folder / "grad_scaler.json"))
+        if ema is not None:
+            ema_state = _read_json(folder / "ema.json")
+            shadow = _load_tensors(folder / "ema.safetensors")
+            ema_state["shadow_params"] = [shadow[f"shadow.{i}"] for i in range(len(shadow))]
+            ema.load_state_dict(ema_state)
+        rng = folder / f"rng_{accelerator.process_index}.safetensors"
+        if rng.is_file():
+            restore_rng_state(_load_tensors(rng))
+        else:
+            logger.warning("%s has no RNG state for process %d (saved with another process count)", folder, accelerator.process_index)
+        return state
+
+
+def _jsonable(value):
+    """Scheduler / scaler / EMA state -> JSON types (tensors become numbers or lists)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    raise CheckpointError(f"cannot store {type(value).__name__} in a JSON checkpoint file")

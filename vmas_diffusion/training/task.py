@@ -1,0 +1,172 @@
+"""The training objective, apart from the models: a sum of named, weighted losses.
+
+``total = w_gen * (generator losses: AR "ce" / LDM "diffusion")
+        + w_contrastive * ContrastiveLoss(video pooled [B, Dv], music_embedding [B, Dm])
+        + BeatAlignmentLoss(onset_logits, onset target, visual envelope at the music rate, aligned, mask)``
+
+with ``BeatAlignmentLoss(onset_weight=w_beat_onset, visual_weight=w_beat_visual)``. A zero weight
+skips its term (not computed, not returned).
+
+Per-sample randomness. Every sample carries ``uid`` (see :mod:`vmas_diffusion.data.dataset`); the
+randomness of a step (condition dropout, diffusion timesteps and noise, dropout layers) is drawn
+from generators seeded by ``(seed, uid)``, never from the process's running RNG. So a step is a pure
+function of the weights and the batch: a resumed run repeats an unbroken one exactly, and when the
+generator accepts one ``torch.Generator`` per item (``supports_item_generators``), a sample gets the
+same noise and dropout decision on whatever process and in whatever batch it lands.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..conditions import BEAT, VIDEO, Condition
+from ..errors import ConfigError, InputError
+from ..losses import BeatAlignmentLoss, resample_envelope
+
+_MASK64 = (1 << 63) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Deterministic 63-bit mix of integers (splitmix64 steps); independent of process and platform."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        state = z ^ (z >> 31)
+    return state & _MASK64
+
+
+def item_generators(seed: int, uids: torch.Tensor, salt: int = 0) -> List[torch.Generator]:
+    """One CPU ``torch.Generator`` per sample, seeded by ``(seed, salt, uid)``."""
+    return [torch.Generator().manual_seed(mix_seed(seed, salt, int(u))) for u in uids.tolist()]
+
+
+class VideoMusicTask(nn.Module):
+    """Video encoder + generator + contrastive heads trained on one objective.
+
+    Args:
+        video_encoder: :class:`~vmas_diffusion.models.video_encoder.TemporalVideoEncoder`.
+        generator: an ``ARTokenLM`` or ``LatentDiT``.
+        contrastive_head: :class:`~vmas_diffusion.losses.ContrastiveLoss`, or None (then the
+            contrastive weight must be 0).
+        weights: the recipe's ``losses`` section (``generation``, ``contrastive``, ``beat_onset``,
+            ``beat_visual``, ``beat_tolerance_frames``).
+        seed: the run's seed, mixed into every per-sample generator.
+    """
+
+    def __init__(self, video_encoder, generator, contrastive_head, weights, seed: int = 0):
+        super().__init__()
+        self.w_gen = float(weights.generation)
+        self.w_contrastive = float(weights.contrastive)
+        for name in ("generation", "contrastive", "beat_onset", "beat_visual"):
+            if float(getattr(weights, name)) < 0:
+                raise ConfigError(f"losses.{name} must be >= 0, got {getattr(weights, name)}")
+        if self.w_contrastive > 0 and contrastive_head is None:
+            raise ConfigError("losses.contrastive > 0 needs the recipe's contrastive heads (contrastive: is null)")
+        self.video_encoder = video_encoder
+        self.generator = generator
+        # heads with zero weight are left out, so DDP never sees unused parameters from them
+        self.contrastive_head = contrastive_head if self.w_contrastive > 0 else None
+        self.beat_loss = BeatAlignmentLoss(
+            onset_weight=float(weights.beat_onset),
+            visual_weight=float(weights.beat_visual),
+            tolerance_frames=int(weights.beat_tolerance_frames),
+        )
+        self.use_beat = float(weights.beat_onset) > 0 or float(weights.beat_visual) > 0
+        self.seed = int(seed)
+        self.backend = generator.backend
+        self.music_key = "codes" if self.backend == "ar" else "latents"
+        if self.music_key == "latents" and self.backend != "ldm":
+            raise ConfigError(f"unknown generator backend {self.backend!r}")
+
+    # ------------------------------------------------------------------ conditions
+    def encode_video(self, batch: Dict[str, torch.Tensor]):
+        """``frames [B, T, H, W, 3]`` or ``features [B, T, F]`` -> ``(VideoEncoderOutput, beat Condition)``."""
+        mask = batch["video_mask"]
+        if "frames" in batch:
+            out = self.video_encoder(batch["frames"], mask)
+        elif "features" in batch:
+            out = self.video_encoder.encode_features(batch["features"], mask)
+        else:
+            raise InputError("training batch has neither 'frames' nor 'features'")
+        envelope = batch["visual_envelope"].to(out.hidden.dtype)
+        beat = Condition(envelope[..., None] * mask[..., None].to(envelope.dtype), mask, out.frame_rate)
+        return out, beat
+
+    def generator_batch(self, batch: Dict[str, torch.Tensor], video_out, beat: Condition, salt: int = 0) -> dict:
+        if self.music_key not in batch:
+            raise InputError(
+                f"the {self.backend} backend trains on '{self.music_key}', which the data lacks: prepare the data "
+                f"with a codec that offers {'tokens' if self.backend == 'ar' else 'latents'}"
+            )
+        gen_batch = {
+            self.music_key: batch[self.music_key],
+            "conditions": {VIDEO: video_out.condition(), BEAT: beat},
+            "mask": batch["music_mask"],
+        }
+        generators = item_generators(self.seed, batch["uid"], salt)
+        if getattr(self.generator, "supports_item_generators", False):
+            gen_batch["generator"] = generators
+        elif self.backend == "ldm":
+            # one generator for the local batch, seeded by its samples: exact on resume; matches another
+            # process layout only once the generator draws per item (supports_item_generators)
+            gen_batch["generator"] = torch.Generator().manual_seed(mix_seed(self.seed, salt, *batch["uid"].tolist()))
+        return gen_batch
+
+    # ------------------------------------------------------------------ objective
+    def forward(self, batch: Dict[str, torch.Tensor], salt: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """One batch (already on the device) -> ``(total loss, weighted terms, detached metrics)``.
+
+        ``salt`` varies the randomness between passes over the same samples (validation uses a fixed one).
+        """
+        uids = batch["uid"]
+        device = uids.device
+        devices = [device] if device.type == "cuda" else []
+        # dropout layers and any draw the generator makes from the global RNG: seeded by this batch's samples
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(mix_seed(self.seed, salt, 1, *uids.tolist()))
+            video_out, beat = self.encode_video(batch)
+            out = self.generator.forward_train(self.generator_batch(batch, video_out, beat, salt))
+        terms: Dict[str, torch.Tensor] = {}
+        metrics: Dict[str, torch.Tensor] = {}
+        if self.w_gen > 0:
+            for name, value in out.losses.items():
+                terms[name] = self.w_gen * value
+        else:
+            metrics.update({name: value.detach() for name, value in out.losses.items()})
+        if self.contrastive_head is not None:
+            result = self.contrastive_head(video_out.pooled, out.music_embedding)
+            terms["contrastive"] = self.w_contrastive * result["contrastive"]
+            metrics["logit_scale"] = result["logit_scale"]
+            metrics["contrastive_accuracy"] = result["contrastive_accuracy"]
+        if self.use_beat:
+            music_rate = float(self.generator.config.frame_rate)
+            onset = batch["onset"]
+            envelope = resample_envelope(batch["visual_envelope"], float(video_out.frame_rate), music_rate, onset.shape[-1])
+            terms.update(self.beat_loss(out.onset_logits, onset, envelope.to(onset), batch["aligned"], batch["music_mask"]))
+        if not terms:
+            raise ConfigError("every loss weight is 0: nothing to train")
+        total = torch.stack([t.float() for t in terms.values()]).sum()
+        return total, terms, metrics
+
+
+def batch_to_device(batch: Dict[str, torch.Tensor], device) -> Dict[str, torch.Tensor]:
+    """Move a collated batch to ``device`` (uint8 frames stay uint8; the encoder converts per chunk)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def conditions_for_generation(task: VideoMusicTask, batch: Dict[str, torch.Tensor]) -> Dict[str, Condition]:
+    """The ``{"video", "beat"}`` conditions of a batch, as the pipeline builds them at inference."""
+    video_out, beat = task.encode_video(batch)
+    return {VIDEO: video_out.condition(), BEAT: beat}
+
+
+def unwrap_task(model) -> Optional[VideoMusicTask]:
+    """The task inside a DDP / compiled wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
