@@ -9,7 +9,7 @@ and the achieved FLOP/s of each as a fraction of a matmul microbenchmark that ru
 GEMM shapes back to back (the ceiling of a decoder at this batch size on this device).
 
     python benchmarks/bench_ar_generate.py            # hidden 256/4 layers and 1024/24 layers, 250 steps
-    python benchmarks/bench_ar_generate.py --quick    # hidden 256/4 layers, 250 steps (< 1 min on CPU)
+    python benchmarks/bench_ar_generate.py --quick    # hidden 256/4 layers, 100 steps (about 1 min on CPU)
 
 Timings are best of two runs after a warm-up; both sides use the same device, dtype and threads.
 """
@@ -96,24 +96,27 @@ def build_pair(shape: Shape, device, dtype):
         ffn_dim=shape.ffn, num_codebooks=K, pad_token_id=V, bos_token_id=V, max_position_embeddings=4096,
         dropout=0.0,
     )  # fmt: skip
-    hf = MusicgenForCausalLM(hf_config).to(device, dtype).eval()
+    hf = MusicgenForCausalLM(hf_config).to(device=device, dtype=dtype).eval()
     ours = ARTokenLM(
         num_codebooks=K, cardinality=V, hidden_size=shape.hidden, num_layers=shape.layers, num_heads=shape.heads,
         ffn_dim=shape.ffn, video_dim=shape.hidden, frame_rate=50.0, max_duration=30.0, extend_stride=18.0,
         dropout=0.0,
-    ).to(device, dtype).eval()  # fmt: skip
+    ).to(device)  # fmt: skip
+    if dtype != torch.float32:
+        ours = ours.to(dtype)
+    ours.eval()
     return hf, ours
 
 
-def run_row(shape: Shape, steps: int, cfg: bool, batch: int, device, dtype, hf, ours):
+def run_row(shape: Shape, steps: int, cfg: bool, batch: int, device, dtype, hf, ours, repeats: int):
     scale = 3.0 if cfg else 1.0
     rows = batch * (2 if cfg else 1)
     g = torch.Generator().manual_seed(0)
     video = torch.randn(batch, CONTEXT, shape.hidden, generator=g).to(device, dtype)
     conditions = {"video": Condition(video, torch.ones(batch, CONTEXT, dtype=torch.bool, device=device), 4.0)}
-    frames = steps - (K - 1)  # the delay pattern adds K - 1 steps: both decode exactly `steps` steps
 
-    def run_ours():
+    def run_ours(steps=steps):
+        frames = steps - (K - 1)  # the delay pattern adds K - 1 steps: both decode exactly `steps` steps
         generators = [torch.Generator().manual_seed(i) for i in range(batch)]
         out = ours.generate(conditions, frames, guidance_scale=scale, top_k=250, generator=generators,
                             progress_bar=lambda total: _NoBar())  # fmt: skip
@@ -124,20 +127,20 @@ def run_row(shape: Shape, steps: int, cfg: bool, batch: int, device, dtype, hf, 
     enc = torch.cat([video, torch.zeros_like(video)]) if cfg else video
 
     # what facebook/musicgen-* ship: start/pad id = vocab size, sampling with top-k 250
-    config = GenerationConfig(
-        do_sample=True, top_k=250, guidance_scale=scale if cfg else None, max_new_tokens=steps,
-        decoder_start_token_id=V, pad_token_id=V, bos_token_id=V, num_return_sequences=1,
-    )  # fmt: skip
 
-    def run_hf():
+    def run_hf(steps=steps):
+        config = GenerationConfig(
+            do_sample=True, top_k=250, guidance_scale=scale if cfg else None, max_new_tokens=steps,
+            decoder_start_token_id=V, pad_token_id=V, bos_token_id=V, num_return_sequences=1,
+        )  # fmt: skip
         out = hf.generate(bos, generation_config=config, encoder_hidden_states=enc)
-        assert out.shape[-1] == frames
+        assert out.shape[-1] == steps - (K - 1)
 
-    # warm-up (allocators, kernels, lazy imports), then best of 2
-    run_ours()
-    run_hf()
-    t_ours = timed(run_ours, device, repeats=2)
-    t_hf = timed(run_hf, device, repeats=2)
+    # a short warm-up (allocators, kernels, lazy imports), then the best of `repeats`
+    run_ours(steps=10)
+    run_hf(steps=10)
+    t_ours = timed(run_ours, device, repeats=repeats)
+    t_hf = timed(run_hf, device, repeats=repeats)
     flops = step_flops(shape, rows, steps)
     ceiling = matmul_ceiling(shape, rows, device, dtype)
     return dict(
@@ -160,8 +163,9 @@ class _NoBar:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="hidden 256 / 4 layers only")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--quick", action="store_true", help="hidden 256 / 4 layers, 100 steps, one timed run")
+    parser.add_argument("--steps", type=int, default=None, help="decoding steps (default 250, --quick 100)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs, best taken (default 2, --quick 1)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -175,6 +179,8 @@ def main():
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    steps = args.steps or (100 if args.quick else 250)
+    repeats = args.repeats or (1 if args.quick else 2)
     shapes = [Shape(256, 4, 4, 1024)]
     if not args.quick:
         shapes.append(Shape(1024, 24, 16, 4096))
@@ -186,7 +192,7 @@ def main():
     for shape in shapes:
         hf, ours = build_pair(shape, device, dtype)
         for cfg in (False, True):
-            rows.append(run_row(shape, args.steps, cfg, args.batch, device, dtype, hf, ours))
+            rows.append(run_row(shape, steps, cfg, args.batch, device, dtype, hf, ours, repeats))
         del hf, ours
 
     header = (f"{'config':<10} {'cfg':>3} {'B':>2} {'steps':>5} {'ours tok/s':>11} {'hf tok/s':>10} "

@@ -7,7 +7,8 @@ Figures:
   embedded per wall second (x real time);
 - Fréchet distance with ``scipy.linalg.sqrtm`` (what ``evaluate`` uses) against the reference
   closed form through symmetric eigendecompositions (``Tr sqrt(A^1/2 B A^1/2)``), measured in the
-  same process: time ratio and the relative difference of the values.
+  same process: time ratio and the relative difference of the values;
+- ``sqrtm`` with the default BLAS threads against one thread (what ``frechet_distance`` sets).
 """
 
 from __future__ import annotations
@@ -58,16 +59,28 @@ def main() -> None:
     t_vgg = _timeit(lambda: waveform_to_examples(audio), repeat)
     rows.append(("VGGish front end (log-mel examples)", f"{t_vgg * 1e3:.1f} ms / {seconds:.0f} s", f"{seconds / t_vgg:.0f}x real time"))
 
+    from threadpoolctl import threadpool_limits
+    import scipy.linalg
+
     for dim in ((64, 128) if args.quick else (64, 128, 512)):
         x = rng.standard_normal((4 * dim, dim))
         y = rng.standard_normal((4 * dim, dim)) @ (np.eye(dim) + 0.1 * rng.standard_normal((dim, dim)))
         a, b = fit_gaussian(x), fit_gaussian(y)
         t_sqrtm = _timeit(lambda: frechet_distance(a, b), repeat)
-        t_ref = _timeit(lambda: frechet_eigh(a.mu, a.sigma, b.mu, b.sigma), repeat)
+        with threadpool_limits(limits=1, user_api="blas"):  # same BLAS setting as frechet_distance
+            t_ref = _timeit(lambda: frechet_eigh(a.mu, a.sigma, b.mu, b.sigma), repeat)
         d, d_ref = frechet_distance(a, b), frechet_eigh(a.mu, a.sigma, b.mu, b.sigma)
         rows.append(
             (f"Fréchet distance D={dim} (sqrtm vs eigh ref)", f"{t_sqrtm * 1e3:.1f} ms vs {t_ref * 1e3:.1f} ms",
              f"time x{t_sqrtm / t_ref:.1f}, rel. diff {abs(d - d_ref) / d_ref:.1e}")
+        )
+        product = a.sigma @ b.sigma
+        t_multi = _timeit(lambda: scipy.linalg.sqrtm(product), repeat)
+        with threadpool_limits(limits=1, user_api="blas"):
+            t_single = _timeit(lambda: scipy.linalg.sqrtm(product), repeat)
+        rows.append(
+            (f"sqrtm D={dim}: default BLAS threads vs 1 thread", f"{t_multi * 1e3:.1f} ms vs {t_single * 1e3:.1f} ms",
+             f"time ratio threads/1-thread x{t_multi / t_single:.1f}")
         )
 
     width = max(len(r[0]) for r in rows)

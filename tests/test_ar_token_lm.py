@@ -140,7 +140,9 @@ def guided_logits(model, inputs, conds, scale):
     return uncond + scale * (cond - uncond)
 
 
-@pytest.mark.parametrize("pattern,video_fuse", [("delay", "cross"), ("delay", "prepend"), ("flatten", "cross"), ("parallel", "cross")])
+@pytest.mark.parametrize(
+    "pattern,video_fuse", [("delay", "cross"), ("delay", "prepend"), ("flatten", "cross"), ("parallel", "cross")]
+)
 def test_greedy_generation_matches_teacher_forcing(pattern, video_fuse):
     """KV-cached, CFG-batched decoding reproduces argmax of the full forward at every sampled slot."""
     model = dummies.dummy_ar_generator(pattern=pattern, video_fuse=video_fuse)
@@ -308,6 +310,49 @@ def test_from_musicgen_gives_identical_logits(tmp_path):
         assert (ours - ref).abs().max() < 1e-4
         # the new video and beat branches start silent: conditions do not move the warm start yet
         assert (model(inputs, make_conditions(batch=2)) - ref).abs().max() < 1e-4
+
+
+def test_from_musicgen_full_model_folder(tmp_path):
+    """A whole MusicgenForConditionalGeneration folder (as facebook/musicgen-* ship): its decoder is used."""
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
+
+    decoder = MusicgenDecoderConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, num_codebooks=K,
+        pad_token_id=V, bos_token_id=V, max_position_embeddings=64, dropout=0.0,
+    )  # fmt: skip
+    text = T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    codec = EncodecConfig(
+        hidden_size=8, num_filters=4, codebook_size=V, upsampling_ratios=[2, 2], target_bandwidths=[1.0],
+        num_residual_layers=1, num_lstm_layers=1, codebook_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    full = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
+    full.eval().save_pretrained(tmp_path)
+    model = ARTokenLM.from_musicgen(tmp_path, video_dim=DV, video_fuse="prepend").eval()
+    _, inputs = teacher_inputs(model, torch.randint(0, V, (1, K, 7)))
+    with torch.no_grad():
+        ref = full.decoder(input_ids=inputs.reshape(K, -1)).logits.view(1, K, -1, V)
+        assert (model(inputs) - ref).abs().max() < 1e-4
+
+
+def test_text_condition_is_pluggable():
+    model = dummies.dummy_ar_generator(text_dim=8, text_fuse="cross")
+    _, inputs = teacher_inputs(model, torch.randint(0, V, (1, K, 6)))
+    conds = make_conditions(batch=1)
+    text = Condition(torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))  # not time-aligned
+    with_text = model(inputs, {**conds, "text": text})
+    assert not torch.allclose(with_text, model(inputs, conds), atol=1e-4)
+    assert torch.allclose(model(inputs, {**conds, "text": text.null()}), model(inputs, conds), atol=1e-6)
+    codes = model.generate({**conds, "text": text}, 5, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (1, K, 5)
+    with pytest.raises(ConfigError, match="text_dim"):
+        dummies.dummy_ar_generator(text_fuse="cross")
 
 
 def test_from_musicgen_errors(tmp_path):

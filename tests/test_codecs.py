@@ -550,3 +550,9 @@ def test_old_transformers_config_takes_transformers_defaults(tmp_path, music16k)
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="load it with the 'encodec' codec"):
         EncodecHFCodec.from_encodec_pretrained(tmp_path)
+
+
+def test_unreadable_config_raises_checkpoint_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        EncodecHFCodec.from_pretrained(tmp_path)

@@ -182,6 +182,11 @@ def test_prepare_resume_keeps_finished_shards(prepared):
     # a third run has nothing left to do
     again = prepare_dataset(prepared["manifest"], out, prepared["codec"], prepared["options"], prepared["encoder"], progress=False)
     assert again.num_done == 0 and again.num_skipped == 5 and not again.new_shards
+    # --retry-failed tries the three bad clips again (and they fail again, logged again)
+    retried = prepare_dataset(
+        prepared["manifest"], out, prepared["codec"], prepared["options"], prepared["encoder"], progress=False, retry_failed=True
+    )
+    assert retried.num_failed == 3 and retried.num_skipped == 2 and not retried.new_shards
     # other settings in the same folder are refused instead of mixing two kinds of samples
     other = PrepareOptions(**{**OPTIONS, "window_seconds": 3.0})
     with pytest.raises(InputError, match="prepared with other settings"):

@@ -207,6 +207,26 @@ def test_cfg_scale_one_is_the_conditional_branch():
     torch.testing.assert_close(model.guided_output(x, t, conds, guidance_scale=0.0), uncond)
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "flow"])
+def test_a_hand_written_diffusers_loop_equals_generate(prediction_type):
+    """What a pipeline that runs the loop itself does: scheduler visible, one guided call per step."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    model = dummy_ldm_generator(prediction_type=prediction_type)
+    conds, scheduler = make_conditions(), model.make_scheduler("dpmsolver++")
+    expected = model.generate(
+        conds, 30, scheduler=scheduler, num_inference_steps=5, guidance_scale=2.0, generator=gen(0)
+    )
+    scheduler.set_timesteps(5)
+    latents = randn_tensor((2, D, 30), generator=gen(0)) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(latents, t)
+            output = model.guided_output(model_input, model.model_timestep(scheduler, i), conds, guidance_scale=2.0)
+            latents = scheduler.step(output, t, latents).prev_sample
+    torch.testing.assert_close(latents, expected)
+
+
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddpm"])
 def test_generation_is_seeded_and_a_batch_equals_single_runs(sampler):
     """Across three windows (in-painting noise included) and a stochastic sampler (ddpm)."""

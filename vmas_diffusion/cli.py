@@ -99,7 +99,9 @@ def cmd_train(args) -> int:
 def cmd_prepare(args) -> int:
     from .data import prepare_from_recipe
 
-    report = prepare_from_recipe(args.manifest, args.out, args.recipe, args.overrides, progress=not args.no_progress)
+    report = prepare_from_recipe(
+        args.manifest, args.out, args.recipe, args.overrides, progress=not args.no_progress, retry_failed=args.retry_failed
+    )
     print(report.summary(), file=sys.stderr)
     if report.failures:
         print(f"skipped clips are listed in {Path(args.out) / 'errors.jsonl'}", file=sys.stderr)
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes" / "small_ar.yaml"),
                     help="recipe whose codec, video encoder and data section are used (default recipes/small_ar.yaml)")
     pr.add_argument("overrides", nargs="*", help="key=value recipe overrides right after the manifest, e.g. data.window_seconds=10")
+    pr.add_argument("--retry-failed", action="store_true", help="on a rerun, try the clips that failed before again")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(run=cmd_prepare)
     return parser

@@ -87,7 +87,11 @@ class VideoToMusicPipeline(DiffusionPipeline):
         """A randomly initialised pipeline from a recipe (YAML path, dict or DictConfig)."""
         from vmas_diffusion.building import build_components
 
-        return cls(**build_components(recipe, overrides))
+        components = build_components(recipe, overrides)
+        for component in components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()  # as from_pretrained leaves them: no dropout at inference
+        return cls(**components)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VideoToMusicPipeline":

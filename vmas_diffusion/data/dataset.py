@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, InputError
-from .shards import SampleRef, iter_shard, read_index, read_sample
+from .shards import iter_shard, read_index, read_sample
 
 SPLITS = ("sample", "shard")
 #: tensors of a sample whose first axis is video time / last axis is music time

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InputError, MediaError
 from .manifest import ManifestItem, read_manifest
-from .shards import SHARD_PATTERN, SampleRef, ShardWriter, read_index, write_index
+from .shards import SampleRef, ShardWriter, read_index, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def prepare_dataset(
     video_encoder=None,
     progress: bool = True,
     item_callback: Optional[Callable[[ManifestItem, str], None]] = None,
+    retry_failed: bool = False,
 ) -> PrepareReport:
     """Decode, window, encode and shard every clip of ``manifest`` into ``out_dir``.
 
@@ -219,6 +220,7 @@ def prepare_dataset(
         video_encoder: the video encoder, needed for ``video_input: features``.
         progress: show a tqdm bar.
         item_callback: called after each clip with ``(item, "done" | "failed")``.
+        retry_failed: on a rerun, try the clips that failed before again (default: they stay skipped).
 
     Returns:
         a :class:`PrepareReport`. Raises :class:`InputError` if the folder was prepared with
@@ -249,6 +251,8 @@ def prepare_dataset(
     numbers = [int(p.name[6:12]) for p in out_dir.glob("shard-*.tar")]
     next_number = max(numbers) + 1 if numbers else 0
     done = _load_progress(out_dir)
+    if retry_failed:
+        done = {key: entry for key, entry in done.items() if entry.get("status") == "done"}
     report = PrepareReport(out_dir=out_dir, num_items=len(items))
     encode = WindowEncoder(codec, options, video_encoder)
     from ..media import probe_video
@@ -344,6 +348,7 @@ def prepare_from_recipe(
     recipe,
     overrides: Optional[Sequence[str]] = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> PrepareReport:
     """Build the recipe's codec and video encoder and prepare ``manifest`` with its ``data`` section.
 
@@ -362,7 +367,9 @@ def prepare_from_recipe(
             "data.video_input 'features' stores frozen backbone features, but this video encoder trains its backbone "
             "(use a clip/hiera backbone or freeze_backbone: true, or video_input: frames)"
         )
-    return prepare_dataset(manifest, out_dir, components["codec"], options, video_encoder=enc, progress=progress)
+    return prepare_dataset(
+        manifest, out_dir, components["codec"], options, video_encoder=enc, progress=progress, retry_failed=retry_failed
+    )
 
 
 def prepare_options(cfg, video_encoder) -> PrepareOptions:

@@ -5,6 +5,7 @@ clip of an evaluation set with every model (cached per model, clip, seed and set
 writes one table (Markdown and JSON) with a column per model.
 """
 
+from .analysis import ClipAnalysis, analysis_key, load_analysis, save_analysis
 from .cache import GenerationCache, GenerationRecord, generation_key, model_fingerprint
 from .dataset import EvalClip, load_eval_set
 from .embedders import AudioEmbedder, MelStatsConfig, MelStatsEmbedder, build_embedder
@@ -16,6 +17,7 @@ from .runner import EvaluationConfig, Evaluator, default_pipeline_loader, run_ev
 
 __all__ = [
     "AudioEmbedder",
+    "ClipAnalysis",
     "EvalClip",
     "EvaluationConfig",
     "EvaluationReport",
@@ -27,6 +29,7 @@ __all__ = [
     "MelStatsEmbedder",
     "ModelColumn",
     "PeakMemory",
+    "analysis_key",
     "beat_offsets",
     "build_embedder",
     "cosine",
@@ -35,8 +38,10 @@ __all__ = [
     "frechet_audio_distance",
     "frechet_distance",
     "generation_key",
+    "load_analysis",
     "load_eval_set",
     "model_fingerprint",
     "plot_offset_histogram",
     "run_evaluation",
+    "save_analysis",
 ]

@@ -46,8 +46,16 @@ def model_fingerprint(model: str | Path) -> dict:
 
 
 def clip_fingerprint(clip: EvalClip) -> dict:
+    """Video path and stats, and the clip times (what a generation reads from the clip)."""
     video = clip.video.resolve()
     return {"video": str(video), **_file_stat(video), "start": clip.start, "end": clip.end}
+
+
+def file_fingerprint(path: Path | None) -> dict | None:
+    """Path, size and mtime of a file (None for None)."""
+    if path is None:
+        return None
+    return {"path": str(Path(path).resolve()), **_file_stat(Path(path))}
 
 
 def generation_key(model_fp: dict, clip: EvalClip, seed: int, generation_kwargs: dict[str, Any]) -> str:
@@ -127,11 +135,17 @@ class GenerationCache:
             arrays["video_embedding"] = np.asarray(record.video_embedding, dtype=np.float32)
         if record.music_embedding is not None:
             arrays["music_embedding"] = np.asarray(record.music_embedding, dtype=np.float32)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_savez(self._path(key), arrays)
+
+
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temp file then rename, so a crash never leaves a half-written entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

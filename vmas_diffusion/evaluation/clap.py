@@ -36,7 +36,9 @@ class ClapAudioEmbedder(AudioEmbedder):
         errors = []
         for size in sizes:
             try:
-                return cls(ClapAudioEncoder.from_clap_checkpoint(path, htsat_size=size), device=device)
+                embedder = cls(ClapAudioEncoder.from_clap_checkpoint(path, htsat_size=size), device=device)
+                embedder.checkpoint = Path(path)
+                return embedder
             except CheckpointError as exc:
                 errors.append(f"{size}: {exc}")
                 if not Path(path).is_file():

@@ -2,16 +2,14 @@
 
 - A folder: every video file in it (sorted by name, not recursive); the reference music of a
   clip is the video's own audio track, and a video without one has no reference.
-- A manifest (``.jsonl``, one JSON object per line): ``video`` (required), ``audio`` (optional,
-  a separate music file; default the video's own track when it has one), ``start``/``end``
-  (optional seconds, applied to both video and audio), ``id`` (optional, default the file name
-  plus the clip times). Relative paths resolve against the manifest's folder.
+- A manifest (``.jsonl``, the project's format, read by :func:`vmas_diffusion.data.manifest.read_manifest`):
+  ``video`` (required), ``audio`` (optional, a separate music file; default the video's own
+  track when it has one), ``start``/``end`` (optional seconds, applied to both video and audio),
+  ``id`` (optional). Relative paths resolve against the manifest's folder.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Optional
 from ..errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
-MANIFEST_KEYS = ("video", "audio", "start", "end", "id")
 
 
 @dataclass(frozen=True)
@@ -82,56 +79,19 @@ def _from_folder(folder: Path) -> list[EvalClip]:
 
 
 def _from_manifest(manifest: Path) -> list[EvalClip]:
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read manifest {manifest}: {exc}") from exc
-    root = manifest.resolve().parent
+    from ..data.manifest import read_manifest  # the project's one manifest format and its checks
+
     clips = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"manifest {manifest} line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(entry, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-        unknown = sorted(set(entry) - set(MANIFEST_KEYS))
-        if unknown:
-            raise InputError(f"{where}: unknown keys {unknown}; allowed: {list(MANIFEST_KEYS)}")
-        if not isinstance(entry.get("video"), str) or not entry["video"]:
-            raise InputError(f"{where}: 'video' (a path) is required")
-        video = _resolve(entry["video"], root)
+    for item in read_manifest(manifest):
+        where = f"manifest {manifest} line {item.line}"
+        video = Path(item.video)
         if not video.is_file():
             raise InputError(f"{where}: video {video} does not exist")
-        start, end = _time(entry.get("start"), "start", where), _time(entry.get("end"), "end", where)
-        if start is not None and end is not None and end <= start:
-            raise InputError(f"{where}: 'end' ({end}) must be after 'start' ({start})")
-        if entry.get("audio") is not None:
-            audio = _resolve(str(entry["audio"]), root)
+        if item.audio is not None:
+            audio = Path(item.audio)
             if not audio.is_file():
                 raise InputError(f"{where}: audio {audio} does not exist")
         else:
             audio = video if _has_audio(video) else None
-        clip_id = entry.get("id")
-        if clip_id is None:
-            clip_id = video.stem
-            if start is not None or end is not None:
-                clip_id += f"_{start or 0:g}-" + (f"{end:g}" if end is not None else "end")
-        clips.append(EvalClip(id=str(clip_id), video=video, audio=audio, start=start, end=end))
+        clips.append(EvalClip(id=item.id, video=video, audio=audio, start=item.start, end=item.end))
     return clips
-
-
-def _resolve(text: str, root: Path) -> Path:
-    p = Path(text).expanduser()
-    return p if p.is_absolute() else root / p
-
-
-def _time(value, key: str, where: str) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{where}: '{key}' must be a number of seconds >= 0, got {value!r}")
-    return float(value)

@@ -17,7 +17,7 @@ vector for similarity scores. Choices, by name (:func:`build_embedder`):
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,15 @@ class AudioEmbedder(abc.ABC):
     name: str
     sample_rate: int
     dim: int
+    checkpoint: Path | None = None  # the weights file, for embedders loaded from one
+
+    def identity(self) -> dict:
+        """What determines this embedder's output (name, settings, weights file stats): part of cache keys."""
+        ident: dict = {"name": self.name, "sample_rate": self.sample_rate, "dim": self.dim}
+        if self.checkpoint is not None:
+            st = Path(self.checkpoint).stat()
+            ident["checkpoint"] = {"path": str(Path(self.checkpoint).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return ident
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Embed one clip.
@@ -113,6 +122,9 @@ class MelStatsEmbedder(AudioEmbedder):
         self._mel = librosa.filters.mel(
             sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin, fmax=c.fmax, htk=True, norm=None
         ).astype(np.float32)
+
+    def identity(self) -> dict:
+        return {**super().identity(), "config": asdict(self.config)}
 
     def log_mel(self, audio: np.ndarray) -> np.ndarray:
         """``(S,)`` audio at ``sample_rate`` -> ``[frames, n_mels]`` log-mel magnitudes."""

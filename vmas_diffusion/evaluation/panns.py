@@ -122,7 +122,9 @@ class PannsEmbedder(AudioEmbedder):
             model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} is not a PANNs Cnn14 checkpoint: {exc}") from exc
-        return cls(model, device=device)
+        embedder = cls(model, device=device)
+        embedder.checkpoint = Path(path)
+        return embedder
 
     @torch.no_grad()
     def _embed_mono(self, audio: np.ndarray) -> np.ndarray:

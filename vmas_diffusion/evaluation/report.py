@@ -76,6 +76,7 @@ def table_rows(columns: list[ModelColumn], embedder_name: str) -> list[tuple[str
     for ref, ref_label in (("visual", "visual beats"), ("music", "real-music beats")):
         for key in TABLE_BEAT_KEYS:
             rows.append(row(f"{BEAT_LABELS[key]} vs {ref_label}", f"{ref}.{key}"))
+    rows.append(row("Mean |generated beat - nearest visual beat| (s) ↓", "mean_abs_beat_offset"))
     chance = next((c.metrics.get("chance@1") for c in columns if c.metrics.get("chance@1") is not None), None)
     chance5 = next((c.metrics.get("chance@5") for c in columns if c.metrics.get("chance@5") is not None), None)
     rows.append(row(f"R@1 video→generated music (chance {_fmt(chance, 2)})", "R@1"))
@@ -122,8 +123,12 @@ def write_report(
     clips: list[dict[str, Any]],
     settings: dict[str, Any],
     plots: list[str],
+    computed: dict[str, int] | None = None,
 ) -> EvaluationReport:
-    """Write ``evaluation.md`` and ``evaluation.json`` in ``out_dir`` and return the report."""
+    """Write ``evaluation.md`` and ``evaluation.json`` in ``out_dir`` and return the report.
+
+    ``computed`` counts what this run computed rather than read from the cache.
+    """
     num_ref = sum(1 for c in clips if c.get("reference_audio"))
     markdown, rows = render_markdown(columns, embedder_name, reference, len(clips), num_ref, settings["seed"])
     results = {
@@ -131,6 +136,7 @@ def write_report(
         "settings": settings,
         "clips": clips,
         "reference": reference,
+        "computed": computed or {},
         "models": [
             {
                 "name": c.name,

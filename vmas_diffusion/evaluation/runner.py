@@ -1,13 +1,29 @@
 """``vmas-diffusion evaluate``: generate music for every clip with every model and tabulate.
 
-Per clip (once, whatever the models): visual beats from the frames, and, where the clip has
-real music, its beats, FAD window embeddings and CLAP embedding. Per (model, clip): the
+Per clip (once, whatever the models; cached, see :mod:`.analysis`): visual beats from the frames,
+and, where the clip has real music, its beats, FAD window embeddings and CLAP embedding. Per (model, clip): the
 generation (cached, see :mod:`.cache`), its beats, beat scores against the visual beats and
 against the real music's beats, FAD embeddings, CLAP and contrastive scores, the beat offsets.
 Per model: FAD of the pooled generated windows against the pooled real-music windows, means of
 the per-clip scores, video -> generated-music retrieval recall from the pipeline's contrastive
 embeddings, real-time factor and peak memory. Plots: one beat-alignment PNG per (clip, model),
 one beat-offset histogram per model.
+
+Scores and what they mean:
+
+- FAD: Fréchet distance between Gaussians fitted to the generated and the real music's window
+  embeddings (lower is closer to the real music; depends on the embedder named in the table).
+- CLAP score: cosine of the CLAP audio embeddings of the generated and the real music of the same
+  clip (needs a local laion-clap checkpoint; text-music CLAP needs CLAP's text tower, which cannot
+  be built offline, so it is not offered).
+- Video-music score: cosine of the pipeline's own contrastive video and music embeddings
+  (``pipe.embed_video`` / ``pipe.embed_music``); "n/a" for a pipeline without a contrastive head.
+- BCS/BHS/F1, both forms (:mod:`vmas_diffusion.beats.metrics`), of the generated music's beats
+  against the visual beats and against the real music's beats.
+- R@1/R@5: each clip's video embedding retrieving its own generated music among all generated
+  pieces of the set, with the chance level.
+- Real-time factor: generation seconds per second of music; peak memory: CUDA peak allocation,
+  or the rise of the process's resident memory on CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, InputError, VMASError
+from .analysis import ClipAnalysis, analysis_key, load_analysis, save_analysis
 from .cache import GenerationCache, GenerationRecord, generation_key, model_fingerprint
 from .dataset import EvalClip, load_eval_set, safe_name
 from .embedders import AudioEmbedder, build_embedder
@@ -58,19 +75,6 @@ class EvaluationConfig:
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": float(self.guidance_scale),
         }
-
-
-@dataclass
-class ClipAnalysis:
-    """What is measured on a clip itself (model-independent)."""
-
-    clip: EvalClip
-    duration: float
-    visual: Any  # beats.VisualBeats
-    music: Any = None  # beats.MusicBeats of the real music, or None
-    reference_audio: Optional[np.ndarray] = None  # (1, S) at reference_sample_rate
-    fad_windows: Optional[np.ndarray] = None  # [N, D]
-    clap_embedding: Optional[np.ndarray] = None  # [D]
 
 
 def default_pipeline_loader(model: str, seed: int = 0):
@@ -114,19 +118,35 @@ class Evaluator:
         self.config = config or EvaluationConfig()
         self.clips = load_eval_set(data, max_videos)
         self.out_dir = Path(out_dir)
-        self.cache = GenerationCache(self.out_dir / "cache")
+        self.cache = GenerationCache(self.out_dir / "cache" / "generations")
         self.embedder: AudioEmbedder = build_embedder(fad_embedder, clap_checkpoint)
+        # the CLAP score uses the CLAP embedder: the FAD one when it is CLAP, else one from clap_checkpoint
         self.clap: Optional[AudioEmbedder] = None
-        if clap_checkpoint:
-            self.clap = self.embedder if self.embedder.name == "clap-audio" else build_embedder("clap", clap_checkpoint)
+        if self.embedder.name == "clap-audio":
+            self.clap = self.embedder
+        elif clap_checkpoint:
+            self.clap = build_embedder("clap", clap_checkpoint)
         self.progress = progress
         self._load = load_pipeline or (lambda model: default_pipeline_loader(model, self.config.seed))
         self.generated = 0  # pipeline calls made by this evaluator (cache misses)
+        self.analysed = 0  # clips analysed (not read from the cache) by this evaluator
 
     # ------------------------------------------------------------------ per clip
 
     def analyse_clip(self, clip: EvalClip) -> ClipAnalysis:
-        """Visual beats, and the real music's beats and embeddings when the clip has music."""
+        """Visual beats, and the real music's beats and embeddings when the clip has music (cached)."""
+        c = self.config
+        settings = {k: getattr(c, k) for k in ("visual_fps", "visual_size", "reference_sample_rate")}
+        embedders = [self.embedder.identity(), self.clap.identity() if self.clap is not None else None]
+        path = self.out_dir / "cache" / "clips" / f"{analysis_key(clip, settings, embedders)}.npz"
+        analysis = load_analysis(path, clip)
+        if analysis is None:
+            analysis = self._analyse(clip)
+            save_analysis(path, analysis)
+            self.analysed += 1
+        return analysis
+
+    def _analyse(self, clip: EvalClip) -> ClipAnalysis:
         from ..beats import music_beats, visual_beats
         from ..media import load_audio, load_video
 
@@ -137,7 +157,6 @@ class Evaluator:
             audio = load_audio(str(clip.audio), c.reference_sample_rate, mono=True, start=clip.start, end=clip.end)
             audio = np.asarray(audio, dtype=np.float32).reshape(1, -1)
             if audio.shape[-1] > 0:
-                analysis.reference_audio = audio
                 analysis.music = music_beats(audio, c.reference_sample_rate)
                 analysis.fad_windows = self.embedder.embed(audio, c.reference_sample_rate)
                 if self.clap is not None:
@@ -257,7 +276,7 @@ class Evaluator:
             {
                 "id": a.clip.id,
                 "video": str(a.clip.video),
-                "reference_audio": str(a.clip.audio) if a.reference_audio is not None else None,
+                "reference_audio": str(a.clip.audio) if a.has_reference else None,
                 "start": a.clip.start,
                 "end": a.clip.end,
                 "duration": a.duration,
@@ -267,7 +286,8 @@ class Evaluator:
             for a in analyses
         ]
         settings = asdict(self.config)
-        return write_report(self.out_dir, columns, self.embedder.name, reference, clips, settings, plots)
+        computed = {"generations": self.generated, "clip_analyses": self.analysed}
+        return write_report(self.out_dir, columns, self.embedder.name, reference, clips, settings, plots, computed)
 
     def _load_model(self, model: str):
         try:
@@ -302,8 +322,8 @@ class Evaluator:
         metrics["rtf"] = mean_or_none(r.real_time_factor for r in records)
         metrics["seconds_per_clip"] = mean_or_none(r.seconds for r in records)
         metrics["peak_memory_mb"] = max((r.peak_memory_mb for r in records), default=None)
-        metrics["clips"] = float(len(records))
-        metrics["generated_this_run"] = float(new)
+        metrics["clips"] = len(records)
+        metrics["generated_this_run"] = new
         if self.config.plots:
             path = self.out_dir / "plots" / f"beat_offsets__{safe_name(name)}.png"
             plots.append(str(plot_offset_histogram(path, offsets, name, tolerance=self.config.beat_tolerance)))
@@ -409,10 +429,12 @@ def run_evaluation(
         models: saved pipeline folders (or recipe YAMLs, random weights seeded by ``seed``); one
             column each, in this order.
         data: folder of videos or JSON Lines manifest (see :mod:`vmas_diffusion.evaluation.dataset`).
-        out_dir: receives ``evaluation.md``, ``evaluation.json``, ``plots/`` and ``cache/``.
+        out_dir: receives ``evaluation.md``, ``evaluation.json``, ``plots/`` and ``cache/`` (generations
+            per model/clip/seed/settings, and clip analyses); re-running in the same folder reuses it.
         seed: generation seed (the same for every clip), part of the cache key.
         num_inference_steps, guidance_scale, duration: passed to the pipeline, part of the cache key.
-        fad_embedder: ``"mel"`` (weight-free default), ``"vggish=PATH"``, ``"clap"`` or ``"clap=PATH"``.
+        fad_embedder: ``"mel"`` (weight-free default), ``"vggish=PATH"``, ``"panns=PATH"``, ``"clap"``
+            (uses ``clap_checkpoint``) or ``"clap=PATH"``; the table names the one used.
         clap_checkpoint: local laion-clap checkpoint; enables the CLAP score row.
         max_videos: first N clips only.
         progress: tqdm bars on stderr.

@@ -132,7 +132,9 @@ class VGGishEmbedder(AudioEmbedder):
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} is not a VGGish state dict: {exc}") from exc
-        return cls(model, device=device)
+        embedder = cls(model, device=device)
+        embedder.checkpoint = Path(path)
+        return embedder
 
     @torch.no_grad()
     def _embed_mono(self, audio: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ generator accepts one ``torch.Generator`` per item (``supports_item_generators``
 same noise and dropout decision on whatever process and in whatever batch it lands.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -164,9 +164,3 @@ def conditions_for_generation(task: VideoMusicTask, batch: Dict[str, torch.Tenso
     video_out, beat = task.encode_video(batch)
     return {VIDEO: video_out.condition(), BEAT: beat}
 
-
-def unwrap_task(model) -> Optional[VideoMusicTask]:
-    """The task inside a DDP / compiled wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model

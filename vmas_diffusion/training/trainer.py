@@ -14,7 +14,6 @@ processes follows a one-process job with the same global batch.
 """
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +102,11 @@ def build_training_components(cfg, with_generator: bool = True) -> dict:
             if loaded is not None:
                 components[name] = loaded
     codec_source = t.codec_checkpoint or (t.musicgen_checkpoint if _is_full_musicgen(t.musicgen_checkpoint) else None)
+    if not codec_source and not t.init_from:
+        logger.warning(
+            "the %s codec has random weights (no train.codec_checkpoint, full-MusicGen train.musicgen_checkpoint or "
+            "train.init_from): fine for tests, useless for real training", type(components["codec"]).__name__,
+        )
     if codec_source:
         codec = components["codec"]
         if not hasattr(codec, "from_encodec_pretrained"):
@@ -146,7 +150,7 @@ class Trainer:
 
     def __init__(self, cfg, resume: Optional[str] = None, progress: bool = True, step_callbacks: Sequence[Callable] = ()):
         from accelerate import Accelerator, DistributedDataParallelKwargs
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
         from diffusers.optimization import get_scheduler
 
         _check_train_spec(cfg)
@@ -191,8 +195,6 @@ class Trainer:
                 raise ConfigError(f"train.ema_decay: the {generator.backend} generator has no EMA support")
             self.ema = generator.create_ema(decay=t.ema_decay)
             self.ema.to(acc.device)
-        from accelerate.utils import DistributedType
-
         # DeepSpeed / FSDP split parameters and optimizer state across processes
         self.sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", t.keep_checkpoints)
@@ -258,7 +260,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and acc.is_main_process))
         self.task.train()
         window: List[Dict[str, torch.Tensor]] = []
-        started = time.time()
+        started, first_micro_step = time.time(), self.micro_step
         while self.step < t.max_steps:
             batch = batch_to_device(next(data), acc.device)
             self.micro_step += 1
@@ -285,7 +287,8 @@ class Trainer:
                 values["lr"] = self.lr_scheduler.get_last_lr()[0]
                 if grad_norm is not None:
                     values["grad_norm"] = float(grad_norm)
-                values["samples_per_s"] = self.micro_step * t.batch_size * acc.num_processes / max(time.time() - started, 1e-9)
+                done = self.micro_step - first_micro_step
+                values["samples_per_s"] = done * t.batch_size * acc.num_processes / max(time.time() - started, 1e-9)
                 acc.log(values, step=self.step)
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
             bar.update(1)

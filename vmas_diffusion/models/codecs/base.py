@@ -13,7 +13,7 @@ normalisation, freezing, and bounded-memory chunked processing of long audio.
 import contextlib
 import math
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -221,8 +221,23 @@ def rename_legacy_weight_norm(state: Dict[str, torch.Tensor]) -> Dict[str, torch
     return renamed
 
 
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], limit: int = 5) -> str:
-    """One line naming missing keys, unexpected keys and shape mismatches ('' when they agree)."""
+def safetensors_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
+    """``{name: shape}`` of a safetensors file, read from its header only (no tensor data)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # truncated or not safetensors
+        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {err}") from err
+
+
+def state_dict_mismatch(expected: Mapping[str, object], found: Mapping[str, object], limit: int = 5) -> str:
+    """One line naming missing keys, unexpected keys and shape mismatches ('' when they agree).
+    Values are tensors or shapes."""
+
+    def shape(value) -> Tuple[int, ...]:
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
     def names(keys: Sequence[str]) -> str:
         keys = sorted(keys)
@@ -232,9 +247,9 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
     shapes = [
-        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k}: checkpoint {shape(found[k])} vs model {shape(expected[k])}"
         for k in sorted(set(expected) & set(found))
-        if tuple(found[k].shape) != tuple(expected[k].shape)
+        if shape(found[k]) != shape(expected[k])
     ]
     parts = []
     if missing:
@@ -251,9 +266,42 @@ def load_state_dict_checked(module: torch.nn.Module, state: Mapping[str, torch.T
     problem = state_dict_mismatch(module.state_dict(), state)
     if problem:
         raise CheckpointError(f"{where} does not match the model: {problem}")
-    if next(iter(module.state_dict().values())).is_meta:
-        return  # a shape-only check
     module.load_state_dict(state, strict=True)
+
+
+def check_pretrained_folder(cls, path, subfolder: Optional[str] = None) -> None:
+    """Before diffusers' ``from_pretrained``: raise CheckpointError unless ``path`` (a folder written
+    by ``cls.save_pretrained``) holds a ``cls`` config whose weights match it key for key and
+    shape for shape (diffusers would only warn about some differences). Hub ids pass through."""
+    folder = Path(str(path)) / (subfolder or "")
+    if not Path(str(path)).is_dir():
+        return
+    where = f"codec folder {folder}"
+    config_file = folder / cls.config_name
+    config = cls.load_config(folder) if config_file.is_file() else {}
+    if config.get("_class_name") != cls.__name__:
+        raise CheckpointError(
+            f"{where}: {config_file.name} is not a {cls.__name__} config (class {config.get('_class_name')!r}); "
+            "original EnCodec weights load with from_encodec_pretrained"
+        )
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        with torch.device("meta"):  # the architecture only: no memory, no init time
+            expected = cls.from_config(config).state_dict()
+        problem = state_dict_mismatch(expected, safetensors_shapes(weights))
+        if problem:
+            raise CheckpointError(f"{where} ({weights.name}) does not match the model: {problem}")
+
+
+@contextlib.contextmanager
+def load_errors_as_checkpoint_errors(where: str):
+    """Turn what diffusers/transformers raise on a bad folder into CheckpointError naming ``where``."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{where} cannot be loaded: {err}") from err
 
 
 # --------------------------------------------------------------------------------------

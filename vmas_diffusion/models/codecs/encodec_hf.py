@@ -30,7 +30,9 @@ from .base import (
     FloatOrList,
     FrameCodec,
     check_chunking,
+    check_pretrained_folder,
     draw_codebooks_from_probe,
+    load_errors_as_checkpoint_errors,
     load_state_dict_checked,
     read_state_dict,
     rename_legacy_weight_norm,
@@ -191,28 +193,9 @@ class EncodecHFCodec(ModelMixin, ConfigMixin, FrameCodec):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' loader for folders written by :meth:`save_pretrained`; a missing, foreign
         or mismatched folder raises :class:`~vmas_diffusion.errors.CheckpointError`."""
-        where = f"codec folder {pretrained_model_name_or_path}"
-        folder = Path(str(pretrained_model_name_or_path))
-        if folder.is_dir():
-            config_file = folder / (kwargs.get("subfolder") or "") / cls.config_name
-            class_name = _read_json(config_file).get("_class_name") if config_file.is_file() else None
-            if class_name != cls.__name__:
-                raise CheckpointError(
-                    f"{where}: {config_file} is not a {cls.__name__} config (class {class_name!r}); "
-                    "a transformers EncodecModel folder loads with EncodecHFCodec.from_encodec_pretrained"
-                )
-            weights = folder / (kwargs.get("subfolder") or "") / "diffusion_pytorch_model.safetensors"
-            if weights.is_file():
-                # check keys and shapes ourselves: diffusers would only warn about some of them
-                with torch.device("meta"):  # shapes only, no memory or init time
-                    expected = cls.from_config(cls.load_config(folder, subfolder=kwargs.get("subfolder")))
-                load_state_dict_checked(expected, read_state_dict(weights), f"{where} ({weights.name})")
-        try:
+        with load_errors_as_checkpoint_errors(f"codec folder {pretrained_model_name_or_path}"):
+            check_pretrained_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except CheckpointError:
-            raise
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise CheckpointError(f"{where} cannot be loaded: {err}") from err
 
     @classmethod
     def from_encodec_pretrained(cls, path_or_hub_id: Union[str, os.PathLike], **kwargs) -> "EncodecHFCodec":

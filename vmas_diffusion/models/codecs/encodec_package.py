@@ -34,7 +34,9 @@ from .base import (
     FloatOrList,
     FrameCodec,
     check_chunking,
+    check_pretrained_folder,
     draw_codebooks_from_probe,
+    load_errors_as_checkpoint_errors,
     load_state_dict_checked,
     read_state_dict,
     rename_legacy_weight_norm,
@@ -182,23 +184,9 @@ class EncodecPackageCodec(ModelMixin, ConfigMixin, FrameCodec):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' loader, with foreign or mismatched folders raising CheckpointError."""
-        where = f"codec folder {pretrained_model_name_or_path}"
-        folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
-        if folder.is_dir():
-            weights = folder / "diffusion_pytorch_model.safetensors"
-            config = cls.load_config(folder) if (folder / cls.config_name).is_file() else {}
-            if config.get("_class_name") != cls.__name__:
-                raise CheckpointError(f"{where}: not an {cls.__name__} folder (class {config.get('_class_name')!r})")
-            if weights.is_file():
-                with torch.device("meta"):
-                    expected = cls.from_config(config)
-                load_state_dict_checked(expected, read_state_dict(weights), f"{where} ({weights.name})")
-        try:
+        with load_errors_as_checkpoint_errors(f"codec folder {pretrained_model_name_or_path}"):
+            check_pretrained_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except CheckpointError:
-            raise
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise CheckpointError(f"{where} cannot be loaded: {err}") from err
 
     @classmethod
     def from_encodec_pretrained(

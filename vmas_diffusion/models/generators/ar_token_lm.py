@@ -31,6 +31,7 @@ windowed continuation past ``max_duration``: after each window the last
 
 import json
 import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -223,7 +224,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     def _check_config(self) -> None:
         c = self.config
         problems = []
-        for name in ("num_codebooks", "cardinality", "hidden_size", "num_layers", "num_heads", "ffn_dim", "video_dim", "beat_dim"):
+        sizes = ("num_codebooks", "cardinality", "hidden_size", "num_layers", "num_heads", "ffn_dim", "video_dim", "beat_dim")
+        for name in sizes:
             if getattr(c, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(c, name)})")
         if c.hidden_size % max(c.num_heads, 1):
@@ -468,7 +470,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
         elif tuple(mask.shape) != (b, t):
-            raise InputError(f"ARTokenLM.forward_train: batch['mask'] must be [B, T] = {(b, t)}, got {tuple(mask.shape)}")
+            raise InputError(
+                f"ARTokenLM.forward_train: batch['mask'] must be [B, T] = {(b, t)}, got {tuple(mask.shape)}"
+            )
         mask = mask.bool()
         conds, _ = self._check_conditions(batch.get("conditions"), b)
         if self.training and self.config.cond_dropout > 0:
@@ -558,7 +562,11 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         factory like ``DiffusionPipeline.progress_bar`` (``total=`` -> tqdm); tqdm when None.
         Music longer than ``max_duration`` is generated in windows (:meth:`plan_windows`).
         """
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        try:
+            num_frames = operator.index(num_frames)
+        except TypeError:
+            num_frames = None
+        if num_frames is None or num_frames < 1:
             raise InputError(f"ARTokenLM.generate: num_frames must be a positive int, got {num_frames!r}")
         if guidance_scale < 0 or top_k < 0 or not 0 <= top_p <= 1 or temperature < 0:
             raise InputError(
@@ -571,15 +579,13 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         generators = self._item_generators(generator, batch_size)
         sampling = dict(top_k=top_k, top_p=top_p, temperature=temperature)
         use_cfg = guidance_scale != 1.0
-        if use_cfg:  # one forward of [cond; uncond]
-            conds = {n: Condition(torch.cat([c.tensor, c.null().tensor]), torch.cat([c.mask, c.null().mask]), c.frame_rate) for n, c in conds.items()}
+        if use_cfg:  # one batched forward of [cond; uncond]
+            conds = {name: _with_null_half(cond) for name, cond in conds.items()}
 
         plan = self.plan_windows(num_frames)
         total = sum(self._sampling_steps(length, prompt) for _, length, prompt in plan)
         if progress_bar is None:
-            from tqdm.auto import tqdm
-
-            progress_bar = lambda total: tqdm(total=total, desc="ARTokenLM.generate", leave=False, disable=None)  # noqa: E731
+            progress_bar = _default_progress_bar
 
         # generation-time fused weights: one embedding lookup and one head matmul per step
         table = torch.cat([e.weight for e in self.embed_tokens])  # [K * (V + 1), H]
@@ -627,7 +633,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         first = int(to_sample.any(0).nonzero()[0])
         # every item draws its own uniforms, the same amount whatever the batch: batch == singles
         uniforms = torch.stack(
-            [torch.rand(s_total, k, generator=g, device=g.device if g is not None else device).to(device) for g in generators]
+            [torch.rand(s_total, k, generator=g, device=device if g is None else g.device).to(device) for g in generators]
         )  # [B, S, K]
 
         rows = 2 * b if guidance_scale is not None else b
@@ -694,7 +700,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if config.get("model_type") == "musicgen":
             config, prefix = config.get("decoder") or {}, "decoder."
         if config.get("model_type") != "musicgen_decoder":
-            raise CheckpointError(f"from_musicgen: {config_file} is not a MusicGen decoder config (model_type {config.get('model_type')!r})")
+            raise CheckpointError(
+                f"from_musicgen: {config_file} is not a MusicGen config (model_type {config.get('model_type')!r})"
+            )
         unsupported = []
         if config.get("audio_channels", 1) != 1:
             unsupported.append("stereo (audio_channels=2)")
@@ -705,7 +713,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if config.get("pad_token_id", config["vocab_size"]) != config["vocab_size"]:
             unsupported.append("a pad/start id other than vocab_size")
         if unsupported:
-            raise CheckpointError(f"from_musicgen: {folder} uses {', '.join(unsupported)}, which ARTokenLM does not model")
+            raise CheckpointError(
+                f"from_musicgen: {folder} uses {', '.join(unsupported)}, which ARTokenLM does not model"
+            )
         kwargs = dict(
             num_codebooks=config["num_codebooks"],
             cardinality=config["vocab_size"],
@@ -730,7 +740,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 continue
             if name not in state or state[name].shape != value.shape:
                 have = tuple(state[name].shape) if name in state else "no such parameter"
-                raise CheckpointError(f"from_musicgen: {key} {tuple(value.shape)} does not fit {name} ({have}); check overrides")
+                raise CheckpointError(
+                    f"from_musicgen: {key} {tuple(value.shape)} does not fit {name} ({have}); check overrides"
+                )
             state[name] = value.to(state[name].dtype)
             loaded.add(name)
         missing = sorted(n for n in state if n not in loaded and not _is_new(n))
@@ -744,6 +756,18 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if model.beat_proj is not None:
             nn.init.zeros_(model.beat_proj.weight)
         return model
+
+
+def _with_null_half(cond: Condition) -> Condition:
+    """``[B, ...]`` -> ``[2B, ...]``: the condition, then its dropped form (the CFG batch)."""
+    null = cond.null()
+    return Condition(torch.cat([cond.tensor, null.tensor]), torch.cat([cond.mask, null.mask]), cond.frame_rate)
+
+
+def _default_progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ARTokenLM.generate", leave=False, disable=None)
 
 
 def _is_new(name: str) -> bool:

@@ -616,7 +616,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         """The classifier-free-guided model output for ``sample [B, D, T]`` -> ``[B, D, T]``:
         ``uncond + guidance_scale * (cond - uncond)``, both branches in one batched forward
         (the conditional branch alone when ``guidance_scale == 1`` or there are no conditions).
-        ``timestep`` is one scheduler timestep (scalar)."""
+        ``timestep`` is one scalar timestep; in a hand-written loop use :meth:`model_timestep`."""
         self._check_sample(sample)
         self.check_conditions(conditions, sample.shape[0])
         cfg = bool(conditions) and guidance_scale != 1.0
@@ -640,6 +640,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             windows.append((start, size, end - start))
             end = start + size
         return windows
+
+    def model_timestep(self, scheduler, step_index: int) -> torch.Tensor:
+        """The timestep the model is given at loop step ``step_index``: ``scheduler.timesteps[i]``,
+        except for flow models, which get ``sigma * num_train_timesteps`` from the solver's own sigma
+        (DPM-Solver truncates its flow timesteps to ints; the model should see the exact noise level)."""
+        if self.config.prediction_type == "flow":
+            return scheduler.sigmas[step_index] * self.config.num_train_timesteps
+        return scheduler.timesteps[step_index]
 
     @staticmethod
     def _noise_to(scheduler, known: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -671,15 +679,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         sample = sample * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
         k = 0 if known is None else known.shape[-1]
-        flow = self.config.prediction_type == "flow"
         for i, t in enumerate(scheduler.timesteps):
             if k:
                 noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
                 sample = torch.cat([self._noise_to(scheduler, known, noise, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
-            # DPM-Solver truncates flow timesteps to ints: give the model the exact level the solver uses
-            model_t = scheduler.sigmas[i] * self.config.num_train_timesteps if flow else t
-            output = self._guided(model_input, model_t, prepared, guidance_scale, cfg)
+            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance_scale, cfg)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             bar.update(1)
         if k:
