@@ -160,3 +160,42 @@ def test_real_video_end_to_end(media):
     assert out.audios.shape[-1] == 2 * out.sample_rate
     # bikes.mp4 has scene cuts near 1.2, 3.0, 5.5, 7.5 and 9.7 s: the beat condition must see some
     assert out.video_beats.size >= 3 and out.video_beats.max() <= 10.5
+
+
+def test_contrastive_embeddings(pipe):
+    video = pipe.embed_video(moving_square(), fps=FPS)
+    assert video.shape == (pipe.contrastive_head.config.embed_dim,)
+    assert torch.allclose(video.norm(), torch.tensor(1.0), atol=1e-5)
+    t = np.arange(16000, dtype=np.float32) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)[None]
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (1, 16000)).astype(np.float32)
+    a, b = pipe.embed_music(tone, 16000), pipe.embed_music(tone, 16000)
+    torch.testing.assert_close(a, b)  # depends on the music only, deterministically
+    assert torch.allclose(a.norm(), torch.tensor(1.0), atol=1e-5)
+    assert not torch.allclose(a, pipe.embed_music(noise, 16000))
+    resampled = pipe.embed_music(np.repeat(tone, 2, axis=0), 16000)  # stereo in, mono codec
+    torch.testing.assert_close(a, resampled, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="fps"):
+        pipe.embed_video(moving_square())
+
+
+def test_saved_pipeline_loads_in_a_fresh_process(tmp_path):
+    """from_pretrained finds the project's component classes without the caller importing them."""
+    import subprocess
+    import sys
+
+    VideoToMusicPipeline.from_recipe(RECIPES["ldm"]).save_pretrained(tmp_path)
+    code = (
+        "from vmas_diffusion import VideoToMusicPipeline as P; "
+        f"p = P.from_pretrained({str(tmp_path)!r}); "
+        "print(p.backend, type(p.contrastive_head).__name__, type(p.scheduler).__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ldm", "ContrastiveLoss", "DPMSolverMultistepScheduler"]
+
+
+def test_hub_id_offline_is_a_checkpoint_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="not-a/real-model"):
+        VideoToMusicPipeline.from_pretrained("not-a/real-model")

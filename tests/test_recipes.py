@@ -77,3 +77,20 @@ def test_derive_shared_fills_and_rejects_contradictions():
     assert derive_shared({"b": 2}, {"b": 2}, "gen") == {"b": 2}
     with pytest.raises(ConfigError, match="b=3 contradicts"):
         derive_shared({"b": 3}, {"b": 2}, "gen")
+
+
+def test_base_recipe_chain(tmp_path):
+    (tmp_path / "parent.yaml").write_text(
+        "codec: {type: encodec_hf, config: {num_filters: 8}}\n"
+        "video_encoder: {type: temporal}\ngenerator: {type: ar, config: {hidden_size: 32, num_layers: 2}}\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nname: child\ngenerator: {config: {num_layers: 1}}\n")
+    cfg = load_recipe(tmp_path / "child.yaml")
+    assert cfg.name == "child" and cfg.codec.config.num_filters == 8
+    assert dict(cfg.generator.config) == {"hidden_size": 32, "num_layers": 1}  # deep merge over the base
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_recipe(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
+        load_recipe(tmp_path / "orphan.yaml")

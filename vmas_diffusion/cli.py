@@ -163,7 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         return args.run(args)
     except VMASError as err:
-        print(f"vmas-diffusion: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the cause's message holds
+        print(f"vmas-diffusion: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("vmas-diffusion: interrupted", file=sys.stderr)

@@ -142,26 +142,41 @@ RecipeLike = Union[str, Path, DictConfig, dict]
 
 
 def load_recipe(recipe: RecipeLike, overrides: Optional[list] = None) -> DictConfig:
-    """Read and validate a recipe (a YAML path, a dict or a DictConfig) plus ``key=value`` overrides."""
+    """Read and validate a recipe (a YAML path, a dict or a DictConfig) plus ``key=value`` overrides.
+
+    A YAML recipe may start from another: ``base: tiny_ar.yaml`` (relative to its own folder)
+    loads that recipe first and merges this one over it, so an ablation states only what it changes.
+    """
+    where = f"recipe {recipe}" if isinstance(recipe, (str, Path)) else "recipe"
     try:
-        schema = OmegaConf.structured(Recipe)
         if isinstance(recipe, (str, Path)):
-            path = Path(recipe)
-            if not path.is_file():
-                raise ConfigError(f"recipe {path} does not exist")
-            user = OmegaConf.load(path)
+            user = _read_yaml_with_base(Path(recipe), seen=())
         else:
             user = OmegaConf.create(recipe) if isinstance(recipe, dict) else recipe
-        if not isinstance(user, DictConfig):
-            raise ConfigError(f"recipe {recipe} is not a mapping")
-        merged = OmegaConf.merge(schema, user, OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(OmegaConf.structured(Recipe), user, OmegaConf.from_dotlist(list(overrides or [])))
         OmegaConf.to_container(merged, throw_on_missing=True)
     except OmegaConfBaseException as err:
-        where = f"recipe {recipe}" if isinstance(recipe, (str, Path)) else "recipe"
         raise ConfigError(f"{where}: {_first_line(err)}") from err
     except (OSError, ValueError, yaml.YAMLError) as err:  # unreadable file, YAML syntax error
-        raise ConfigError(f"recipe {recipe}: {_first_line(err)}") from err
+        raise ConfigError(f"{where}: {_first_line(err)}") from err
     return merged
+
+
+def _read_yaml_with_base(path: Path, seen: tuple) -> DictConfig:
+    """One YAML recipe, merged over its ``base`` chain (without schema validation yet)."""
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe {path}: its `base` chain loops back to itself")
+    user = OmegaConf.load(path)
+    if not isinstance(user, DictConfig):
+        raise ConfigError(f"recipe {path} is not a mapping")
+    base = user.pop("base", None)
+    if base is None:
+        return user
+    if not isinstance(base, str):
+        raise ConfigError(f"recipe {path}: `base` must be a recipe file name, got {base!r}")
+    return OmegaConf.merge(_read_yaml_with_base(path.parent / base, seen + (path.resolve(),)), user)
 
 
 def _first_line(err: Exception) -> str:

@@ -5,6 +5,7 @@ video encoder -> named conditions ``{"video", "beat"}`` -> one generator backend
 tokens or LDM latents) -> codec decode -> waveform trimmed to the asked duration.
 """
 
+import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from diffusers.utils import BaseOutput
 from vmas_diffusion.beats import visual_beats
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
-from vmas_diffusion.media import load_video
+from vmas_diffusion.media import load_video, resample
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -101,7 +102,19 @@ class VideoToMusicPipeline(DiffusionPipeline):
         """
         path = Path(str(pretrained_model_name_or_path))
         if path.exists():
-            _check_pipeline_folder(path)
+            index = _read_pipeline_index(path)
+        else:  # a Hub id: read its model_index.json first (needs network or the local HF cache)
+            try:
+                from huggingface_hub import hf_hub_download
+
+                index_file = hf_hub_download(str(pretrained_model_name_or_path), "model_index.json", revision=kwargs.get("revision"))
+            except Exception as err:  # noqa: BLE001 - every hub failure means the same to the user
+                raise CheckpointError(f"{pretrained_model_name_or_path} is neither a local folder nor a reachable Hub model: {err}") from err
+            index = _read_pipeline_index(Path(index_file).parent)
+        # diffusers finds a component class only once its module is imported
+        for name, entry in index.items():
+            if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("vmas_diffusion."):
+                importlib.import_module(entry[0])
         if kwargs.get("use_safetensors") is False:
             raise CheckpointError("VideoToMusicPipeline loads safetensors weights only")
         kwargs["use_safetensors"] = True
@@ -208,6 +221,45 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError(f"{beat.tensor.shape[0]} videos but video_embeds for {video_condition.tensor.shape[0]}")
         return video_condition, beat, beat_times
 
+    # ------------------------------------------------------------------ contrastive embeddings
+
+    def _contrastive_head(self):
+        if self.contrastive_head is None:
+            raise ConfigError("this pipeline has no contrastive_head, so it has no video-music embeddings")
+        return self.contrastive_head
+
+    @torch.no_grad()
+    def embed_video(self, video: VideoInput, fps: Optional[float] = None) -> torch.Tensor:
+        """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval."""
+        head = self._contrastive_head()
+        if isinstance(video, (np.ndarray, torch.Tensor)) and fps is None:
+            raise InputError("`fps` is required when `video` is an array of frames")
+        prepared = self.prepare_video(video, fps)
+        frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
+        return head.embed_video(self.video_encoder(frames).pooled)[0]
+
+    @torch.no_grad()
+    def embed_music(self, wav, sample_rate: int) -> torch.Tensor:
+        """The music's contrastive embedding ``[E]`` from ``wav`` ``(C, S)`` or ``(S,)``.
+
+        The generator reads the music with every condition dropped, so the embedding
+        depends on the music alone.
+        """
+        head = self._contrastive_head()
+        audio = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, dtype=np.float32)
+        audio = audio[None] if audio.ndim == 1 else audio
+        if audio.ndim != 2 or audio.shape[-1] == 0:
+            raise InputError(f"music must be (C, S) or (S,) with samples, got shape {audio.shape}")
+        if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
+            audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
+        audio = resample(audio.astype(np.float32), int(sample_rate), self.sample_rate)
+        wav_t = torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device)
+        if self.backend == "ar":
+            batch = {"codes": self.codec.tokenize(wav_t), "conditions": {}}
+        else:
+            batch = {"latents": self.codec.encode(wav_t), "conditions": {}, "generator": torch.Generator().manual_seed(0)}
+        return head.embed_music(self.generator.forward_train(batch).music_embedding)[0]
+
     # ------------------------------------------------------------------ __call__
 
     @torch.no_grad()
@@ -299,8 +351,8 @@ def _as_condition(video_embeds, device) -> Condition:
     raise InputError("`video_embeds` must be a VideoEncoderOutput, a Condition or a [B, T, D] tensor")
 
 
-def _check_pipeline_folder(path: Path) -> None:
-    """Reject folders that are not a saved VideoToMusicPipeline before diffusers tries them."""
+def _read_pipeline_index(path: Path) -> dict:
+    """The model_index.json of a saved VideoToMusicPipeline; anything else raises CheckpointError."""
     index = path / "model_index.json"
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a folder")
@@ -310,9 +362,11 @@ def _check_pipeline_folder(path: Path) -> None:
         config = json.loads(index.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{index} is unreadable: {err}") from err
-    if config.get("_class_name") != VideoToMusicPipeline.__name__:
-        raise CheckpointError(f"{path} holds a {config.get('_class_name')!r}, not a VideoToMusicPipeline")
+    if not isinstance(config, dict) or config.get("_class_name") != VideoToMusicPipeline.__name__:
+        found = config.get("_class_name") if isinstance(config, dict) else None
+        raise CheckpointError(f"{path} holds a {found!r}, not a VideoToMusicPipeline")
     for name in ("video_encoder", "generator", "codec"):
         entry = config.get(name)
         if not (isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("vmas_diffusion")):
             raise CheckpointError(f"{path}: component {name!r} is {entry!r}, not a vmas_diffusion class")
+    return config

@@ -4,7 +4,8 @@ The key hashes what decides the output: the model's files (relative path, size a
 every file of the folder, or of the recipe file), the video's path, size and mtime, the clip
 times, the seed and the generation keyword arguments. Editing or retraining a model, touching
 a video or changing a setting gives a new key, so a re-run recomputes exactly what changed;
-adding a model to the table computes only its column.
+adding a model to the table computes only its column. The key holds the package version but
+not the code itself: after editing the pipeline code in place, delete ``OUT/cache``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def file_fingerprint(path: Path | None) -> dict | None:
 
 def generation_key(model_fp: dict, clip: EvalClip, seed: int, generation_kwargs: dict[str, Any]) -> str:
     """Hex key of one generation: model files, video file, seed and generation kwargs."""
+    from .. import __version__
+
     payload = {
+        "vmas_diffusion": __version__,  # the cache cannot see code edits; a release bump invalidates it
         "model": model_fp,
         "clip": clip_fingerprint(clip),
         "seed": int(seed),

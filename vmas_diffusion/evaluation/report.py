@@ -76,7 +76,7 @@ def table_rows(columns: list[ModelColumn], embedder_name: str) -> list[tuple[str
     for ref, ref_label in (("visual", "visual beats"), ("music", "real-music beats")):
         for key in TABLE_BEAT_KEYS:
             rows.append(row(f"{BEAT_LABELS[key]} vs {ref_label}", f"{ref}.{key}"))
-    rows.append(row("Mean |generated beat - nearest visual beat| (s) ↓", "mean_abs_beat_offset"))
+    rows.append(row("Mean abs. offset, generated → nearest visual beat (s) ↓", "mean_abs_beat_offset"))
     chance = next((c.metrics.get("chance@1") for c in columns if c.metrics.get("chance@1") is not None), None)
     chance5 = next((c.metrics.get("chance@5") for c in columns if c.metrics.get("chance@5") is not None), None)
     rows.append(row(f"R@1 video→generated music (chance {_fmt(chance, 2)})", "R@1"))
@@ -98,7 +98,7 @@ def render_markdown(
 ) -> tuple[str, list[tuple[str, list[str]]]]:
     """Markdown of the main table plus a short reference table (real music vs visual beats)."""
     rows = table_rows(columns, embedder_name)
-    headers = ["metric"] + [c.header for c in columns]
+    headers = ["metric"] + [c.header.replace("|", "\\|") for c in columns]  # a '|' would split the cell
     lines = [
         f"Evaluation on {num_clips} clip(s) ({num_with_reference} with real music), seed {seed}, "
         f"FAD embedder: {embedder_name}",
