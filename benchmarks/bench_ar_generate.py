@@ -188,23 +188,21 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}, dtype {args.dtype}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (before)")
 
-    rows = []
-    for shape in shapes:
-        hf, ours = build_pair(shape, device, dtype)
-        for cfg in (False, True):
-            rows.append(run_row(shape, steps, cfg, args.batch, device, dtype, hf, ours, repeats))
-        del hf, ours
-
     header = (f"{'config':<10} {'cfg':>3} {'B':>2} {'steps':>5} {'ours tok/s':>11} {'hf tok/s':>10} "
               f"{'speed-up':>8} {'ours/ceil':>9} {'hf/ceil':>8} {'ceil GFLOP/s':>12}")  # fmt: skip
     print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['shape']:<10} {r['cfg']:>3} {r['batch']:>2} {r['steps']:>5} {r['ours_tok_s']:>11.0f} "
-            f"{r['hf_tok_s']:>10.0f} {r['speedup']:>7.2f}x {r['ours_frac']:>9.1%} {r['hf_frac']:>8.1%} "
-            f"{r['ceiling_gflops']:>12.1f}"
-        )
+    print("-" * len(header), flush=True)
+    for shape in shapes:
+        hf, ours = build_pair(shape, device, dtype)
+        for cfg in (False, True):
+            r = run_row(shape, steps, cfg, args.batch, device, dtype, hf, ours, repeats)
+            print(
+                f"{r['shape']:<10} {r['cfg']:>3} {r['batch']:>2} {r['steps']:>5} {r['ours_tok_s']:>11.0f} "
+                f"{r['hf_tok_s']:>10.0f} {r['speedup']:>7.2f}x {r['ours_frac']:>9.1%} {r['hf_frac']:>8.1%} "
+                f"{r['ceiling_gflops']:>12.1f}",
+                flush=True,
+            )
+        del hf, ours
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (after); target: speed-up >= 2x")
 

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int)
     ev.add_argument("--guidance", type=float, default=3.0)
     ev.add_argument("--duration", type=float)
-    ev.add_argument("--fad-embedder", default="mel")
+    ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")
     ev.add_argument("--max-videos", type=int)
     ev.set_defaults(run=cmd_evaluate)
