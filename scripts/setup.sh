@@ -15,7 +15,7 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "${VMAS_TORCH_SPEC:-torch==2.13.0}"
 if [ "$dev" = 1 ]; then
-  python -m pip install -q -e ".[dev]"
+  python -m pip install -q -e ".[dev,app]"
   # The `encodec` package declares torchaudio, which would replace torch with a multi-GB build;
   # it is only imported through vmas_diffusion.models.codecs.encodec_package, which needs no torchaudio.
   python -m pip install -q --no-deps "encodec==0.1.1" "einops>=0.6"
@@ -26,6 +26,8 @@ if [ "$dev" = 1 ]; then
   if ! command -v h2cli >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hydrogen hydrogen-data
   fi
+  # Debian's chromium drives the app's end-to-end test through Playwright (no browser download).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash scripts/install_browser.sh; fi
   bash scripts/fetch_test_media.sh
 else
   python -m pip install -q -e .
