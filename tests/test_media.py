@@ -321,3 +321,17 @@ def test_utils_reexports():
 
     assert utils.load_video is media.load_video and utils.load_audio is media.load_audio
     assert utils.export_to_video_with_audio is media.export_to_video_with_audio
+
+
+@pytest.mark.parametrize("size", [(32, 48), (50, 72), (33, 47)])
+def test_resize_to_sizes_where_decord_scaler_breaks(size):
+    """decord returns 4 channels at some sizes; load_video falls back to PyAV there."""
+    from pathlib import Path
+
+    clip_path = Path(__file__).resolve().parents[1] / "vmas_diffusion" / "assets" / "demo_bikes.mp4"
+    clip = load_video(clip_path, fps=4, size=size)
+    assert clip.frames.shape == (24,) + size + (3,)
+    reference = load_video(clip_path, fps=4, size=size, backend="pyav")
+    np.testing.assert_array_equal(clip.timestamps, reference.timestamps)
+    chunks = list(iter_video_chunks(clip_path, fps=4, chunk_seconds=2.0, size=size, backend="decord"))
+    assert sum(c.frames.shape[0] for c in chunks) == 24 and chunks[0].frames.shape[1:] == size + (3,)

@@ -237,6 +237,10 @@ class _DecordReader:
         self.pts = pts[self.order]
         self.path = path
 
+    def resizes_correctly(self, size: tuple[int, int] | None) -> bool:
+        """False where decord's scaler breaks: at some sizes (e.g. 32x48) it returns 4 channels."""
+        return size is None or self.reader[int(self.order[0])].shape == (size[0], size[1], 3)
+
     def frames(self, sorted_idx: np.ndarray) -> np.ndarray:
         """uint8 ``(len(sorted_idx), H, W, 3)`` for indices into the sorted ``pts``.
 
@@ -264,6 +268,8 @@ class _DecordReader:
 
 def _load_decord(info: VideoInfo, fps, t0, t1, size, max_frames) -> VideoClip:
     reader = _DecordReader(info.path, size)
+    if not reader.resizes_correctly(size):
+        return _load_pyav(info, fps, t0, t1, size, max_frames)
     if fps is None:
         idx = np.nonzero((reader.pts >= t0 - 1e-6) & (reader.pts < t1 - 1e-6))[0]
         if idx.size == 0:  # a window shorter than one frame: the frame on screen at t0
@@ -417,8 +423,8 @@ def iter_video_chunks(
     n_chunks = max(1, math.ceil((t1 - t0) / chunk_seconds - 1e-9))
     bounds = [(t0 + c * chunk_seconds, min(t1, t0 + (c + 1) * chunk_seconds)) for c in range(n_chunks)]
 
-    if backend == "decord" and _have_decord():
-        reader = _DecordReader(info.path, hw)
+    reader = _DecordReader(info.path, hw) if backend == "decord" and _have_decord() else None
+    if reader is not None and reader.resizes_correctly(hw):
         if fps is None:
             all_idx = np.nonzero((reader.pts >= t0 - 1e-6) & (reader.pts < t1 - 1e-6))[0]
             all_times = reader.pts[all_idx]
