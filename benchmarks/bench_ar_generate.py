@@ -37,6 +37,9 @@ class Shape:
     ffn: int
 
 
+SHAPES = {"small": Shape(256, 4, 4, 1024), "large": Shape(1024, 24, 16, 4096)}
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -167,6 +170,10 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="decoding steps (default 250, --quick 100)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs, best taken (default 2, --quick 1)")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--shapes", nargs="+", choices=sorted(SHAPES), default=None,
+        help="small = hidden 256 / 4 layers, large = hidden 1024 / 24 layers (MusicGen-small); default both, --quick small",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument(
@@ -181,9 +188,8 @@ def main():
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     steps = args.steps or (100 if args.quick else 250)
     repeats = args.repeats or (1 if args.quick else 2)
-    shapes = [Shape(256, 4, 4, 1024)]
-    if not args.quick:
-        shapes.append(Shape(1024, 24, 16, 4096))
+    names = args.shapes or (["small"] if args.quick else ["small", "large"])
+    shapes = [SHAPES[name] for name in names]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}, dtype {args.dtype}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (before)")

@@ -44,6 +44,19 @@ def test_forward_train_shapes_and_gradients():
     assert model.beat_head.weight.grad.abs().sum() > 0
 
 
+def test_alignment_features_read_the_music_alone_when_clean():
+    codes = torch.randint(0, V, (2, K, 20))
+    a, b = make_conditions(seed=0), make_conditions(seed=1)
+    clean = dummies.dummy_ar_generator()
+    out_a, out_b = (clean.forward_train({"codes": codes, "conditions": c}) for c in (a, b))
+    torch.testing.assert_close(out_a.music_embedding, out_b.music_embedding)
+    torch.testing.assert_close(out_a.onset_logits, out_b.onset_logits)
+    assert not torch.allclose(out_a.losses["ce"], out_b.losses["ce"])  # generation still sees the video
+    shared = dummies.dummy_ar_generator(align_features="lm")
+    out_a, out_b = (shared.forward_train({"codes": codes, "conditions": c}) for c in (a, b))
+    assert not torch.allclose(out_a.music_embedding, out_b.music_embedding)
+
+
 def test_loss_ignores_masked_frames():
     model = dummies.dummy_ar_generator(cond_dropout=0.0)
     codes = torch.randint(0, V, (2, K, 16))
@@ -174,6 +187,9 @@ def test_generation_is_reproducible_and_batch_equals_singles():
     single0 = {n: Condition(c.tensor[:1], c.mask[:1], c.frame_rate) for n, c in conds.items()}
     assert torch.equal(one[:1], model.generate(single0, 15, generator=torch.Generator().manual_seed(7), top_k=10))
     assert not torch.equal(one[0], one[1])
+    # a single generator is the same stream as a one-item list (the pipeline's single runs vs batches)
+    single1 = {n: Condition(c.tensor[1:], c.mask[1:], c.frame_rate) for n, c in conds.items()}
+    assert torch.equal(model.generate(single1, 15, generator=torch.Generator().manual_seed(2), top_k=10), batch[1:])
 
 
 def test_windowed_continuation():

@@ -20,7 +20,10 @@ A missing condition is treated as dropped (zeros, masked out); an unknown name i
 
 Training (:meth:`ARTokenLM.forward_train`): cross-entropy per codebook over valid slots,
 averaged over codebooks; during training every condition of an item is dropped together with
-probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance.
+probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance. With
+``align_features="clean"`` (default) the alignment features (``music_embedding``,
+``onset_logits``) come from a second pass with every condition dropped, so the alignment losses
+shape what the model hears in the music rather than rewarding a copy of the video condition.
 
 Generation (:meth:`ARTokenLM.generate`): static KV cache, CFG as one batched forward of
 ``[cond; uncond]``, per-item random streams (so a batch equals its items run alone), and
@@ -52,6 +55,8 @@ TEXT = "text"
 CONDITION_NAMES = (VIDEO, BEAT, TEXT)
 TOKEN_FUSES = ("cross", "prepend", "none")
 BEAT_FUSES = ("sum", "none")
+#: where forward_train reads music_embedding / onset_logits: a pass with conditions dropped, or the LM pass
+ALIGN_FEATURES = ("clean", "lm")
 
 GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -198,6 +203,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         text_fuse: str = "none",
         cond_dropout: float = 0.3,
         dropout: float = 0.1,
+        align_features: str = "clean",
     ):
         super().__init__()
         self._check_config()
@@ -244,6 +250,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"cond_dropout must be in [0, 1) (got {c.cond_dropout})")
         if not 0.0 <= c.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {c.dropout})")
+        if c.align_features not in ALIGN_FEATURES:
+            problems.append(f"align_features must be one of {ALIGN_FEATURES} (got {c.align_features!r})")
         if c.frame_rate <= 0:
             problems.append(f"frame_rate must be > 0 (got {c.frame_rate})")
         window = round(c.max_duration * c.frame_rate)
@@ -493,6 +501,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         ce = ce.view(b, k, s)
         per_codebook = ce.sum((0, 2)) / valid.sum((0, 2)).clamp(min=1)
 
+        if self.config.align_features == "clean":
+            # the alignment features read the music alone (conditions dropped): otherwise the
+            # contrastive and visual-beat terms could be met by copying the video or beat condition
+            hidden = self._hidden(inputs, self._fuse({}, b, s, 0))
         frame_hidden = hidden[:, pattern.first_step_of_frame(t, codes.device)]  # [B, T, H]
         weights = mask[..., None].to(frame_hidden)
         embedding = (frame_hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
@@ -524,15 +536,19 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     def _item_generators(generator: GeneratorArg, batch_size: int) -> List[Optional[torch.Generator]]:
         """One random stream per batch item.
 
-        A list gives item ``i`` the generator ``generator[i]`` (a batch then equals its items run
-        alone with the same generators). A single generator seeds item ``i`` with its ``i``-th draw,
-        so item 0 of a batch equals a single run with an identically seeded generator.
+        A list gives item ``i`` the generator ``generator[i]``, so a batch equals its items run
+        alone with the same generators. A single generator ``g`` is item 0's stream (a run with
+        ``g`` equals a one-item list ``[g]``); item ``i >= 1`` gets a generator seeded by the
+        ``i``-th draw from a *copy* of ``g``, so item 0's stream stays exactly that of a single run.
         """
         if generator is None:
             return [None] * batch_size
         if isinstance(generator, torch.Generator):
-            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(batch_size)]
-            return [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
+            copy = torch.Generator(generator.device)
+            copy.set_state(generator.get_state())
+            draws = [torch.randint(0, 2**62, (1,), generator=copy, device=generator.device) for _ in range(1, batch_size)]
+            seeds = [int(d) for d in draws]
+            return [generator] + [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
         generators = list(generator)
         if len(generators) != batch_size or not all(isinstance(g, torch.Generator) for g in generators):
             raise InputError(
