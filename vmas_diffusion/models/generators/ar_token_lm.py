@@ -49,7 +49,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items
 
 TEXT = "text"
 CONDITION_NAMES = (VIDEO, BEAT, TEXT)
@@ -465,7 +465,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         """Losses and alignment features for one batch.
 
         ``batch``: ``"codes"`` ``[B, K, T]`` long; ``"conditions"`` ``dict[str, Condition]``; optional
-        ``"mask"`` ``[B, T]`` bool (True = real music frame). Returns ``losses={"ce": mean over codebooks
+        ``"mask"`` ``[B, T]`` bool (True = real music frame); optional ``"generator"`` (one, or one per
+        item) for the condition-dropout draws. Returns ``losses={"ce": mean over codebooks
         of the per-codebook CE}``, ``music_embedding [B, H]`` (masked mean over frames of the hidden
         states), ``onset_logits [B, T]`` (beat head at the step that predicts each frame's first code,
         i.e. the pattern's delay undone) and ``ce_per_codebook [K]``.
@@ -484,7 +485,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         mask = mask.bool()
         conds, _ = self._check_conditions(batch.get("conditions"), b)
         if self.training and self.config.cond_dropout > 0:
-            drop = torch.rand(b, device=self.device) < self.config.cond_dropout
+            drop = draw_items(torch.rand, (b,), batch.get("generator"), codes.device) < self.config.cond_dropout
             conds = {name: self._drop_items(cond, drop) for name, cond in conds.items()}
 
         pattern = self.codebook_pattern

@@ -11,7 +11,8 @@ A generator models music frames at the codec's frame rate given named conditions
 
 A training batch is a dict:
 ``"codes"`` ``[B, K, T]`` long (AR) or ``"latents"`` ``[B, D, T]`` (LDM),
-``"conditions"`` ``dict[str, Condition]``, optional ``"mask"`` ``[B, T]`` bool (valid music frames).
+``"conditions"`` ``dict[str, Condition]``, optional ``"mask"`` ``[B, T]`` bool (valid music frames),
+optional ``"generator"``: a ``torch.Generator`` or one per item for the training draws.
 """
 
 from dataclasses import dataclass, field
@@ -35,9 +36,31 @@ class MusicGenerator:
 
     #: "ar" or "ldm"
     backend: str = ""
+    #: forward_train accepts ``batch["generator"]`` as a list, one per item (see draw_items)
+    supports_item_generators: bool = True
 
     def forward_train(self, batch: dict) -> GeneratorTrainOutput:
         raise NotImplementedError
 
     def generate(self, conditions: dict, num_frames: int, **kwargs) -> torch.Tensor:
         raise NotImplementedError
+
+
+def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
+    """A batch-first random tensor from ``fn`` (``torch.rand``, ``torch.randn``, ``torch.randint``).
+
+    ``generator`` may be one ``torch.Generator`` or a list with one per batch item: then item
+    ``i`` is drawn from ``generator[i]`` alone, so a batch sees the same randomness as its items
+    run one by one (training on any number of processes then draws identically per sample).
+    Draws happen on the generator's device and move to ``device``.
+    """
+    from ...errors import InputError
+
+    size = tuple(size)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != size[0]:
+            raise InputError(f"got {len(generator)} generators for a batch of {size[0]}")
+        items = [fn(size=(1,) + size[1:], generator=g, device=g.device, **kwargs) for g in generator]
+        return torch.cat(items).to(device)
+    on = generator.device if generator is not None else device
+    return fn(size=size, generator=generator, device=on, **kwargs).to(device)

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
 FUSE_MODES = ("cross", "sum", "prepend")
@@ -537,22 +537,21 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         device = latents.device
         latents = latents.to(self.proj_in.weight.dtype)
 
-        def draw(fn, *args):  # draw on the generator's device, then move (CPU generator, GPU model)
-            on = gen.device if gen is not None else device
-            return fn(*args, generator=gen, device=on).to(device)
+        def draw(fn, size, **kwargs):  # one generator, or one per item (see draw_items)
+            return draw_items(fn, size, gen, device, **kwargs)
 
         noise = draw(torch.randn, latents.shape).to(latents.dtype)
         cfg = self.config
         sched = self.noise_scheduler
         if cfg.prediction_type == "flow":
-            index = draw(torch.randint, 0, cfg.num_train_timesteps, (b,))
+            index = draw(torch.randint, (b,), low=0, high=cfg.num_train_timesteps)
             sigma = sched.sigmas[index.cpu()].to(device=device, dtype=latents.dtype)
             timesteps = sched.timesteps[index.cpu()].to(device)
             s = sigma[:, None, None]
             noisy = (1 - s) * latents + s * noise
             target = noise - latents
         else:
-            timesteps = draw(torch.randint, 0, cfg.num_train_timesteps, (b,))
+            timesteps = draw(torch.randint, (b,), low=0, high=cfg.num_train_timesteps)
             noisy = sched.add_noise(latents, noise, timesteps)
             target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
 
