@@ -202,6 +202,11 @@ def test_click_track_beats_and_onset_envelope():
     assert np.abs(peaks[:, None] / 50 - clicks[None]).min(1).max() < 0.05  # strong frames are at clicks
     assert all(np.any(np.abs(peaks / 50 - c) < 0.05) for c in clicks)  # every click shows
     assert onset_envelope(audio, 22050, frame_rate=50, num_frames=320).shape == (320,)
+    # a grid finer than the default analysis (150 Hz, as the 48 kHz EnCodec): analysed finer still
+    fine = onset_envelope(audio, 22050, frame_rate=150)
+    fine_peaks = np.flatnonzero(fine > 0.5)
+    assert np.abs(fine_peaks[:, None] / 150 - clicks[None]).min(1).max() < 0.02
+    assert all(np.any(np.abs(fine_peaks / 150 - c) < 0.02) for c in clicks)
 
 
 def test_silence_has_no_beats():

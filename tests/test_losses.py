@@ -13,7 +13,6 @@ from vmas_diffusion.losses import (
     BeatAlignmentLoss,
     ContrastiveLoss,
     gather_with_grad,
-    music_onset_envelope,
     resample_envelope,
     retrieval_recall,
     smooth_envelope,
@@ -327,22 +326,6 @@ def test_resample_envelope_keeps_peaks_down_and_interpolates_up():
     assert down[1, 30].item() == 0.25
     up = resample_envelope(torch.tensor([0.0, 1.0, 0.0, 0.5]), src_rate=25.0, dst_rate=50.0, num_frames=10)
     torch.testing.assert_close(up, torch.tensor([0.0, 0.5, 1.0, 0.5, 0.0, 0.25, 0.5, 0.0, 0.0, 0.0]))
-
-
-def test_music_onset_envelope_finds_clicks():
-    sr, rate = 22050, 50.0
-    audio = np.zeros(3 * sr, dtype=np.float32)
-    click_times = [0.5, 1.1, 1.9, 2.4]
-    burst = np.random.default_rng(0).standard_normal(int(0.01 * sr)).astype(np.float32)
-    for t in click_times:
-        start = int(t * sr)
-        audio[start:start + burst.size] += burst
-    env = music_onset_envelope(audio, sr, rate)
-    assert env.shape == (150,) and env.dtype == np.float32
-    assert env.max() == pytest.approx(1.0) and env.min() >= 0.0
-    peaks = np.sort(np.argsort(env)[-4:])
-    np.testing.assert_allclose(peaks / rate, click_times, atol=0.05)
-    assert np.all(music_onset_envelope(np.zeros(sr), sr, rate) == 0)
 
 
 # ---------------------------------------------------------------- with a real generator

@@ -52,13 +52,13 @@ def _mono(audio, sample_rate) -> tuple[np.ndarray, int]:
     return resample(mono, int(sample_rate), ANALYSIS_RATE)[0], ANALYSIS_RATE
 
 
-def onset_strength(audio, sample_rate: int) -> tuple[np.ndarray, float]:
+def onset_strength(audio, sample_rate: int, hop_length: int = HOP_LENGTH) -> tuple[np.ndarray, float]:
     """Raw librosa onset strength of ``audio`` ((S,) or (C, S)); returns ``(envelope (F,), fps)``."""
     y, sr = _mono(audio, sample_rate)
     with warnings.catch_warnings():  # clips shorter than one FFT window are zero-padded: fine here
         warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        env = librosa.onset.onset_strength(y=y, sr=sr, hop_length=HOP_LENGTH)
-    return env.astype(np.float32), sr / HOP_LENGTH
+        env = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop_length)
+    return env.astype(np.float32), sr / hop_length
 
 
 def refine_tempo(beat_times: np.ndarray, tempo: float, max_deviation: float = 0.08) -> float:
@@ -121,7 +121,9 @@ def onset_envelope(audio, sample_rate: int, frame_rate: float, num_frames: int |
     data = audio_to_numpy(audio)
     if num_frames is None:
         num_frames = math.ceil(data.shape[1] / float(sample_rate) * frame_rate - 1e-9)
-    env, fps = onset_strength(data, sample_rate)
+    # analyse at least 4x finer than the target grid, so resampling only ever merges neighbours
+    hop = max(1, min(HOP_LENGTH, int(ANALYSIS_RATE // (4 * frame_rate))))
+    env, fps = onset_strength(data, sample_rate, hop)
     out = resample_envelope(env, fps, frame_rate, num_frames)
     peak = float(out.max()) if out.size else 0.0
     return (out / peak).astype(np.float32) if peak > 0 else out

@@ -142,7 +142,7 @@ class WindowEncoder:
     @torch.no_grad()
     def __call__(self, item: ManifestItem, t0: float, t1: float) -> dict:
         from ..beats import visual_beats
-        from ..losses import music_onset_envelope
+        from ..beats import onset_envelope
         from ..media import load_audio, load_video
 
         opts = self.options
@@ -171,7 +171,7 @@ class WindowEncoder:
             tensors["codes"] = codec.tokenize(wav)[0, :, :num_music].long()
         if codec.is_continuous:
             tensors["latents"] = codec.encode(wav)[0, :, :num_music].float()
-        onset = music_onset_envelope(audio, sr, float(codec.frame_rate), num_music)
+        onset = onset_envelope(audio, sr, float(codec.frame_rate), num_music)
         tensors["onset"] = torch.from_numpy(np.asarray(onset, dtype=np.float32))
         music_frames = {t.shape[-1] for k, t in tensors.items() if k in ("codes", "latents", "onset")}
         if len(music_frames) != 1:

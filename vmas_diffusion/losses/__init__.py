@@ -4,14 +4,13 @@ Each loss returns a dict of named scalar terms; the training task adds them up w
 recipe's weights. The exact formulas are in the module docstrings and ``docs/losses.md``.
 """
 
-from .beat_alignment import BeatAlignmentLoss, music_onset_envelope, resample_envelope, smooth_envelope, tolerance_kernel
+from .beat_alignment import BeatAlignmentLoss, resample_envelope, smooth_envelope, tolerance_kernel
 from .contrastive import ContrastiveLoss, gather_with_grad, retrieval_recall
 
 __all__ = [
     "BeatAlignmentLoss",
     "ContrastiveLoss",
     "gather_with_grad",
-    "music_onset_envelope",
     "resample_envelope",
     "retrieval_recall",
     "smooth_envelope",

@@ -5,7 +5,7 @@ The generators' beat head predicts one music-onset logit per music frame
 weight here, and a weight of 0 means the term is neither computed nor returned.
 
 Notation: ``x`` the logits, ``p = sigmoid(x)``, ``o`` the onset target of the real music
-(:func:`music_onset_envelope`, in ``[0, 1]``), ``v`` the visual beat envelope (resampled with
+(:func:`vmas_diffusion.beats.onset_envelope`, in ``[0, 1]``), ``v`` the visual beat envelope (resampled with
 :func:`resample_envelope`), ``m`` the valid-frame mask, ``a`` the per-item "pair is aligned" flag.
 
 ``beat_onset`` (supervision by the real music)::
@@ -185,36 +185,3 @@ def resample_envelope(
         use = (empty & ~beyond).to(flat.device)
         out[:, use] = interp[:, use]
     return out.reshape(*lead, num_frames)
-
-
-def music_onset_envelope(
-    audio: np.ndarray, sample_rate: int, frame_rate: float, num_frames: Optional[int] = None
-) -> np.ndarray:
-    """Onset target of real music: librosa's onset strength at ``frame_rate`` Hz, scaled to ``[0, 1]``.
-
-    Args:
-        audio: ``[S]`` or ``[C, S]`` waveform (channels are averaged).
-        sample_rate: Hz of ``audio``.
-        frame_rate: the music (codec) frame rate, e.g. 50 Hz for MusicGen's EnCodec.
-        num_frames: output length ``T`` (default: the duration times ``frame_rate``, rounded up).
-
-    Returns:
-        ``[T]`` float32 in ``[0, 1]`` (divided by its max; all zeros for silence).
-    """
-    import librosa
-
-    wave = np.asarray(audio, dtype=np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=0)
-    if wave.ndim != 1 or wave.size == 0:
-        raise InputError(f"music_onset_envelope: audio must be a non-empty [S] or [C, S] array, got shape {wave.shape}")
-    if sample_rate <= 0 or frame_rate <= 0:
-        raise InputError(f"music_onset_envelope: rates must be > 0, got sample_rate={sample_rate}, frame_rate={frame_rate}")
-    # A hop near the target rate, at least 4x finer, so resampling only ever merges neighbours.
-    hop = max(1, int(sample_rate // (4 * frame_rate)))
-    strength = librosa.onset.onset_strength(y=wave, sr=sample_rate, hop_length=hop)
-    if num_frames is None:
-        num_frames = int(np.ceil(wave.size / sample_rate * frame_rate - 1e-9))
-    env = resample_envelope(torch.from_numpy(strength), sample_rate / hop, frame_rate, num_frames).numpy()
-    peak = float(env.max()) if env.size else 0.0
-    return (env / peak).astype(np.float32) if peak > 0 else np.zeros_like(env, dtype=np.float32)
