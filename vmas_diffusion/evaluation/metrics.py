@@ -46,13 +46,38 @@ def mean_or_none(values) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
+_STATUS = "/proc/self/status"
+
+
+def _kernel_hwm_bytes() -> int:
+    """The kernel's peak resident set size of this process (VmHWM), in bytes."""
+    with open(_STATUS) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM line")
+
+
+def _reset_kernel_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _kernel_hwm_bytes()
+        return True
+    except OSError:
+        return False
+
+
 class PeakMemory:
     """Context manager measuring the peak memory of a block.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` over the block (``kind = "cuda-allocated"``).
-    On CPU: the process's resident set size sampled every ``interval`` seconds in a thread,
-    peak minus the value at entry (``kind = "cpu-rss-delta"``); allocations shorter than the
-    interval can be missed, and memory freed by an earlier call and reused does not count.
+    On CPU: peak resident set size minus the value at entry (``kind = "cpu-rss-delta"``). On
+    Linux the kernel's own high-water mark is reset at entry (``/proc/self/clear_refs``) and read
+    at exit, so no peak is missed; elsewhere the RSS is sampled every ``interval`` seconds in a
+    thread, which can miss allocations shorter than the interval. Memory freed by an earlier call
+    and reused does not count either way.
     """
 
     def __init__(self, device: str = "cpu", interval: float = 0.005):
@@ -72,10 +97,12 @@ class PeakMemory:
         import psutil
 
         self._process = psutil.Process()
+        self._kernel_hwm = _reset_kernel_hwm()
         self._base = self._peak = self._process.memory_info().rss
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._thread = None if self._kernel_hwm else threading.Thread(target=self._sample, daemon=True)
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -91,7 +118,10 @@ class PeakMemory:
             peak = torch.cuda.max_memory_allocated(self.device) - self._base
         else:
             self._stop.set()
-            self._thread.join()
+            if self._thread is not None:
+                self._thread.join()
             self._peak = max(self._peak, self._process.memory_info().rss)
+            if self._kernel_hwm:
+                self._peak = max(self._peak, _kernel_hwm_bytes())
             peak = self._peak - self._base
         self.peak_mb = max(float(peak), 0.0) / 2**20
