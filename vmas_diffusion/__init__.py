@@ -15,6 +15,7 @@ _LAZY = {
     "LatentDiT": "vmas_diffusion.models.generators.latent_dit",
     "EncodecHFCodec": "vmas_diffusion.models.codecs.encodec_hf",
     "EncodecPackageCodec": "vmas_diffusion.models.codecs.encodec_package",
+    "MelGriffinLimCodec": "vmas_diffusion.models.codecs.mel_griffinlim",
     "VMASError": "vmas_diffusion.errors",
 }
 

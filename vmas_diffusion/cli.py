@@ -23,14 +23,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def load_pipeline(model: Optional[str], backend: Optional[str] = None):
-    """A pipeline from a saved folder, a Hub id, or a recipe YAML (random weights).
+    """A pipeline from a saved folder, a Hub id, a recipe YAML (random weights), or a bundled name.
 
-    ``backend`` picks ``ar``/``ldm`` and must match what the model holds.
+    ``backend`` picks ``ar``/``ldm`` and must match what the model holds. No ``model`` (or
+    ``vmas-tiny``) is the offline default bundled in the package, of ``backend`` (default ``ar``).
     """
+    from .defaults import bundled_model_path, bundled_names
     from .pipelines import VideoToMusicPipeline
 
-    if model is None:
-        raise InputError("no --model given: pass a pipeline folder, a Hub id, or a recipe .yaml")
+    if model is None or (model in bundled_names() and not Path(model).exists()):
+        return VideoToMusicPipeline.from_pretrained(bundled_model_path(model or "vmas-tiny", backend))
     if model.endswith((".yaml", ".yml")):
         pipe = VideoToMusicPipeline.from_recipe(model)
     else:
@@ -108,6 +110,33 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    import torch
+
+    from .beats import music_beats, plot_alignment, visual_beats
+    from .defaults import DEMO_VIDEO, RECOMMENDED_GUIDANCE
+    from .media import export_to_video_with_audio, load_video
+
+    video = Path(args.video) if args.video else DEMO_VIDEO
+    out = Path(args.output)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"output {out} must end in .mp4")
+    pipe = load_pipeline(args.model, args.backend)
+    guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
+    result = pipe(video=str(video), guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_to_video_with_audio(str(video), result.audios[0], result.sample_rate, str(out))
+    # the beat plot sees the video as the model does: frames at the video encoder's rate
+    fps = float(pipe.video_encoder.config.fps)
+    visual = visual_beats(load_video(str(video), fps=fps, size=int(pipe.video_encoder.config.frame_size)).frames, fps)
+    music = music_beats(result.audios[0], result.sample_rate)
+    png = plot_alignment(out.with_name(out.stem + "_alignment.png"), visual, music=music,
+                         title=f"{video.name}: generated music ({pipe.backend}) vs visual beats")
+    print(f"wrote {out} and {png} ({pipe.backend} backend, {len(visual.times)} visual beats, "
+          f"{len(music.times)} music beats)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmas-diffusion", description="Background music for videos.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -115,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write music for a video (an .mp4 with the music muxed, or a .wav)")
     gen.add_argument("video", help="input video file")
     gen.add_argument("-o", "--output", required=True, help="OUT.mp4 (video with music) or OUT.wav (music only)")
-    gen.add_argument("--model", help="pipeline folder, Hub id, or recipe .yaml (random weights)")
+    gen.add_argument("--model", help="pipeline folder, Hub id, recipe .yaml (random weights) or bundled name "
+                                     "(default: the bundled vmas-tiny)")
     gen.add_argument("--backend", choices=BACKENDS, help="generator backend the model must have")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
@@ -135,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clap-checkpoint")
     ev.add_argument("--max-videos", type=int)
     ev.set_defaults(run=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="offline demo: music for the bundled clip with the bundled vmas-tiny model, "
+                                         "an .mp4 and its beat-alignment .png")
+    demo.add_argument("-o", "--output", default="vmas_demo.mp4", help="OUT.mp4 (the plot goes to OUT_alignment.png)")
+    demo.add_argument("--video", help="another video instead of the bundled clip")
+    demo.add_argument("--model", help="pipeline folder or bundled name (default: vmas-tiny)")
+    demo.add_argument("--backend", choices=BACKENDS, help="bundled backend (default ar)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
+                                                     "backend aligns best with: 6)")
+    demo.set_defaults(run=cmd_demo)
 
     tr = sub.add_parser("train", help="train from a recipe (also under `accelerate launch -m vmas_diffusion.cli train ...`)")
     tr.add_argument("recipe", help="recipe .yaml")

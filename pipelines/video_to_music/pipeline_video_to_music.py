@@ -99,7 +99,13 @@ class VideoToMusicPipeline(DiffusionPipeline):
         """Load a saved pipeline folder (offline) or a Hub id; safetensors only.
 
         A folder that is not a saved VideoToMusicPipeline raises CheckpointError naming what is wrong.
+        The bundled names ``"vmas-tiny"``, ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"`` load the offline
+        default model shipped in the package (:mod:`vmas_diffusion.defaults`).
         """
+        from vmas_diffusion.defaults import resolve_model
+
+        if pretrained_model_name_or_path is not None:
+            pretrained_model_name_or_path = resolve_model(pretrained_model_name_or_path)
         path = Path(str(pretrained_model_name_or_path))
         if path.exists():
             index = _read_pipeline_index(path)

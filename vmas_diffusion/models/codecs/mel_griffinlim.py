@@ -1,0 +1,238 @@
+"""A signal-processing music codec: log-mel frames, a residual k-means quantizer, Griffin-Lim.
+
+No neural network, so it gives audible, music-like output with nothing to download and only
+seconds of fitting (the bundled ``vmas-tiny`` model uses it):
+
+* latents ``[B, D, T]``: log-amplitude mel spectrogram frames (``D = n_mels``), normalised with
+  ``latent_mean`` / ``latent_std`` (per channel, :meth:`FrameCodec.fit_latent_stats`);
+* codes ``[B, K, T]``: a residual vector quantizer over the normalised frames, ``K`` levels of
+  ``codebook_size`` centroids each, fitted by k-means on real music (:meth:`fit_codebooks`);
+* decoding: mel amplitudes -> linear magnitudes (the filterbank's pseudo-inverse, clipped at 0)
+  -> phase from fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99), from a fixed phase so
+  decoding is deterministic.
+
+Frame ``t`` covers samples ``t * hop_length ...`` (a centred STFT), so ``T = ceil(S / hop)``
+and decoding gives ``T * hop`` samples, as :class:`~.base.FrameCodec` requires.
+"""
+
+import math
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from ...errors import ConfigError, InputError
+from .base import FloatOrList, FrameCodec, check_chunking
+
+
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """``[n_mels, n_fft // 2 + 1]`` Slaney-normalised triangular mel filters (librosa's)."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max).astype(np.float32)
+
+
+class MelGriffinLimCodec(ModelMixin, ConfigMixin, FrameCodec):
+    """Log-mel + residual k-means tokens + Griffin-Lim as a discrete and continuous codec.
+
+    Args:
+        sample_rate: audio rate in Hz (mono only).
+        hop_length: samples per frame (frame rate = ``sample_rate / hop_length``).
+        n_fft: STFT size (window = ``n_fft``, Hann).
+        n_mels: mel bands = latent channels.
+        f_min / f_max: mel band edges in Hz (``f_max`` 0 = Nyquist).
+        num_codebooks / codebook_size: the residual quantizer (K levels x N centroids).
+        griffin_lim_iters: phase-recovery iterations at decode.
+        log_floor: amplitude floor before the log (sets the silence level).
+        latent_mean / latent_std / chunk_frames / chunk_overlap_frames: see :class:`FrameCodec`.
+    A fresh codec has random codebooks (codes still depend on the input); fit them with
+    :meth:`fit_codebooks` on real music before training a token model.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        hop_length: int = 320,
+        n_fft: int = 1024,
+        n_mels: int = 48,
+        f_min: float = 20.0,
+        f_max: float = 0.0,
+        num_codebooks: int = 4,
+        codebook_size: int = 128,
+        griffin_lim_iters: int = 32,
+        log_floor: float = 1e-4,
+        latent_mean: FloatOrList = 0.0,
+        latent_std: FloatOrList = 1.0,
+        chunk_frames: int = 1500,
+        chunk_overlap_frames: int = 50,
+    ):
+        super().__init__()
+        where = "MelGriffinLimCodec"
+        if hop_length <= 0 or n_fft < hop_length:
+            raise ConfigError(f"{where}: need 0 < hop_length <= n_fft, got hop_length={hop_length}, n_fft={n_fft}")
+        nyquist = sample_rate / 2
+        top = f_max or nyquist
+        if not 0 <= f_min < top <= nyquist:
+            raise ConfigError(f"{where}: need 0 <= f_min < f_max <= {nyquist} Hz, got f_min={f_min}, f_max={f_max}")
+        if num_codebooks < 1 or codebook_size < 2 or n_mels < 1 or griffin_lim_iters < 0:
+            raise ConfigError(
+                f"{where}: need num_codebooks >= 1, codebook_size >= 2, n_mels >= 1, griffin_lim_iters >= 0"
+            )
+        if not log_floor > 0:
+            raise ConfigError(f"{where}: log_floor must be > 0, got {log_floor}")
+        check_chunking(chunk_frames, chunk_overlap_frames, where)
+        fb = torch.from_numpy(_mel_filterbank(sample_rate, n_fft, n_mels, f_min, top))
+        # derived from the config: not saved, rebuilt on load
+        self.register_buffer("mel_basis", fb, persistent=False)  # [M, F]
+        self.register_buffer("mel_inverse", torch.linalg.pinv(fb), persistent=False)  # [F, M]
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # codebooks in normalised-latent space; level k draws with std 2^-k as residuals shrink
+        scale = torch.pow(0.5, torch.arange(num_codebooks, dtype=torch.float32)).view(-1, 1, 1)
+        self.codebooks = torch.nn.Parameter(torch.randn(num_codebooks, codebook_size, n_mels) * scale,
+                                            requires_grad=False)  # [K, N, D]
+        self._check_latent_stats(latent_mean, latent_std, where)
+
+    # ---- interface properties -----------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def hop_length(self) -> int:
+        return int(self.config.hop_length)
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.config.num_codebooks)
+
+    @property
+    def cardinality(self) -> int:
+        return int(self.config.codebook_size)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config.n_mels)
+
+    # ---- primitives ---------------------------------------------------------------------
+    def _stft(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[N, S]`` -> complex ``[N, F, S // hop + 1]`` (centred)."""
+        return torch.stft(wav, self.config.n_fft, self.hop_length, window=self.window, center=True,
+                          pad_mode="reflect" if wav.shape[-1] > self.config.n_fft // 2 else "constant",
+                          return_complex=True)
+
+    def _encode_raw(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [B, 1, s]`` -> log-mel ``[B, n_mels, ceil(s / hop)]``."""
+        frames = -(-wav.shape[-1] // self.hop_length)
+        padded = torch.nn.functional.pad(wav[:, 0], (0, frames * self.hop_length - wav.shape[-1]))
+        magnitude = self._stft(padded.float()).abs()[..., :frames]  # [B, F, T]
+        mel = torch.matmul(self.mel_basis, magnitude)
+        return torch.log(mel.clamp_min(self.config.log_floor)).to(wav.dtype)
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_stats(raw)
+        return (raw - mean) / std
+
+    def _quantize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[B, D, t]`` -> codes ``[B, K, t]``: nearest centroid of each level, residual passed on."""
+        residual = self._normalise(raw).transpose(1, 2).float()  # [B, t, D]
+        codes = []
+        for book in self.codebooks.float():  # [N, D]
+            ids = torch.cdist(residual, book.unsqueeze(0).expand(residual.shape[0], -1, -1)).argmin(-1)
+            codes.append(ids)
+            residual = residual - book[ids]
+        return torch.stack(codes, dim=1)
+
+    def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, K, t]`` -> log-mel ``[B, D, t]`` (sum of the chosen centroids, de-normalised)."""
+        z = sum(book[codes[:, k]] for k, book in enumerate(self.codebooks))  # [B, t, D]
+        mean, std = self._latent_stats(z)
+        return z.transpose(1, 2) * std + mean
+
+    def _decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[B, D, t]`` -> ``wav [B, 1, t * hop]`` by fast Griffin-Lim."""
+        frames = raw.shape[-1]
+        length = frames * self.hop_length
+        mel = torch.exp(raw.float()) - self.config.log_floor
+        magnitude = torch.matmul(self.mel_inverse, mel.clamp_min(0)).clamp_min(0)  # [B, F, t]
+        # the centred STFT of `length` samples has one more frame than the codec: repeat the last
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
+        n_fft, hop = self.config.n_fft, self.hop_length
+
+        def istft(spec):
+            return torch.istft(spec, n_fft, hop, window=self.window, center=True, length=length)
+
+        def stft(wav):
+            return self._stft(wav)
+
+        spec = magnitude.to(torch.complex64)  # zero phase start: deterministic
+        previous = torch.zeros_like(spec)
+        for _ in range(self.config.griffin_lim_iters):
+            projected = stft(istft(spec))
+            accelerated = projected + 0.99 * (projected - previous)
+            previous = projected
+            spec = magnitude * torch.exp(1j * torch.angle(accelerated))
+        wav = istft(spec).clamp(-1.0, 1.0)
+        return wav.unsqueeze(1).to(raw.dtype)
+
+    def _param_like(self) -> torch.Tensor:
+        return self.codebooks
+
+    # ---- fitting ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_codebooks(self, wavs: Iterable[torch.Tensor], iters: int = 25, max_frames: int = 200_000,
+                      seed: int = 0, progress: bool = False) -> dict:
+        """Fit the residual quantizer by k-means, level by level, on the frames of ``wavs``
+        (each ``[B, 1, S]``; call :meth:`fit_latent_stats` first so frames are normalised).
+        Returns ``{"rmse": [normalised-latent RMSE after each level]}``."""
+        frames = torch.cat([self._normalise(self._encode_chunked(self._check_wav(w))).transpose(1, 2).reshape(-1, self.latent_dim)
+                            for w in wavs]).float()
+        if frames.shape[0] < self.cardinality:
+            raise InputError(f"fit_codebooks needs at least {self.cardinality} frames, got {frames.shape[0]}")
+        generator = torch.Generator().manual_seed(seed)
+        if frames.shape[0] > max_frames:
+            frames = frames[torch.randperm(frames.shape[0], generator=generator)[:max_frames]]
+        residual, errors = frames, []
+        levels = range(self.num_codebooks)
+        if progress:
+            from tqdm.auto import tqdm
+
+            levels = tqdm(levels, desc="k-means levels")
+        for level in levels:
+            centroids = _kmeans(residual, self.cardinality, iters, generator)
+            ids = torch.cdist(residual, centroids).argmin(-1)
+            residual = residual - centroids[ids]
+            self.codebooks.data[level].copy_(centroids.to(self.codebooks))
+            errors.append(float(residual.pow(2).mean().sqrt()))
+        return {"rmse": errors}
+
+
+def _kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """``x [N, D]`` -> ``[k, D]`` centroids: k-means++ seeding, then Lloyd iterations; an empty
+    cluster is re-seeded at the point farthest from its centroid."""
+    n = x.shape[0]
+    centroids = x[torch.randint(n, (1,), generator=generator)]
+    closest = torch.cdist(x, centroids).squeeze(1).pow(2)
+    for _ in range(1, k):
+        pick = torch.multinomial(closest / closest.sum() if closest.sum() > 0 else torch.ones(n), 1, generator=generator)
+        centroids = torch.cat([centroids, x[pick]])
+        closest = torch.minimum(closest, (x - x[pick]).pow(2).sum(-1))
+    for _ in range(iters):
+        dist = torch.cdist(x, centroids)
+        ids = dist.argmin(-1)
+        sums = torch.zeros_like(centroids).index_add_(0, ids, x)
+        counts = torch.bincount(ids, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
+        if empty.any():
+            far = dist.gather(1, ids[:, None]).squeeze(1).topk(int(empty.sum())).indices
+            centroids[empty] = x[far]
+    return centroids
