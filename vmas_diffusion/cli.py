@@ -28,15 +28,13 @@ def load_pipeline(model: Optional[str], backend: Optional[str] = None):
     ``backend`` picks ``ar``/``ldm`` and must match what the model holds. No ``model`` (or
     ``vmas-tiny``) is the offline default bundled in the package, of ``backend`` (default ``ar``).
     """
-    from .defaults import bundled_model_path, bundled_names
+    from .defaults import resolve_model
     from .pipelines import VideoToMusicPipeline
 
-    if model is None or (model in bundled_names() and not Path(model).exists()):
-        return VideoToMusicPipeline.from_pretrained(bundled_model_path(model or "vmas-tiny", backend))
-    if model.endswith((".yaml", ".yml")):
+    if str(model).endswith((".yaml", ".yml")):
         pipe = VideoToMusicPipeline.from_recipe(model)
-    else:
-        pipe = VideoToMusicPipeline.from_pretrained(model)
+    else:  # a bundled name (or None) becomes its folder, of `backend`
+        pipe = VideoToMusicPipeline.from_pretrained(resolve_model(model, backend))
     if backend is not None and pipe.backend != backend:
         raise InputError(f"model {model} is a {pipe.backend!r} pipeline, but --backend {backend} was asked")
     return pipe
