@@ -248,10 +248,14 @@ def test_beat_offsets_known_answer():
 
 
 def test_peak_memory_sees_a_large_allocation():
+    import mmap
+
     with PeakMemory("cpu", interval=0.001) as memory:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        # fresh pages from the kernel (not a malloc chunk freed by an earlier test and reused), touched
+        block = mmap.mmap(-1, 64 * 2**20)
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
         time.sleep(0.05)
-        del block
+        block.close()
     assert memory.kind == "cpu-rss-delta"
     assert memory.peak_mb > 48
 
