@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+import av
 import numpy as np
 
 from vmas_diffusion.errors import InputError, MediaError
@@ -77,3 +78,28 @@ def audio_to_numpy(audio, name: str = "audio") -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or infinite samples")
     return array
+
+
+def error_text(exc: BaseException) -> str:
+    """One short line: FFmpeg's reason without the repeated path, decord's without its source location."""
+    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    text = text.splitlines()[0]
+    if "Error: " in text:  # decord: "[time] .../video_reader.cc:486: Error: av_read_frame failed ..."
+        text = text.split("Error: ", 1)[1]
+    return text[:300]
+
+
+def open_with_stream(path, kind: str, error: type[MediaError]):
+    """``av.open(path)`` that has a ``kind`` ("video" / "audio") stream, else ``error`` naming the file.
+
+    The caller closes the container (use it as a context manager).
+    """
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"cannot open {path} for {kind}: {error_text(exc)}") from exc
+    if not getattr(container.streams, kind):
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+        container.close()
+        raise error(f"{path} has no {kind} stream (streams found: {kinds})")
+    return container

@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from vmas_diffusion.errors import AudioDecodeError, InputError, MediaExportError
-from vmas_diffusion.media._common import audio_to_numpy, check_rate, check_window, existing_file
+from vmas_diffusion.media._common import audio_to_numpy, check_rate, check_window, existing_file, open_with_stream
 
 
 def _check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
@@ -51,15 +51,7 @@ def _read_soundfile(path: Path, t0: float, t1: float | None) -> tuple[np.ndarray
 
 def _read_pyav(path: Path, t0: float, t1: float | None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of any container into float32 ``(C, S)`` at its own rate."""
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise AudioDecodeError(f"cannot open {path} for audio: {reason}") from exc
-    with container:
-        if not container.streams.audio:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise AudioDecodeError(f"{path} has no audio stream (streams found: {kinds})")
+    with open_with_stream(path, "audio", AudioDecodeError) as container:
         stream = container.streams.audio[0]
         rate = int(stream.codec_context.sample_rate or 0)
         if rate <= 0:

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from vmas_diffusion.errors import InputError, VideoDecodeError
-from vmas_diffusion.media._common import MAX_SIDE, check_rate, check_window, existing_file
+from vmas_diffusion.media._common import MAX_SIDE, check_rate, check_window, error_text, existing_file, open_with_stream
 
 BACKENDS = ("decord", "pyav")
 _BLOCK_BYTES = 8 << 20  # decode this much per decord call
@@ -74,15 +74,6 @@ class VideoClip:
         return int(self.frames.shape[2])
 
 
-def _error_text(exc: BaseException) -> str:
-    """One short line: FFmpeg's reason without the repeated path, decord's without its source location."""
-    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
-    text = text.splitlines()[0]
-    if "Error: " in text:  # decord: "[time] .../video_reader.cc:486: Error: av_read_frame failed ..."
-        text = text.split("Error: ", 1)[1]
-    return text[:300]
-
-
 def _tag_seconds(tag) -> float:
     """``"HH:MM:SS.fffffffff"`` -> seconds; 0.0 when absent or malformed."""
     try:
@@ -100,14 +91,7 @@ def probe_video(path) -> VideoInfo:
             decodable frames; a frame size of zero or above 16384 pixels on a side.
     """
     p = existing_file(path, VideoDecodeError, "video")
-    try:
-        container = av.open(str(p), mode="r")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VideoDecodeError(f"cannot open video {p}: {_error_text(exc)}") from exc
-    with container:
-        if not container.streams.video:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise VideoDecodeError(f"{p} has no video stream (streams found: {kinds})")
+    with open_with_stream(p, "video", VideoDecodeError) as container:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
@@ -120,7 +104,7 @@ def probe_video(path) -> VideoInfo:
             for first in container.decode(stream):
                 break
         except (av.error.FFmpegError, ValueError) as exc:
-            raise VideoDecodeError(f"cannot decode the first frame of {p}: {_error_text(exc)}") from exc
+            raise VideoDecodeError(f"cannot decode the first frame of {p}: {error_text(exc)}") from exc
         if first is None:
             raise VideoDecodeError(f"{p} has a video stream with zero decodable frames")
 
@@ -231,7 +215,7 @@ class _DecordReader:
             # decord reports float32 seconds; round off its noise (1 us is below any time base used)
             pts = np.round(self.reader.get_frame_timestamp(np.arange(num))[:, 0].astype(np.float64), 6)
         except self._error as exc:
-            raise VideoDecodeError(f"decord cannot read {path}: {_error_text(exc)}") from exc
+            raise VideoDecodeError(f"decord cannot read {path}: {error_text(exc)}") from exc
         # decord lists frames in presentation order; sort anyway so searchsorted is valid.
         self.order = np.argsort(pts, kind="stable")
         self.pts = pts[self.order]
@@ -260,7 +244,7 @@ class _DecordReader:
                 pos += batch.shape[0]
                 del batch
         except self._error as exc:
-            raise VideoDecodeError(f"decord failed decoding {self.path}: {_error_text(exc)}") from exc
+            raise VideoDecodeError(f"decord failed decoding {self.path}: {error_text(exc)}") from exc
         if unique.size == sorted_idx.size:  # no frame repeated: `unique` is `sorted_idx` (both sorted)
             return out
         return out[inverse]
@@ -333,7 +317,7 @@ def _pyav_frames(path: str, t0: float, t1: float, targets: np.ndarray | None, si
                 for target in targets[k:]:
                     yield image, prev[1], target
     except (av.error.FFmpegError, ValueError) as exc:
-        raise VideoDecodeError(f"PyAV failed decoding {path}: {_error_text(exc)}") from exc
+        raise VideoDecodeError(f"PyAV failed decoding {path}: {error_text(exc)}") from exc
 
 
 def _load_pyav(info: VideoInfo, fps, t0, t1, size, max_frames) -> VideoClip:
