@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmas_diffusion.errors import CheckpointError, ConfigError, InputError
+from vmas_diffusion.errors import ConfigError, InputError
 from vmas_diffusion.models.codecs import build_codec
 from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
 

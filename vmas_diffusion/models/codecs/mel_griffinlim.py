@@ -15,8 +15,7 @@ Frame ``t`` covers samples ``t * hop_length ...`` (a centred STFT), so ``T = cei
 and decoding gives ``T * hop`` samples, as :class:`~.base.FrameCodec` requires.
 """
 
-import math
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 import torch
