@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 
 from ...errors import CheckpointError, ConfigError, InputError
 
@@ -530,3 +532,18 @@ class FrameCodec(MusicCodec):
         latents = self._check_latents(latents)
         mean, std = self._latent_stats(latents)
         return self._finish_output(self._decode_chunked(self._decode_raw, latents * std + mean))
+
+
+class CodecModel(ModelMixin, ConfigMixin, FrameCodec):
+    """Base of the serializable codecs: a :class:`FrameCodec` that stays in eval mode once frozen
+    and whose ``from_pretrained`` turns a missing, foreign or mismatched folder into CheckpointError."""
+
+    def train(self, mode: bool = True):
+        return super().train(mode and not self.is_frozen)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader for folders written by ``save_pretrained``, with checked errors."""
+        with load_errors_as_checkpoint_errors(f"codec folder {pretrained_model_name_or_path}"):
+            check_pretrained_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -21,18 +21,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks it up here
 from transformers import EncodecConfig, EncodecModel
 
 from ...errors import CheckpointError, ConfigError
 from .base import (
+    CodecModel,
     FloatOrList,
-    FrameCodec,
     check_chunking,
-    check_pretrained_folder,
     draw_codebooks_from_probe,
-    load_errors_as_checkpoint_errors,
     load_state_dict_checked,
     read_state_dict,
     rename_legacy_weight_norm,
@@ -68,7 +66,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 MUSICGEN_AUDIO_ENCODER = "audio_encoder"
 
 
-class EncodecHFCodec(ModelMixin, ConfigMixin, FrameCodec):
+class EncodecHFCodec(CodecModel):
     """EnCodec (transformers ``EncodecModel``) as a discrete and continuous music codec.
 
     Args mirror transformers' ``EncodecConfig`` (defaults: facebook/encodec_32khz), plus
@@ -171,8 +169,6 @@ class EncodecHFCodec(ModelMixin, ConfigMixin, FrameCodec):
     def latent_dim(self) -> int:
         return int(self.config.hidden_size)
 
-    def train(self, mode: bool = True):
-        return super().train(mode and not self.is_frozen)
 
     # ---- primitives ----------------------------------------------------------------------
     def _encode_raw(self, wav: torch.Tensor) -> torch.Tensor:
@@ -189,13 +185,6 @@ class EncodecHFCodec(ModelMixin, ConfigMixin, FrameCodec):
         return self.model.decoder(raw)
 
     # ---- loading -------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader for folders written by :meth:`save_pretrained`; a missing, foreign
-        or mismatched folder raises :class:`~vmas_diffusion.errors.CheckpointError`."""
-        with load_errors_as_checkpoint_errors(f"codec folder {pretrained_model_name_or_path}"):
-            check_pretrained_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_encodec_pretrained(cls, path_or_hub_id: Union[str, os.PathLike], **kwargs) -> "EncodecHFCodec":

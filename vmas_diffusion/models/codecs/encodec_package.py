@@ -25,18 +25,16 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks it up here
 
 from ...errors import CheckpointError, ConfigError
 from ._encodec_compat import import_encodec
 from .base import (
+    CodecModel,
     FloatOrList,
-    FrameCodec,
     check_chunking,
-    check_pretrained_folder,
     draw_codebooks_from_probe,
-    load_errors_as_checkpoint_errors,
     load_state_dict_checked,
     read_state_dict,
     rename_legacy_weight_norm,
@@ -71,7 +69,7 @@ def build_preset(sample_rate: int):
     return model
 
 
-class EncodecPackageCodec(ModelMixin, ConfigMixin, FrameCodec):
+class EncodecPackageCodec(CodecModel):
     """EnCodec 24/48 kHz (``encodec`` package) as a discrete and continuous music codec.
 
     Args:
@@ -149,8 +147,6 @@ class EncodecPackageCodec(ModelMixin, ConfigMixin, FrameCodec):
     def latent_dim(self) -> int:
         return int(self.model.quantizer.dimension)
 
-    def train(self, mode: bool = True):
-        return super().train(mode and not self.is_frozen)
 
     # ---- primitives ----------------------------------------------------------------------
     def _prepare_input(self, wav: torch.Tensor) -> torch.Tensor:
@@ -181,12 +177,6 @@ class EncodecPackageCodec(ModelMixin, ConfigMixin, FrameCodec):
         return self.model.decoder(raw)
 
     # ---- loading -------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader, with foreign or mismatched folders raising CheckpointError."""
-        with load_errors_as_checkpoint_errors(f"codec folder {pretrained_model_name_or_path}"):
-            check_pretrained_folder(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_encodec_pretrained(

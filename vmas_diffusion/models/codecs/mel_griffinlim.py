@@ -19,11 +19,11 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks it up here
 
 from ...errors import ConfigError, InputError
-from .base import FloatOrList, FrameCodec, check_chunking
+from .base import CodecModel, FloatOrList, check_chunking
 
 
 def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
@@ -33,7 +33,7 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_m
     return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max).astype(np.float32)
 
 
-class MelGriffinLimCodec(ModelMixin, ConfigMixin, FrameCodec):
+class MelGriffinLimCodec(CodecModel):
     """Log-mel + residual k-means tokens + Griffin-Lim as a discrete and continuous codec.
 
     Args:
