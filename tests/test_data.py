@@ -211,6 +211,22 @@ def test_prepared_sample_contents(prepared):
     assert (expected == sample["codes"]).float().mean() > 0.95  # decoder edge effects aside
 
 
+def test_prepared_envelope_is_the_whole_clips(prepared, media):
+    """Each window's visual envelope is cut from the envelope of its whole clip (as the pipeline
+    computes it over the whole video), not computed on the window alone."""
+    from vmas_diffusion.beats import visual_beats
+    from vmas_diffusion.media import load_video
+
+    opts = prepared["options"]
+    frames = load_video(str(media("bigbuckbunny.mp4")), fps=opts.fps, end=4.0, size=opts.frame_size).frames
+    whole = torch.from_numpy(visual_beats(frames, opts.fps).envelope)
+    refs, _ = read_index(prepared["out"])
+    windows = [read_sample(prepared["out"], ref)["visual_envelope"] for ref in refs if ref.meta["id"] == "bbb"]
+    torch.testing.assert_close(torch.cat(windows), whole[: sum(len(w) for w in windows)])
+    alone = load_video(str(media("bigbuckbunny.mp4")), fps=opts.fps, start=2.0, end=4.0, size=opts.frame_size).frames
+    assert not torch.equal(torch.from_numpy(visual_beats(alone, opts.fps).envelope), windows[1])  # the old way differs
+
+
 # ---------------------------------------------------------------------------------------- dataset
 def _uids(batches):
     return [b["uid"].tolist() for b in batches]

@@ -138,10 +138,32 @@ class WindowEncoder:
         self.codec = codec.eval()
         self.video_encoder = video_encoder.eval() if video_encoder is not None else None
         self.options = options
+        self._envelope_key, self._envelope = None, None  # the last clip's (clip_envelope)
+
+    def clip_envelope(self, item: ManifestItem, start: float, end: float) -> np.ndarray:
+        """Visual beat envelope of the whole span ``[start, end)`` of a clip (kept for its windows).
+
+        Computed over the whole clip, as the pipeline does over the whole video, never per
+        window: its motion signal is scaled by a percentile of the clip it sees, so a window
+        alone would get other values than the model is given at generation time.
+        """
+        from ..beats import visual_beats
+        from ..media import load_video
+
+        key = (item.video, start, end)
+        if key != self._envelope_key:
+            opts = self.options
+            frames = np.asarray(load_video(item.video, fps=opts.fps, start=start, end=end, size=opts.frame_size).frames)
+            if frames.shape[0] < 2:
+                raise MediaError(f"{item.video}: {start:.2f}-{end:.2f} s decodes to {frames.shape[0]} frame(s)")
+            self._envelope = np.asarray(visual_beats(frames, opts.fps).envelope, dtype=np.float32)
+            self._envelope_key = key
+        return self._envelope
 
     @torch.no_grad()
-    def __call__(self, item: ManifestItem, t0: float, t1: float) -> dict:
-        from ..beats import visual_beats
+    def __call__(self, item: ManifestItem, t0: float, t1: float, clip_span: Optional[tuple] = None) -> dict:
+        """One window ``[t0, t1)``; ``clip_span`` ``(start, end)`` is the whole span its clip is cut
+        from, whose visual envelope the window's is sliced from (default: the window itself)."""
         from ..beats import onset_envelope
         from ..media import load_audio, load_video
 
@@ -150,7 +172,11 @@ class WindowEncoder:
         frames = np.asarray(clip.frames)
         if frames.shape[0] < 2:
             raise MediaError(f"{item.video}: window {t0:.2f}-{t1:.2f} s decodes to {frames.shape[0]} frame(s)")
-        envelope = np.asarray(visual_beats(frames, opts.fps).envelope, dtype=np.float32)
+        start, end = clip_span or (t0, t1)
+        whole = self.clip_envelope(item, start, end)
+        first = int(round((t0 - start) * opts.fps))
+        envelope = whole[first : first + frames.shape[0]]
+        envelope = np.pad(envelope, (0, frames.shape[0] - envelope.shape[0]))  # a last frame past the span's end
         codec = self.codec
         sr = int(codec.sample_rate)
         audio = load_audio(item.audio or item.video, sr, mono=codec.channels == 1, start=t0, end=t1)
@@ -289,7 +315,7 @@ def prepare_dataset(
                     raise MediaError(
                         f"{item.video}: {end - start:.2f} s between start and end is shorter than min_seconds={options.min_seconds}"
                     )
-                samples = [(t0, t1, encode(item, t0, t1)) for t0, t1 in spans]
+                samples = [(t0, t1, encode(item, t0, t1, clip_span=(start, end))) for t0, t1 in spans]
             except Exception as err:  # noqa: BLE001 - any decoder failure skips this clip, never the run
                 failure = {
                     "id": item.id,
