@@ -90,7 +90,7 @@ def train(args) -> None:
 
 
 def ship(args) -> None:
-    run = args.work / f"run_{args.backend}" / "checkpoints"
+    run = (args.run or args.work / f"run_{args.backend}") / "checkpoints"
     latest = sorted(run.glob("step-*"))[-1] / "pipeline"
     target = ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
     if target.exists():
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "alignment")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "vmas_tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", type=Path, default=None, help="training run to ship (default <work>/run_<backend>)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_intermixed_args(argv)  # key=value overrides may follow the options
     args.work.mkdir(parents=True, exist_ok=True)
