@@ -225,6 +225,9 @@ def test_prepared_envelope_is_the_whole_clips(prepared, media):
     torch.testing.assert_close(torch.cat(windows), whole[: sum(len(w) for w in windows)])
     alone = load_video(str(media("bigbuckbunny.mp4")), fps=opts.fps, start=2.0, end=4.0, size=opts.frame_size).frames
     assert not torch.equal(torch.from_numpy(visual_beats(alone, opts.fps).envelope), windows[1])  # the old way differs
+    # the frames are cut from the clip decoded once, and equal the window decoded alone
+    second = read_sample(prepared["out"], [ref for ref in refs if ref.meta["id"] == "bbb"][1])
+    assert torch.equal(second["frames"], torch.as_tensor(alone))
 
 
 # ---------------------------------------------------------------------------------------- dataset

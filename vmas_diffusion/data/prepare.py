@@ -138,45 +138,45 @@ class WindowEncoder:
         self.codec = codec.eval()
         self.video_encoder = video_encoder.eval() if video_encoder is not None else None
         self.options = options
-        self._envelope_key, self._envelope = None, None  # the last clip's (clip_envelope)
+        self._clip_key, self._clip = None, None  # the last clip's (_whole_clip)
 
-    def clip_envelope(self, item: ManifestItem, start: float, end: float) -> np.ndarray:
-        """Visual beat envelope of the whole span ``[start, end)`` of a clip (kept for its windows).
+    def _whole_clip(self, item: ManifestItem, start: float, end: float):
+        """Frames and visual beat envelope of the whole span ``[start, end)`` of a clip, decoded
+        once for all its windows.
 
-        Computed over the whole clip, as the pipeline does over the whole video, never per
-        window: its motion signal is scaled by a percentile of the clip it sees, so a window
-        alone would get other values than the model is given at generation time.
+        The envelope is computed over the whole clip, as the pipeline does over the whole video,
+        never per window: its motion signal is scaled by a percentile of the clip it sees, so a
+        window alone would get other values than the model is given at generation time.
         """
         from ..beats import visual_beats
         from ..media import load_video
 
         key = (item.video, start, end)
-        if key != self._envelope_key:
+        if key != self._clip_key:
             opts = self.options
             frames = np.asarray(load_video(item.video, fps=opts.fps, start=start, end=end, size=opts.frame_size).frames)
             if frames.shape[0] < 2:
                 raise MediaError(f"{item.video}: {start:.2f}-{end:.2f} s decodes to {frames.shape[0]} frame(s)")
-            self._envelope = np.asarray(visual_beats(frames, opts.fps).envelope, dtype=np.float32)
-            self._envelope_key = key
-        return self._envelope
+            envelope = np.asarray(visual_beats(frames, opts.fps).envelope, dtype=np.float32)
+            self._clip_key, self._clip = key, (frames, envelope)
+        return self._clip
 
     @torch.no_grad()
     def __call__(self, item: ManifestItem, t0: float, t1: float, clip_span: Optional[tuple] = None) -> dict:
         """One window ``[t0, t1)``; ``clip_span`` ``(start, end)`` is the whole span its clip is cut
-        from, whose visual envelope the window's is sliced from (default: the window itself)."""
+        from, whose frames and visual envelope the window's are sliced from (default: the window itself)."""
         from ..beats import onset_envelope
-        from ..media import load_audio, load_video
+        from ..media import load_audio
+        from ..media.video import target_times
 
         opts = self.options
-        clip = load_video(item.video, fps=opts.fps, start=t0, end=t1, size=opts.frame_size)
-        frames = np.asarray(clip.frames)
+        start, end = clip_span or (t0, t1)
+        frames, envelope = self._whole_clip(item, start, end)
+        first = int(round((t0 - start) * opts.fps))  # the window's sampling instants are the clip's from here
+        count = len(target_times(t0, t1, opts.fps))
+        frames, envelope = frames[first : first + count], envelope[first : first + count]
         if frames.shape[0] < 2:
             raise MediaError(f"{item.video}: window {t0:.2f}-{t1:.2f} s decodes to {frames.shape[0]} frame(s)")
-        start, end = clip_span or (t0, t1)
-        whole = self.clip_envelope(item, start, end)
-        first = int(round((t0 - start) * opts.fps))
-        envelope = whole[first : first + frames.shape[0]]
-        envelope = np.pad(envelope, (0, frames.shape[0] - envelope.shape[0]))  # a last frame past the span's end
         codec = self.codec
         sr = int(codec.sample_rate)
         audio = load_audio(item.audio or item.video, sr, mono=codec.channels == 1, start=t0, end=t1)
