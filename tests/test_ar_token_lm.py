@@ -134,8 +134,11 @@ def test_conditions_change_logits_and_are_causal(video_fuse):
     assert not torch.allclose(with_cond[:, :, 6:], after[:, :, 6:], atol=1e-4)
 
 
-def test_beat_enters_at_the_step_that_predicts_its_frame():
-    model = dummies.dummy_ar_generator(video_fuse="none")
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_beat_enters_at_the_step_that_predicts_its_frame(lookahead):
+    """A beat at frame 4 reaches step 4 (the delay pattern predicts frame 4 there) and, with
+    ``beat_lookahead``, the ``lookahead`` steps before it; never an earlier one."""
+    model = dummies.dummy_ar_generator(video_fuse="none", beat_lookahead=lookahead)
     codes = torch.randint(0, V, (1, K, 10))
     _, inputs = teacher_inputs(model, codes)
     fps = FR  # beat at the music frame rate: frame i of the beat is music frame i
@@ -144,7 +147,8 @@ def test_beat_enters_at_the_step_that_predicts_its_frame():
     beat[0, 4] = 1.0
     b = model(inputs, {"beat": Condition(beat, torch.ones(1, 13, dtype=torch.bool), fps)})
     diff = (a - b).abs().amax(dim=(0, 1, 3))  # per position
-    assert diff[:4].max() == 0 and diff[4] > 0  # the delay pattern predicts frame 4 at step 4
+    first = 4 - lookahead
+    assert diff[:first].max() == 0 and diff[first] > 0
 
 
 # -------------------------------------------------------------------------------------------- generation
@@ -192,9 +196,11 @@ def test_generation_is_reproducible_and_batch_equals_singles():
     assert torch.equal(model.generate(single1, 15, generator=torch.Generator().manual_seed(2), top_k=10), batch[1:])
 
 
-def test_windowed_continuation():
-    # window 10 frames, stride 6: a 25-frame piece takes windows at 0, 6, 12 and 18
-    model = dummies.dummy_ar_generator(max_duration=0.2, extend_stride=0.12)
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_windowed_continuation(lookahead):
+    # window 10 frames, stride 6: a 25-frame piece takes windows at 0, 6, 12 and 18; with a beat
+    # lookahead a window's last steps see the beat condition past its end, as teacher forcing does
+    model = dummies.dummy_ar_generator(max_duration=0.2, extend_stride=0.12, beat_lookahead=lookahead)
     assert model.plan_windows(8) == [(0, 8, 0)]
     assert model.plan_windows(25) == [(0, 10, 0), (6, 10, 4), (12, 10, 4), (18, 7, 4)]
     conds = make_conditions(batch=1, seconds=0.6)
@@ -279,6 +285,8 @@ def test_registry_and_bad_config():
         dummies.dummy_ar_generator(pattern="zigzag")
     with pytest.raises(ConfigError, match="extend_stride"):
         dummies.dummy_ar_generator(extend_stride=1.0)
+    with pytest.raises(ConfigError, match="beat_lookahead"):
+        dummies.dummy_ar_generator(beat_lookahead=-1)
     with pytest.raises(ConfigError, match="unknown key"):
         build_generator({"type": "ar", "config": {"hidden": 8}})
 

@@ -13,7 +13,9 @@ Conditions (``dict[str, Condition]``) enter as the recipe says:
   Time-aligned tokens get a sinusoidal embedding of their time in music frames relative to the
   window start, the same clock as the music positions, so attention can line them up.
 * ``"beat"`` ``[B, Tv, 1]``: ``beat_fuse="sum"`` resamples it to the music frame rate and adds
-  a projection to each step's input (at the frame that step predicts), or ``"none"``.
+  a projection to each step's input, or ``"none"``. The step sees the frame it predicts and the
+  ``beat_lookahead`` frames after it: a drum hit is planned before its attack frame, and a single
+  value cannot tell the rising edge of a visual beat from a weak accent.
 * ``"text"`` ``[B, Tt, text_dim]`` (optional, ``text_dim > 0``): ``text_fuse="cross"|"prepend"``.
 
 A missing condition is treated as dropped (zeros, masked out); an unknown name is an error.
@@ -193,6 +195,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         ffn_dim: int = 4096,
         video_dim: int = 768,
         beat_dim: int = 1,
+        beat_lookahead: int = 0,
         text_dim: int = 0,
         frame_rate: float = 50.0,
         max_duration: float = 10.0,
@@ -222,7 +225,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         self.beat_head = nn.Linear(hidden_size, 1)
         self.video_proj = nn.Linear(video_dim, hidden_size) if video_fuse != "none" else None
         # no bias: a dropped (zero) beat condition must add exactly nothing
-        self.beat_proj = nn.Linear(beat_dim, hidden_size, bias=False) if beat_fuse == "sum" else None
+        beat_width = beat_dim * (beat_lookahead + 1)
+        self.beat_proj = nn.Linear(beat_width, hidden_size, bias=False) if beat_fuse == "sum" else None
         self.text_proj = nn.Linear(text_dim, hidden_size) if text_fuse != "none" else None
         self.apply(self._init_weights)
 
@@ -244,6 +248,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"text_fuse must be one of {TOKEN_FUSES} (got {c.text_fuse!r})")
         if c.text_fuse != "none" and c.text_dim < 1:
             problems.append(f"text_fuse={c.text_fuse!r} needs text_dim >= 1 (got {c.text_dim})")
+        if c.beat_lookahead < 0:
+            problems.append(f"beat_lookahead must be >= 0 frames (got {c.beat_lookahead})")
         if c.beat_fuse not in BEAT_FUSES:
             problems.append(f"beat_fuse must be one of {BEAT_FUSES} (got {c.beat_fuse!r})")
         if not 0.0 <= c.cond_dropout < 1.0:
@@ -366,10 +372,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             fused.prefix, mask = torch.cat(prefix, 1), torch.cat(prefix_m, 1)
             fused.prefix_mask = None if bool(mask.all()) else mask
         if c.beat_fuse == "sum" and BEAT in conditions:
-            lead = lead + start_frame  # global music frames
-            beat = conditions[BEAT].resample(int(lead.max()) + 1, c.frame_rate)
-            values = beat.tensor[:, lead] * beat.mask[:, lead, None].to(beat.tensor)
-            fused.step_add = self.beat_proj(values)
+            taps = lead[:, None] + start_frame + torch.arange(c.beat_lookahead + 1, device=self.device)  # [S, L+1]
+            beat = conditions[BEAT].resample(int(taps.max()) + 1, c.frame_rate)
+            values = beat.tensor[:, taps] * beat.mask[:, taps, None].to(beat.tensor)  # [B, S, L+1, D]
+            fused.step_add = self.beat_proj(values.flatten(2))
         return fused
 
     # ------------------------------------------------------------------------------------------ the network
