@@ -253,10 +253,11 @@ def plan(split: str, count: int, seed: int, seconds: float):
     return items
 
 
-def medley_plan(songs, count: int, seed: int, seconds: float):
+def medley_plan(songs, count: int, seed: int, seconds: float, beats=(4, 10)):
     """Per medley: id, video kind and segments ``(song id, bpm, first beat, beats)`` of training songs.
 
-    A medley jumps to another song (another tempo, another phase) every 4-10 beats, so within
+    A medley jumps to another song (another tempo, another phase) every ``beats[0]``-``beats[1]``
+    beats (default 4-10), so within
     a training window the music's own past does not tell where the next beat falls: only the
     video does. Without them the AR model learned to continue its own tempo and drifted off the
     video's beats.
@@ -268,7 +269,7 @@ def medley_plan(songs, count: int, seed: int, seconds: float):
         while total < seconds:
             song = songs[int(rng.integers(len(songs)))]
             period = 60.0 / song["bpm"]
-            length = int(rng.integers(4, 11))
+            length = int(rng.integers(beats[0], beats[1] + 1))
             first = int(rng.integers(0, int((seconds - 0.5) / period) - length))  # stays inside the render
             segments.append((song["id"], song["bpm"], first, length))
             total += length * period
@@ -307,11 +308,15 @@ def main(argv=None) -> int:
     parser.add_argument("--num-train", type=int, default=32)
     parser.add_argument("--num-test", type=int, default=8)
     parser.add_argument("--num-medley", type=int, default=0,
-                        help="extra training clips that change song (tempo, phase) every 4-10 beats")
+                        help="extra training clips that change song (tempo, phase) every few beats")
+    parser.add_argument("--medley-beats", type=int, nargs=2, default=(4, 10), metavar=("MIN", "MAX"),
+                        help="beats between a medley's song changes (default 4 10)")
     parser.add_argument("--seconds", type=float, default=16.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=8, help="Hydrogen exports at once (they run in real time)")
     args = parser.parse_args(argv)
+    if not 1 <= args.medley_beats[0] <= args.medley_beats[1]:
+        parser.error(f"--medley-beats needs 1 <= MIN <= MAX, got {args.medley_beats}")
     sys.path.insert(0, str(ROOT))
 
     out = Path(args.out)
@@ -337,7 +342,7 @@ def main(argv=None) -> int:
     import soundfile as sf
 
     songs = [item for item in items if item["split"] == "train"]
-    medleys = medley_plan(songs, args.num_medley, args.seed, args.seconds) if songs else []
+    medleys = medley_plan(songs, args.num_medley, args.seed, args.seconds, args.medley_beats) if songs else []
     for item in medleys:
         audio, item["beats"] = assemble_medley(out / "music", item["segments"], args.seconds)
         sf.write(str(out / "music" / f"{item['id']}.wav"), audio, SAMPLE_RATE)

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def generate_unconditional(pipe, seconds: float, seed: int, steps: int) -> np.ndarray:
-    """Music from the pipeline's generator with no condition at all (CFG off)."""
+def generate_unconditional(pipe, seconds: float, seed: int, steps: int, sampling: dict) -> np.ndarray:
+    """Music from the pipeline's generator with no condition at all (CFG off), sampled as the model's."""
     import math
 
     import torch
@@ -45,7 +45,8 @@ def generate_unconditional(pipe, seconds: float, seed: int, steps: int) -> np.nd
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if pipe.backend == "ar":
-            audio = pipe.codec.decode_tokens(pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen))
+            audio = pipe.codec.decode_tokens(pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen,
+                                                                            **sampling))
         else:
             latents = pipe.generator.generate({}, num_frames, scheduler=pipe.scheduler, num_inference_steps=steps,
                                               guidance_scale=1.0, generator=gen)
@@ -61,8 +62,14 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     from vmas_diffusion.media import load_audio, load_video
     from vmas_diffusion.pipelines import VideoToMusicPipeline
 
+    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
+
     pipe = VideoToMusicPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
+    guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE[pipe.backend]
+    sampling = {}  # AR token sampling; the same for the model, shuffled and unconditional rows
+    if pipe.backend == "ar":
+        sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None}
     fps = float(pipe.video_encoder.config.fps)
     size = int(pipe.video_encoder.config.frame_size)
     n = len(clips)
@@ -82,7 +89,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
         rows["real music, shuffled"].append(
             beat_scores(music_beats(real_other[0], pipe.sample_rate).times, reference, args.seconds))
         for seed in range(args.seeds):
-            kwargs = dict(duration=args.seconds, guidance_scale=args.guidance, num_inference_steps=args.steps)
+            kwargs = dict(duration=args.seconds, guidance_scale=guidance, num_inference_steps=args.steps, **sampling)
             out = pipe(video=str(clip["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
             audio = out.audios[0]
             rows["model"].append(beat_scores(music_beats(audio[0], out.sample_rate).times, reference, args.seconds))
@@ -95,13 +102,19 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
             other = clips[shuffle[i]]
             out = pipe(video=str(other["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
             rows["shuffled video"].append(beat_scores(music_beats(out.audios[0][0], out.sample_rate).times, reference, args.seconds))
-            audio = generate_unconditional(pipe, args.seconds, seed, args.steps or 25)
+            audio = generate_unconditional(pipe, args.seconds, seed, args.steps or 25, sampling)
             rows["unconditional"].append(beat_scores(music_beats(audio[0], pipe.sample_rate).times, reference, args.seconds))
         print(f"[{name}] {i + 1}/{n} clips, {time.time() - start:.0f} s", file=sys.stderr)
     table = {cond: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for cond, rs in rows.items()}
     for cond, rs in rows.items():
         table[cond]["bhs_window_std"] = float(np.std([r["bhs_window"] for r in rs]))
         table[cond]["count"] = len(rs)
+    # per clip (mean over seeds): which videos a model follows, which it misses
+    table["per_clip_bhs"] = {
+        clip["id"]: {cond: float(np.mean([r["bhs_window"] for r in rs[i * (len(rs) // n) : (i + 1) * (len(rs) // n)]]))
+                     for cond, rs in rows.items()}
+        for i, clip in enumerate(clips)
+    }
 
     # retrieval on windows of the held-out clips, real music
     video_emb, music_emb = [], []
@@ -114,6 +127,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
                 music_emb.append(pipe.embed_music(wav, pipe.sample_rate))
     table["retrieval"] = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
     table["retrieval"]["pairs"] = len(video_emb)
+    table["guidance"], table["sampling"] = guidance, sampling
     return table
 
 
@@ -142,8 +156,11 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default=str(ROOT / ".cache" / "alignment_eval"))
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of music per clip")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance (default: the backend's RECOMMENDED_GUIDANCE, as the demo)")
+    parser.add_argument("--top-k", type=int, default=None, help="AR sampling: keep the k likeliest codes")
+    parser.add_argument("--temperature", type=float, default=None, help="AR sampling temperature")
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")

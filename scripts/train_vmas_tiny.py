@@ -10,6 +10,10 @@ Steps (each skipped when its output exists, so a rerun continues):
 3. ``train``: ``vmas-diffusion train recipes/vmas_tiny_<backend>.yaml`` (``--backend``);
 4. ``ship``: copy the trained pipeline into ``vmas_diffusion/assets/vmas-tiny/<backend>``.
 
+``widen`` (AR) turns a trained run's latest pipeline into one whose generator also sees the beat
+condition ``--lookahead`` frames ahead (:meth:`ARTokenLM.with_beat_lookahead`, same outputs until
+fine-tuned), saved to ``<work>/widened_ar``: the start of the shipped AR's last stage.
+
 Usage::
 
     python scripts/build_alignment_set.py
@@ -64,11 +68,15 @@ def fit(args) -> None:
         pipe.save_pretrained(str(args.work / f"init_{backend}"))
 
 
+def train_shards(args) -> Path:
+    return args.shards or args.work / "shards_train"
+
+
 def prepare(args) -> None:
     from vmas_diffusion.data import prepare_from_recipe
 
     for split in ("train", "test"):
-        out = args.work / f"shards_{split}"
+        out = train_shards(args) if split == "train" else args.work / "shards_test"
         report = prepare_from_recipe(args.data / f"{split}.jsonl", out, recipe("ar"),
                                      [f"train.init_from={args.work / 'init_ar'}"])
         print(split, report.summary(), file=sys.stderr)
@@ -82,16 +90,30 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     overrides = [
         f"train.init_from={args.work / f'init_{args.backend}'}",
-        f"data.train_dir={args.work / 'shards_train'}",
+        f"data.train_dir={train_shards(args)}",
         f"train.output_dir={args.work / f'run_{args.backend}'}",
     ] + list(args.overrides)
     result = run(recipe(args.backend), overrides, resume="auto", progress=True)
     print(f"trained to step {result.step}; last checkpoint {result.last_checkpoint}", file=sys.stderr)
 
 
-def ship(args) -> None:
+def latest_pipeline(args) -> Path:
     run = (args.run or args.work / f"run_{args.backend}") / "checkpoints"
-    latest = sorted(run.glob("step-*"))[-1] / "pipeline"
+    return sorted(run.glob("step-*"))[-1] / "pipeline"
+
+
+def widen(args) -> None:
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+
+    source = latest_pipeline(args)
+    pipe = VideoToMusicPipeline.from_pretrained(str(source))
+    pipe.register_modules(generator=pipe.generator.with_beat_lookahead(args.lookahead))
+    pipe.save_pretrained(str(args.work / "widened_ar"))
+    print(f"widened {source} to beat_lookahead={args.lookahead} -> {args.work / 'widened_ar'}", file=sys.stderr)
+
+
+def ship(args) -> None:
+    latest = latest_pipeline(args)
     target = ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
     if target.exists():
         shutil.rmtree(target)
@@ -102,17 +124,20 @@ def ship(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train the bundled vmas-tiny pipelines")
-    parser.add_argument("step", choices=("fit", "prepare", "train", "ship"))
+    parser.add_argument("step", choices=("fit", "prepare", "train", "widen", "ship"))
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides (train step)")
     parser.add_argument("--backend", choices=("ar", "ldm"), default="ar")
     parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "alignment")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "vmas_tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="shards of the training split, written by prepare, read by train (default <work>/shards_train)")
     parser.add_argument("--run", type=Path, default=None, help="training run to ship (default <work>/run_<backend>)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lookahead", type=int, default=10, help="widen: beat frames each AR step sees ahead")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may follow the options
     args.work.mkdir(parents=True, exist_ok=True)
-    {"fit": fit, "prepare": prepare, "train": train, "ship": ship}[args.step](args)
+    {"fit": fit, "prepare": prepare, "train": train, "widen": widen, "ship": ship}[args.step](args)
     return 0
 
 

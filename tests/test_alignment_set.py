@@ -50,3 +50,11 @@ def test_medley_cuts_songs_on_their_beats(tmp_path):
         clicks = starts / rate
         assert np.abs(clicks[:, None] - beats[None]).min(0).max() < 0.006  # each beat is a click...
         assert np.abs(clicks[:, None] - beats[None]).min(1).max() < 0.006  # ...and each click a beat
+
+
+def test_medley_song_changes_come_as_often_as_asked():
+    songs = [{"id": f"song{i}", "bpm": bpm} for i, bpm in enumerate((90.0, 120.0, 150.0))]
+    for low, high in ((4, 10), (2, 3)):
+        plan = build.medley_plan(songs, count=4, seed=0, seconds=16.0, beats=(low, high))
+        lengths = [length for item in plan for *_, length in item["segments"]]
+        assert min(lengths) >= low and max(lengths) <= high

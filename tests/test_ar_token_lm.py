@@ -151,6 +151,25 @@ def test_beat_enters_at_the_step_that_predicts_its_frame(lookahead):
     assert diff[:first].max() == 0 and diff[first] > 0
 
 
+def test_with_beat_lookahead_keeps_the_logits_and_then_sees_ahead():
+    model = dummies.dummy_ar_generator(video_fuse="none")
+    torch.nn.init.normal_(model.beat_proj.weight)
+    wide = model.with_beat_lookahead(3)
+    assert wide.config.beat_lookahead == 3 and wide.beat_proj.weight.shape == (32, 4) and not wide.training
+    _, inputs = teacher_inputs(model, torch.randint(0, V, (1, K, 10)))
+    beat = Condition(torch.rand(1, 13, 1), torch.ones(1, 13, dtype=torch.bool), FR)
+    assert torch.allclose(wide(inputs, {"beat": beat}), model(inputs, {"beat": beat}), atol=1e-6)
+    torch.nn.init.normal_(wide.beat_proj.weight)  # once its new taps have weight, step 1 sees frame 4 (3 ahead)
+    bumped = Condition(beat.tensor.clone(), beat.mask, FR)
+    bumped.tensor[0, 4] += 1.0
+    diff = (wide(inputs, {"beat": beat}) - wide(inputs, {"beat": bumped})).abs().amax(dim=(0, 1, 3))
+    assert diff[:1].max() == 0 and diff[1] > 0
+    with pytest.raises(ConfigError, match="fewer"):
+        wide.with_beat_lookahead(1)
+    with pytest.raises(ConfigError, match="beat_fuse"):
+        dummies.dummy_ar_generator(beat_fuse="none").with_beat_lookahead(2)
+
+
 # -------------------------------------------------------------------------------------------- generation
 def guided_logits(model, inputs, conds, scale):
     cond, uncond = model(inputs, conds), model(inputs, null(conds))

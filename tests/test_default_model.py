@@ -206,8 +206,9 @@ def test_bundled_model_puts_its_onsets_on_the_video_beats(backend, decay):
     on those flashes rather than on flashes half a beat later, and the other way round.
 
     Known limit (docs/alignment_results.md): the shipped AR follows the training set's 0.25 s
-    flashes, not 60 ms ones (the first shipped AR, trained on 80 ms flashes, did); the shipped
-    LDM passes with 60 ms flashes and only narrowly misses with 0.25 s ones at this one seed."""
+    flashes (7 of 8 seeds) but 60 ms ones on 5 of 8 seeds only, not this one (the first shipped AR,
+    trained on 80 ms flashes, followed them); the shipped LDM passes with 60 ms flashes and only
+    narrowly misses with 0.25 s ones at this one seed."""
     from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE, default_pipeline
 
     pipe = default_pipeline(backend)

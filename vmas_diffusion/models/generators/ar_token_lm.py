@@ -780,6 +780,23 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             nn.init.zeros_(model.beat_proj.weight)
         return model
 
+    def with_beat_lookahead(self, lookahead: int) -> "ARTokenLM":
+        """A copy that sees ``lookahead`` frames of the beat condition ahead (``beat_lookahead``) and
+        computes the same logits: the taps it gains start at zero weight, so a trained model keeps
+        what it learnt and fine-tuning teaches it to use them."""
+        c = self.config
+        if c.beat_fuse != "sum":
+            raise ConfigError(f"with_beat_lookahead: beat_fuse={c.beat_fuse!r} has no beat projection to widen")
+        if lookahead < c.beat_lookahead:
+            raise ConfigError(f"with_beat_lookahead: {lookahead} frames is fewer than the {c.beat_lookahead} it has")
+        config = {k: v for k, v in c.items() if not k.startswith("_")}
+        model = type(self)(**{**config, "beat_lookahead": lookahead}).to(device=self.device, dtype=self.dtype)
+        state = self.state_dict()
+        old = state["beat_proj.weight"]  # [H, (L + 1) * D]: tap-major, so the old taps are the first columns
+        state["beat_proj.weight"] = torch.cat([old, old.new_zeros(old.shape[0], (lookahead - c.beat_lookahead) * c.beat_dim)], 1)
+        model.load_state_dict(state)
+        return model.train(self.training)
+
 
 def _with_null_half(cond: Condition) -> Condition:
     """``[B, ...]`` -> ``[2B, ...]``: the condition, then its dropped form (the CFG batch)."""
