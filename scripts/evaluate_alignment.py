@@ -45,8 +45,8 @@ def generate_unconditional(pipe, seconds: float, seed: int, steps: int, sampling
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if pipe.backend == "ar":
-            audio = pipe.codec.decode_tokens(pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen,
-                                                                            **sampling))
+            codes = pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen, **sampling)
+            audio = pipe.codec.decode_tokens(codes)
         else:
             latents = pipe.generator.generate({}, num_frames, scheduler=pipe.scheduler, num_inference_steps=steps,
                                               guidance_scale=1.0, generator=gen)
@@ -59,10 +59,9 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
 
     from vmas_diffusion.beats import beat_scores, music_beats, plot_alignment, visual_beats
     from vmas_diffusion.losses import retrieval_recall
+    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
     from vmas_diffusion.media import load_audio, load_video
     from vmas_diffusion.pipelines import VideoToMusicPipeline
-
-    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
 
     pipe = VideoToMusicPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
