@@ -97,9 +97,17 @@ def train(args) -> None:
     print(f"trained to step {result.step}; last checkpoint {result.last_checkpoint}", file=sys.stderr)
 
 
+def fail(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def latest_pipeline(args) -> Path:
     run = (args.run or args.work / f"run_{args.backend}") / "checkpoints"
-    return sorted(run.glob("step-*"))[-1] / "pipeline"
+    steps = sorted(run.glob("step-*"))
+    if not steps:
+        fail(f"no checkpoint in {run}: train first, or name the run with --run")
+    return steps[-1] / "pipeline"
 
 
 def widen(args) -> None:
@@ -107,6 +115,8 @@ def widen(args) -> None:
 
     source = latest_pipeline(args)
     pipe = VideoToMusicPipeline.from_pretrained(str(source))
+    if pipe.backend != "ar":
+        fail(f"widen: {source} is a {pipe.backend!r} pipeline; only the AR generator has a beat look-ahead")
     pipe.register_modules(generator=pipe.generator.with_beat_lookahead(args.lookahead))
     pipe.save_pretrained(str(args.work / "widened_ar"))
     print(f"widened {source} to beat_lookahead={args.lookahead} -> {args.work / 'widened_ar'}", file=sys.stderr)
