@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .embedders import AudioEmbedder
-from .vggish import load_state_dict_file
+from .network_embedder import NetworkEmbedder, load_state_dict_file
 
 SAMPLE_RATE = 32000
 N_FFT = 1024
@@ -92,7 +91,7 @@ class Cnn14(nn.Module):
         return F.relu(self.fc1(x))
 
 
-class PannsEmbedder(AudioEmbedder):
+class PannsEmbedder(NetworkEmbedder):
     """FAD embedder over :class:`Cnn14`: one 2048-d embedding per window (default 1 s, hop 0.5 s)."""
 
     name = "panns-cnn14"
@@ -101,8 +100,7 @@ class PannsEmbedder(AudioEmbedder):
 
     def __init__(self, model: Cnn14, device: str = "cpu", window_seconds: float = 1.0, hop_seconds: float = 0.5,
                  batch_size: int = 16):
-        self.model = model.to(device).eval()
-        self.device = device
+        super().__init__(model, device, batch_size)
         self.window = int(window_seconds * SAMPLE_RATE)
         self.hop = int(hop_seconds * SAMPLE_RATE)
         self.batch_size = batch_size
@@ -118,22 +116,11 @@ class PannsEmbedder(AudioEmbedder):
         ):
             raise CheckpointError(f"{path}: its mel front end is not Cnn14 at 32 kHz / 64 bands / 50-14000 Hz")
         weights = {k: v for k, v in state.items() if not k.startswith(("spectrogram_extractor.", "logmel_extractor."))}
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a PANNs Cnn14 checkpoint: {exc}") from exc
-        embedder = cls(model, device=device)
-        embedder.checkpoint = Path(path)
-        return embedder
+        return cls._with_weights(model, weights, path, "a PANNs Cnn14 checkpoint", device)
 
-    @torch.no_grad()
     def _embed_mono(self, audio: np.ndarray) -> np.ndarray:
         if audio.size < self.window:
             audio = np.pad(audio, (0, self.window - audio.size))
         starts = range(0, audio.size - self.window + 1, self.hop)
         windows = torch.from_numpy(np.stack([audio[s : s + self.window] for s in starts]).astype(np.float32))
-        out = [
-            self.model(windows[i : i + self.batch_size].to(self.device)).float().cpu()
-            for i in range(0, windows.shape[0], self.batch_size)
-        ]
-        return torch.cat(out).numpy()
+        return self._forward_batched(windows)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .embedders import AudioEmbedder
+from .network_embedder import NetworkEmbedder, load_state_dict_file
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -93,26 +92,7 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors, or a torch file with ``weights_only=True`` (no unpickling of code)."""
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-class VGGishEmbedder(AudioEmbedder):
+class VGGishEmbedder(NetworkEmbedder):
     """FAD embedder over :class:`VGGish`: one 128-d embedding per 0.96 s of audio."""
 
     name = "vggish"
@@ -120,27 +100,11 @@ class VGGishEmbedder(AudioEmbedder):
     dim = 128
 
     def __init__(self, model: VGGish, device: str = "cpu", batch_size: int = 64):
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
+        super().__init__(model, device, batch_size)
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> "VGGishEmbedder":
-        model = VGGish()
-        state = load_state_dict_file(Path(path))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a VGGish state dict: {exc}") from exc
-        embedder = cls(model, device=device)
-        embedder.checkpoint = Path(path)
-        return embedder
+        return cls._with_weights(VGGish(), load_state_dict_file(Path(path)), path, "a VGGish state dict", device)
 
-    @torch.no_grad()
     def _embed_mono(self, audio: np.ndarray) -> np.ndarray:
-        examples = torch.from_numpy(waveform_to_examples(audio))[:, None]  # [N, 1, 96, 64]
-        out = [
-            self.model(examples[i : i + self.batch_size].to(self.device)).float().cpu()
-            for i in range(0, examples.shape[0], self.batch_size)
-        ]
-        return torch.cat(out).numpy()
+        return self._forward_batched(torch.from_numpy(waveform_to_examples(audio))[:, None])  # [N, 1, 96, 64]
