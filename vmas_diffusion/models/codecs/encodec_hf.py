@@ -169,7 +169,6 @@ class EncodecHFCodec(CodecModel):
     def latent_dim(self) -> int:
         return int(self.config.hidden_size)
 
-
     # ---- primitives ----------------------------------------------------------------------
     def _encode_raw(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model.encoder(wav)

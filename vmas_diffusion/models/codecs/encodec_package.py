@@ -147,7 +147,6 @@ class EncodecPackageCodec(CodecModel):
     def latent_dim(self) -> int:
         return int(self.model.quantizer.dimension)
 
-
     # ---- primitives ----------------------------------------------------------------------
     def _prepare_input(self, wav: torch.Tensor) -> torch.Tensor:
         if not self.model.normalize:
