@@ -103,7 +103,6 @@ class PannsEmbedder(NetworkEmbedder):
         super().__init__(model, device, batch_size)
         self.window = int(window_seconds * SAMPLE_RATE)
         self.hop = int(hop_seconds * SAMPLE_RATE)
-        self.batch_size = batch_size
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> "PannsEmbedder":
