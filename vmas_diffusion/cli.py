@@ -57,7 +57,6 @@ def cmd_generate(args) -> int:
         guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".mp4":
         export_to_video_with_audio(args.video, result.audios[0], result.sample_rate, str(out))
     else:
@@ -122,7 +121,6 @@ def cmd_demo(args) -> int:
     pipe = load_pipeline(args.model, args.backend)
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     result = pipe(video=str(video), guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed))
-    out.parent.mkdir(parents=True, exist_ok=True)
     export_to_video_with_audio(str(video), result.audios[0], result.sample_rate, str(out))
     # the beat plot sees the video as the model does: frames at the video encoder's rate
     fps = float(pipe.video_encoder.config.fps)

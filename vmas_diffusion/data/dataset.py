@@ -138,8 +138,9 @@ class ShardDataset(IterableDataset):
     def music_frame_rate(self) -> float:
         return float(self.info["music_frame_rate"])
 
-    def _order(self, epoch: int) -> List[int]:
-        return _perm(len(self.refs), self.seed + epoch) if self.shuffle else list(range(len(self.refs)))
+    def _order(self, count: int, epoch: int) -> List[int]:
+        """This epoch's order of ``count`` samples or shards."""
+        return _perm(count, self.seed + epoch) if self.shuffle else list(range(count))
 
     def _load(self, index: int, epoch: int) -> Dict[str, torch.Tensor]:
         sample = read_sample(self.data_dir, self.refs[index])
@@ -171,7 +172,7 @@ class ShardDataset(IterableDataset):
             for position in range(first, first + self.batch_size):
                 epoch = position // n
                 if epoch not in orders:
-                    orders = {epoch: self._order(epoch)}  # keep one epoch's order in memory
+                    orders = {epoch: self._order(len(self.refs), epoch)}  # keep one epoch's order in memory
                 samples.append(self._load(orders[epoch][position % n], epoch))
             yield collate_samples(samples)
 
@@ -193,7 +194,7 @@ class ShardDataset(IterableDataset):
         epoch = 0
         buffer: List[Dict[str, torch.Tensor]] = []
         while remaining is None or remaining > 0:
-            shards = [self.shards[i] for i in self._shard_order(epoch)]
+            shards = [self.shards[i] for i in self._order(len(self.shards), epoch)]
             for shard in shards[slot::slots]:
                 items = list(iter_shard(self.data_dir / shard))
                 order = _perm(len(items), self.seed + epoch * 1_000_003 + hash_text(shard)) if self.shuffle else range(len(items))
@@ -213,9 +214,6 @@ class ShardDataset(IterableDataset):
                         if remaining == 0:
                             return
             epoch += 1
-
-    def _shard_order(self, epoch: int) -> List[int]:
-        return _perm(len(self.shards), self.seed + epoch) if self.shuffle else list(range(len(self.shards)))
 
 
 def hash_text(text: str) -> int:

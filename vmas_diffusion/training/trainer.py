@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ..errors import CheckpointError, ConfigError
 from ..recipes import RecipeLike, load_recipe
 from .checkpoints import CheckpointManager, latest_checkpoint
-from .task import VideoMusicTask, batch_to_device, conditions_for_generation, mix_seed
+from .task import VideoMusicTask, batch_to_device, conditions_for_generation, item_generators
 from .trackers import make_trackers
 
 logger = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class Trainer:
         batch = {k: v[:n] for k, v in batch.items()}
         conditions = conditions_for_generation(task, batch)
         num_frames = int(batch["music_mask"].sum(1).max())
-        generators = [torch.Generator().manual_seed(mix_seed(t.seed, VALIDATION_SALT, int(u))) for u in batch["uid"].tolist()]
+        generators = item_generators(t.seed, batch["uid"], VALIDATION_SALT)
         gen = task.generator
         with self.accelerator.autocast():
             if gen.backend == "ar":
