@@ -49,6 +49,16 @@ class Condition:
         """The dropped ("unconditional") form used by classifier-free guidance: zeros, all masked out."""
         return replace(self, tensor=torch.zeros_like(self.tensor), mask=torch.zeros_like(self.mask))
 
+    def drop_items(self, drop: torch.Tensor) -> "Condition":
+        """The items where ``drop [B]`` is True replaced by the null condition (classifier-free guidance dropout)."""
+        keep = (~drop).to(self.tensor.device)
+        return replace(self, tensor=self.tensor * keep[:, None, None].to(self.tensor.dtype), mask=self.mask & keep[:, None])
+
+    def with_null(self) -> "Condition":
+        """``[B, ...]`` -> ``[2B, ...]``: the condition, then its null form (the batch of one guided call)."""
+        null = self.null()
+        return replace(self, tensor=torch.cat([self.tensor, null.tensor]), mask=torch.cat([self.mask, null.mask]))
+
     def resample(self, num_frames: int, frame_rate: float) -> "Condition":
         """Linearly resample the time axis to ``num_frames`` frames at ``frame_rate`` Hz.
 

@@ -309,12 +309,6 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             out[name] = cond.to(self.device, self.dtype)
         return out, batch_size
 
-    @staticmethod
-    def _drop_items(cond: Condition, drop: torch.Tensor) -> Condition:
-        """Null the items where ``drop [B]`` is True (classifier-free guidance dropout)."""
-        keep = ~drop
-        return Condition(cond.tensor * keep[:, None, None].to(cond.tensor), cond.mask & keep[:, None], cond.frame_rate)
-
     def _condition_tokens(
         self, cond: Condition, proj: nn.Module, start_frame: int, num_frames: int
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -492,7 +486,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         conds, _ = self._check_conditions(batch.get("conditions"), b)
         if self.training and self.config.cond_dropout > 0:
             drop = draw_items(torch.rand, (b,), batch.get("generator"), codes.device) < self.config.cond_dropout
-            conds = {name: self._drop_items(cond, drop) for name, cond in conds.items()}
+            conds = {name: cond.drop_items(drop) for name, cond in conds.items()}
 
         pattern = self.codebook_pattern
         steps = pattern.interleave(codes, self.special_id)  # [B, K, S] targets
@@ -603,7 +597,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         sampling = dict(top_k=top_k, top_p=top_p, temperature=temperature)
         use_cfg = guidance_scale != 1.0
         if use_cfg:  # one batched forward of [cond; uncond]
-            conds = {name: _with_null_half(cond) for name, cond in conds.items()}
+            conds = {name: cond.with_null() for name, cond in conds.items()}
 
         plan = self.plan_windows(num_frames)
         total = sum(self._sampling_steps(length, prompt) for _, length, prompt in plan)
@@ -796,12 +790,6 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         state["beat_proj.weight"] = torch.cat([old, old.new_zeros(old.shape[0], (lookahead - c.beat_lookahead) * c.beat_dim)], 1)
         model.load_state_dict(state)
         return model.train(self.training)
-
-
-def _with_null_half(cond: Condition) -> Condition:
-    """``[B, ...]`` -> ``[2B, ...]``: the condition, then its dropped form (the CFG batch)."""
-    null = cond.null()
-    return Condition(torch.cat([cond.tensor, null.tensor]), torch.cat([cond.mask, null.mask]), cond.frame_rate)
 
 
 def _default_progress_bar(total: int):

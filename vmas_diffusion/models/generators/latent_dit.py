@@ -434,13 +434,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     @staticmethod
     def _cfg_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
         """Conditions for one batched CFG call: items ``[cond..., null...]`` (``2B``)."""
-        out = {}
-        for name, cond in conditions.items():
-            null = cond.null()
-            out[name] = Condition(
-                torch.cat([cond.tensor, null.tensor]), torch.cat([cond.mask, null.mask]), cond.frame_rate
-            )
-        return out
+        return {name: cond.with_null() for name, cond in conditions.items()}
 
     # ------------------------------------------------------------------ the network
     def _check_sample(self, sample: torch.Tensor, name: str = "sample") -> None:
@@ -558,7 +552,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         cond_in = conditions
         if self.training and cfg.cond_dropout > 0 and conditions:
             drop = draw(torch.rand, (b,)) < cfg.cond_dropout
-            cond_in = {name: _drop_items(cond, drop) for name, cond in conditions.items()}
+            cond_in = {name: cond.drop_items(drop) for name, cond in conditions.items()}
         prepared = self.prepare_conditions(cond_in, t)
         output, hidden = self._denoise(noisy, timesteps.float(), prepared, mask)
 
@@ -759,14 +753,6 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     bar,
                 )
         return latents
-
-
-def _drop_items(cond: Condition, drop: torch.Tensor) -> Condition:
-    """``cond`` with the items where ``drop [B]`` is True replaced by the null condition."""
-    keep = (~drop).to(cond.tensor.device)
-    return Condition(
-        cond.tensor * keep[:, None, None].to(cond.tensor.dtype), cond.mask & keep[:, None], cond.frame_rate
-    )
 
 
 def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
