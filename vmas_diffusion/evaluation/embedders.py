@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..media.audio import resample
+from .cache import file_fingerprint
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -33,15 +35,6 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     if x.ndim != 1:
         raise InputError(f"audio must be (samples,) or (channels, samples), got shape {np.shape(audio)}")
     return x
-
-
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample ``(S,)`` audio with soxr (high quality); a no-op when the rates match."""
-    if int(orig_sr) == int(target_sr):
-        return audio
-    import soxr
-
-    return soxr.resample(audio, int(orig_sr), int(target_sr), quality="HQ").astype(np.float32)
 
 
 class AudioEmbedder(abc.ABC):
@@ -56,8 +49,7 @@ class AudioEmbedder(abc.ABC):
         """What determines this embedder's output (name, settings, weights file stats): part of cache keys."""
         ident: dict = {"name": self.name, "sample_rate": self.sample_rate, "dim": self.dim}
         if self.checkpoint is not None:
-            st = Path(self.checkpoint).stat()
-            ident["checkpoint"] = {"path": str(Path(self.checkpoint).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            ident["checkpoint"] = file_fingerprint(self.checkpoint)
         return ident
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -72,7 +64,7 @@ class AudioEmbedder(abc.ABC):
         """
         if int(sample_rate) <= 0:
             raise InputError(f"{self.name} embedder: sample_rate must be positive, got {sample_rate}")
-        x = resample(to_mono(audio), sample_rate, self.sample_rate)
+        x = resample(to_mono(audio)[None], int(sample_rate), int(self.sample_rate))[0]
         if x.size == 0:
             raise InputError(f"{self.name} embedder: the audio clip is empty")
         return np.asarray(self._embed_mono(x), dtype=np.float32)

@@ -158,10 +158,17 @@ class Evaluator:
             audio = np.asarray(audio, dtype=np.float32).reshape(1, -1)
             if audio.shape[-1] > 0:
                 analysis.music = music_beats(audio, c.reference_sample_rate)
-                analysis.fad_windows = self.embedder.embed(audio, c.reference_sample_rate)
-                if self.clap is not None:
-                    analysis.clap_embedding = self.clap.embed_clip(audio, c.reference_sample_rate)
+                analysis.fad_windows, analysis.clap_embedding = self._embed(audio, c.reference_sample_rate)
         return analysis
+
+    def _embed(self, audio: np.ndarray, sample_rate: int, with_clap: bool = True):
+        """``(FAD windows [N, D], CLAP clip embedding [D] or None)``; when the FAD embedder is CLAP its
+        windows give the clip embedding too (``embed_clip`` is their mean), so CLAP runs once."""
+        windows = self.embedder.embed(audio, sample_rate)
+        if not with_clap or self.clap is None:
+            return windows, None
+        clap = windows.mean(axis=0) if self.clap is self.embedder else self.clap.embed_clip(audio, sample_rate)
+        return windows, clap
 
     # ------------------------------------------------------------------ per (model, clip)
 
@@ -228,15 +235,15 @@ class Evaluator:
         if ref.music is not None:
             music = beat_scores(gen_times, np.asarray(ref.music.times), duration, tolerance=tol)
             values.update({f"music.{k}": _float(music[k]) for k in BEAT_KEYS})
-        if self.clap is not None and ref.clap_embedding is not None:
-            values["clap_music"] = cosine(self.clap.embed_clip(record.audio, record.sample_rate), ref.clap_embedding)
+        windows, clap = self._embed(record.audio, record.sample_rate, with_clap=ref.clap_embedding is not None)
+        if clap is not None:
+            values["clap_music"] = cosine(clap, ref.clap_embedding)
         if record.video_embedding is not None and record.music_embedding is not None:
             values["video_music"] = cosine(record.video_embedding, record.music_embedding)
         values["rtf"] = record.real_time_factor
         values["seconds"] = record.seconds
         values["peak_memory_mb"] = record.peak_memory_mb
         offsets = beat_offsets(gen_times, np.asarray(ref.visual.times))
-        windows = self.embedder.embed(record.audio, record.sample_rate)
         return values, gen_beats, offsets, windows
 
     # ------------------------------------------------------------------ the run
