@@ -78,32 +78,41 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     for clip in clips:
         frames = load_video(str(clip["video"]), fps=fps, size=size, end=args.seconds).frames
         visual[clip["id"]] = visual_beats(frames, fps)
+    # Every piece of music is generated and beat-tracked once: the shuffled row of clip i is the music
+    # made for clip shuffle[i]'s video (same seed), scored against clip i's beats; the unconditional
+    # music depends on the seed only.
+    kwargs = dict(duration=args.seconds, guidance_scale=guidance, num_inference_steps=args.steps, **sampling)
+    real_times, model_times = [], {}  # clip -> real music's beats; (clip, seed) -> generated music's beats
     start = time.time()
     for i, clip in enumerate(clips):
-        reference = visual[clip["id"]].times
         real = load_audio(str(clip["audio"]), pipe.sample_rate, end=args.seconds)
-        rows["real music"].append(beat_scores(music_beats(real[0], pipe.sample_rate).times, reference, args.seconds))
-        # what a model that follows its video perfectly scores in the shuffled condition
-        real_other = load_audio(str(clips[shuffle[i]]["audio"]), pipe.sample_rate, end=args.seconds)
-        rows["real music, shuffled"].append(
-            beat_scores(music_beats(real_other[0], pipe.sample_rate).times, reference, args.seconds))
+        real_times.append(music_beats(real[0], pipe.sample_rate).times)
         for seed in range(args.seeds):
-            kwargs = dict(duration=args.seconds, guidance_scale=guidance, num_inference_steps=args.steps, **sampling)
             out = pipe(video=str(clip["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
             audio = out.audios[0]
-            rows["model"].append(beat_scores(music_beats(audio[0], out.sample_rate).times, reference, args.seconds))
+            model_times[i, seed] = music_beats(audio[0], out.sample_rate).times
             if i == 0 and seed == 0:
                 plot_alignment(Path(args.out) / f"alignment_{name}.png", visual[clip["id"]], audio[0], out.sample_rate,
                                title=f"vmas-tiny {name} on held-out {clip['id']}")
                 import soundfile as sf
 
                 sf.write(str(Path(args.out) / f"sample_{name}_{clip['id']}.wav"), audio[0], out.sample_rate)
-            other = clips[shuffle[i]]
-            out = pipe(video=str(other["video"]), generator=torch.Generator().manual_seed(seed), **kwargs)
-            rows["shuffled video"].append(beat_scores(music_beats(out.audios[0][0], out.sample_rate).times, reference, args.seconds))
-            audio = generate_unconditional(pipe, args.seconds, seed, args.steps or 25, sampling)
-            rows["unconditional"].append(beat_scores(music_beats(audio[0], pipe.sample_rate).times, reference, args.seconds))
         print(f"[{name}] {i + 1}/{n} clips, {time.time() - start:.0f} s", file=sys.stderr)
+    uncond_times = [music_beats(generate_unconditional(pipe, args.seconds, seed, args.steps or 25, sampling)[0],
+                                pipe.sample_rate).times for seed in range(args.seeds)]
+    for i, clip in enumerate(clips):
+        reference = visual[clip["id"]].times
+
+        def score(times):
+            return beat_scores(times, reference, args.seconds)
+
+        rows["real music"].append(score(real_times[i]))
+        # what a model that follows its video perfectly scores in the shuffled condition
+        rows["real music, shuffled"].append(score(real_times[shuffle[i]]))
+        for seed in range(args.seeds):
+            rows["model"].append(score(model_times[i, seed]))
+            rows["shuffled video"].append(score(model_times[shuffle[i], seed]))
+            rows["unconditional"].append(score(uncond_times[seed]))
     table = {cond: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for cond, rs in rows.items()}
     for cond, rs in rows.items():
         table[cond]["bhs_window_std"] = float(np.std([r["bhs_window"] for r in rs]))
