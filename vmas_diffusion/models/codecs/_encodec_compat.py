@@ -34,11 +34,6 @@ class _MissingTorchaudio(types.ModuleType):
         )
 
 
-def is_placeholder(module) -> bool:
-    """True for the stand-in module put in place by :func:`import_encodec`."""
-    return isinstance(module, _MissingTorchaudio)
-
-
 def import_encodec():
     """The ``encodec`` package, imported with or without torchaudio installed.
 

@@ -495,9 +495,15 @@ class FrameCodec(MusicCodec):
         self.set_latent_stats(mean_v, std_v)
         return mean_v, std_v
 
-    def _encode_chunked(self, wav: torch.Tensor) -> torch.Tensor:
+    def _encode_chunked(self, wav: torch.Tensor, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """``fn`` (default :meth:`_encode_raw`) over ``wav`` in overlapping chunks of ``chunk_frames``."""
         cfg = self.config
-        return encode_in_chunks(self._encode_raw, wav, self.hop_length, cfg.chunk_frames, cfg.chunk_overlap_frames)
+        return encode_in_chunks(fn or self._encode_raw, wav, self.hop_length, cfg.chunk_frames, cfg.chunk_overlap_frames)
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw latents -> latents normalised by the codec's latent stats."""
+        mean, std = self._latent_stats(raw)
+        return (raw - mean) / std
 
     def _decode_chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -507,10 +513,7 @@ class FrameCodec(MusicCodec):
     @torch.no_grad()
     def tokenize(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav [B, C, S]`` -> ``codes [B, K, T]`` (long), ``T = ceil(S / hop_length)``."""
-        wav = self._check_wav(wav)
-        cfg = self.config
-        fn = lambda piece: self._quantize(self._encode_raw(piece))  # noqa: E731
-        return encode_in_chunks(fn, wav, self.hop_length, cfg.chunk_frames, cfg.chunk_overlap_frames)
+        return self._encode_chunked(self._check_wav(wav), lambda piece: self._quantize(self._encode_raw(piece)))
 
     def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes [B, K, T]`` -> ``wav [B, C, T * hop_length]``."""
@@ -523,9 +526,7 @@ class FrameCodec(MusicCodec):
         """``wav [B, C, S]`` -> normalised ``latents [B, D, T]``, ``T = ceil(S / hop_length)``."""
         wav = self._check_wav(wav)
         with self._frozen_context():
-            raw = self._encode_chunked(wav)
-            mean, std = self._latent_stats(raw)
-            return (raw - mean) / std
+            return self._normalise(self._encode_chunked(wav))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised ``latents [B, D, T]`` -> ``wav [B, C, T * hop_length]``."""

@@ -136,10 +136,6 @@ class MelGriffinLimCodec(CodecModel):
         mel = torch.matmul(self.mel_basis, magnitude)
         return torch.log(mel.clamp_min(self.config.log_floor)).to(wav.dtype)
 
-    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = self._latent_stats(raw)
-        return (raw - mean) / std
-
     def _quantize(self, raw: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[B, D, t]`` -> codes ``[B, K, t]``: nearest centroid of each level, residual passed on."""
         residual = self._normalise(raw).transpose(1, 2).float()  # [B, t, D]
@@ -169,13 +165,10 @@ class MelGriffinLimCodec(CodecModel):
         def istft(spec):
             return torch.istft(spec, n_fft, hop, window=self.window, center=True, length=length)
 
-        def stft(wav):
-            return self._stft(wav)
-
         spec = magnitude.to(torch.complex64)  # zero phase start: deterministic
         previous = torch.zeros_like(spec)
         for _ in range(self.config.griffin_lim_iters):
-            projected = stft(istft(spec))
+            projected = self._stft(istft(spec))
             accelerated = projected + 0.99 * (projected - previous)
             previous = projected
             spec = magnitude * torch.exp(1j * torch.angle(accelerated))
@@ -192,8 +185,7 @@ class MelGriffinLimCodec(CodecModel):
         """Fit the residual quantizer by k-means, level by level, on the frames of ``wavs``
         (each ``[B, 1, S]``; call :meth:`fit_latent_stats` first so frames are normalised).
         Returns ``{"rmse": [normalised-latent RMSE after each level]}``."""
-        frames = torch.cat([self._normalise(self._encode_chunked(self._check_wav(w))).transpose(1, 2).reshape(-1, self.latent_dim)
-                            for w in wavs]).float()
+        frames = torch.cat([self.encode(w).transpose(1, 2).reshape(-1, self.latent_dim) for w in wavs]).float()
         if frames.shape[0] < self.cardinality:
             raise InputError(f"fit_codebooks needs at least {self.cardinality} frames, got {frames.shape[0]}")
         generator = torch.Generator().manual_seed(seed)
