@@ -216,6 +216,12 @@ def test_silence_has_no_beats():
     assert np.all(onset_envelope(np.zeros(16000, np.float32), 16000, 50) == 0)
 
 
+def test_onset_envelope_rejects_a_bad_sample_rate():
+    for bad_rate in (0, -8000, 22050.5):
+        with pytest.raises(InputError, match="sample_rate"):
+            onset_envelope(np.zeros(16000, np.float32), bad_rate, frame_rate=50)
+
+
 # --------------------------------------------------------------------------- plot
 
 

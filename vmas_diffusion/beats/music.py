@@ -19,7 +19,7 @@ from scipy.stats import theilslopes
 from vmas_diffusion.beats.envelope import resample_envelope
 from vmas_diffusion.errors import InputError
 from vmas_diffusion.media._common import audio_to_numpy
-from vmas_diffusion.media.audio import resample
+from vmas_diffusion.media.audio import _check_sample_rate, resample
 
 ANALYSIS_RATE = 22050
 HOP_LENGTH = 256
@@ -45,11 +45,9 @@ class MusicBeats:
 
 
 def _mono(audio, sample_rate) -> tuple[np.ndarray, int]:
-    if not sample_rate or int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise InputError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
-    data = audio_to_numpy(audio)
-    mono = data.mean(axis=0, keepdims=True)
-    return resample(mono, int(sample_rate), ANALYSIS_RATE)[0], ANALYSIS_RATE
+    rate = _check_sample_rate(sample_rate)
+    mono = audio_to_numpy(audio).mean(axis=0, keepdims=True)
+    return resample(mono, rate, ANALYSIS_RATE)[0], ANALYSIS_RATE
 
 
 def onset_strength(audio, sample_rate: int, hop_length: int = HOP_LENGTH) -> tuple[np.ndarray, float]:
@@ -120,7 +118,7 @@ def onset_envelope(audio, sample_rate: int, frame_rate: float, num_frames: int |
         raise InputError(f"frame_rate must be positive, got {frame_rate!r}")
     data = audio_to_numpy(audio)
     if num_frames is None:
-        num_frames = math.ceil(data.shape[1] / float(sample_rate) * frame_rate - 1e-9)
+        num_frames = math.ceil(data.shape[1] / _check_sample_rate(sample_rate) * frame_rate - 1e-9)
     # analyse at least 4x finer than the target grid, so resampling only ever merges neighbours
     hop = max(1, min(HOP_LENGTH, int(ANALYSIS_RATE // (4 * frame_rate))))
     env, fps = onset_strength(data, sample_rate, hop)
