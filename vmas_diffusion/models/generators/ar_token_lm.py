@@ -649,9 +649,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         to_sample = layout >= prompt_len  # [K, S]
         first = int(to_sample.any(0).nonzero()[0])
         # every item draws its own uniforms, the same amount whatever the batch: batch == singles
-        uniforms = torch.stack(
-            [torch.rand(s_total, k, generator=g, device=device if g is None else g.device).to(device) for g in generators]
-        )  # [B, S, K]
+        uniforms = draw_items(torch.rand, (b, s_total, k), generators, device)  # [B, S, K]
 
         rows = 2 * b if guidance_scale is not None else b
         fused = self._fuse(conds, rows, s_total, start_frame)

@@ -50,9 +50,9 @@ def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
     """A batch-first random tensor from ``fn`` (``torch.rand``, ``torch.randn``, ``torch.randint``).
 
     ``generator`` may be one ``torch.Generator`` or a list with one per batch item: then item
-    ``i`` is drawn from ``generator[i]`` alone, so a batch sees the same randomness as its items
-    run one by one (training on any number of processes then draws identically per sample).
-    Draws happen on the generator's device and move to ``device``.
+    ``i`` is drawn from ``generator[i]`` alone (``None`` items from the global RNG), so a batch sees
+    the same randomness as its items run one by one (training on any number of processes then draws
+    identically per sample). Draws happen on the generator's device and move to ``device``.
     """
     from ...errors import InputError
 
@@ -60,7 +60,7 @@ def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
     if isinstance(generator, (list, tuple)):
         if len(generator) != size[0]:
             raise InputError(f"got {len(generator)} generators for a batch of {size[0]}")
-        items = [fn(size=(1,) + size[1:], generator=g, device=g.device, **kwargs) for g in generator]
+        items = [fn(size=(1,) + size[1:], generator=g, device=device if g is None else g.device, **kwargs) for g in generator]
         return torch.cat(items).to(device)
     on = generator.device if generator is not None else device
     return fn(size=size, generator=generator, device=on, **kwargs).to(device)
