@@ -10,9 +10,9 @@ skips its term (not computed, not returned).
 Per-sample randomness. Every sample carries ``uid`` (see :mod:`vmas_diffusion.data.dataset`); the
 randomness of a step (condition dropout, diffusion timesteps and noise, dropout layers) is drawn
 from generators seeded by ``(seed, uid)``, never from the process's running RNG. So a step is a pure
-function of the weights and the batch: a resumed run repeats an unbroken one exactly, and when the
-generator accepts one ``torch.Generator`` per item (``supports_item_generators``), a sample gets the
-same noise and dropout decision on whatever process and in whatever batch it lands.
+function of the weights and the batch: a resumed run repeats an unbroken one exactly, and since the
+generators draw from one ``torch.Generator`` per item, a sample gets the same noise and dropout
+decision on whatever process and in whatever batch it lands.
 """
 
 from typing import Dict, List, Tuple
@@ -103,19 +103,12 @@ class VideoMusicTask(nn.Module):
                 f"the {self.backend} backend trains on '{self.music_key}', which the data lacks: prepare the data "
                 f"with a codec that offers {'tokens' if self.backend == 'ar' else 'latents'}"
             )
-        gen_batch = {
+        return {
             self.music_key: batch[self.music_key],
             "conditions": {VIDEO: video_out.condition(), BEAT: beat},
             "mask": batch["music_mask"],
+            "generator": item_generators(self.seed, batch["uid"], salt),
         }
-        generators = item_generators(self.seed, batch["uid"], salt)
-        if getattr(self.generator, "supports_item_generators", False):
-            gen_batch["generator"] = generators
-        elif self.backend == "ldm":
-            # one generator for the local batch, seeded by its samples: exact on resume; matches another
-            # process layout only once the generator draws per item (supports_item_generators)
-            gen_batch["generator"] = torch.Generator().manual_seed(mix_seed(self.seed, salt, *batch["uid"].tolist()))
-        return gen_batch
 
     # ------------------------------------------------------------------ objective
     def forward(self, batch: Dict[str, torch.Tensor], salt: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:

@@ -36,10 +36,8 @@ class MusicGenerator:
 
     #: "ar" or "ldm"
     backend: str = ""
-    #: forward_train accepts ``batch["generator"]`` as a list, one per item (see draw_items)
-    supports_item_generators: bool = True
-
     def forward_train(self, batch: dict) -> GeneratorTrainOutput:
+        """One training batch; ``batch["generator"]`` is a list with one generator per item (see draw_items)."""
         raise NotImplementedError
 
     def generate(self, conditions: dict, num_frames: int, **kwargs) -> torch.Tensor:
