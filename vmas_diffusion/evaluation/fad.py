@@ -65,12 +65,7 @@ def fit_gaussian(embeddings: np.ndarray | Sequence[np.ndarray]) -> GaussianStats
     Returns:
         :class:`GaussianStats` in float64.
     """
-    if not isinstance(embeddings, np.ndarray):
-        parts = [np.asarray(e, dtype=np.float64) for e in embeddings if len(e)]
-        if not parts:
-            raise InputError("fit_gaussian: the embedding set is empty")
-        embeddings = np.concatenate(parts, axis=0)
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = _pool(embeddings, "fit_gaussian: the embedding set is empty")
     if x.ndim != 2:
         raise InputError(f"fit_gaussian: embeddings must be [N, D], got shape {x.shape}")
     if x.shape[0] < 2:
@@ -136,7 +131,8 @@ def frechet_audio_distance(
     outside the span carry no variance in either set) at a fraction of the cost, with a
     better-conditioned ``sqrtm``.
     """
-    a, b = _pool(embeddings_a), _pool(embeddings_b)
+    empty = "frechet_audio_distance: an embedding set is empty"
+    a, b = _pool(embeddings_a, empty), _pool(embeddings_b, empty)
     if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[1] and a.shape[0] >= 2 and b.shape[0] >= 2:
         centred = np.concatenate([a - a.mean(axis=0), b - b.mean(axis=0)])
         _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -151,10 +147,11 @@ def frechet_audio_distance(
     return frechet_distance(fit_gaussian(a), fit_gaussian(b), eps=eps)
 
 
-def _pool(embeddings: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+def _pool(embeddings: np.ndarray | Sequence[np.ndarray], empty_error: str) -> np.ndarray:
+    """One ``[N, D]`` float64 array: an array as it is, a sequence of per-clip arrays concatenated."""
     if isinstance(embeddings, np.ndarray):
         return np.asarray(embeddings, dtype=np.float64)
     parts = [np.asarray(e, dtype=np.float64) for e in embeddings if len(e)]
     if not parts:
-        raise InputError("frechet_audio_distance: an embedding set is empty")
+        raise InputError(empty_error)
     return np.concatenate(parts, axis=0)
