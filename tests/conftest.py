@@ -32,3 +32,10 @@ def media_path(name: str) -> Path:
 def media():
     """``media("bikes.mp4")`` -> Path of a fetched real media file."""
     return media_path
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden", action="store_true", default=False,
+        help="re-record tests/golden/golden_slices.json from the current code and weights",
+    )
