@@ -361,7 +361,7 @@ def generate(
     with progress_to(pipe, step if progress is not None else None):
         result = pipe(
             video=str(video_path),
-            num_inference_steps=settings.steps if pipe.backend == "ldm" else None,
+            num_inference_steps=settings.steps,  # a generator without diffusion steps ignores it
             guidance_scale=settings.guidance_scale,
             generator=torch.Generator().manual_seed(settings.seed),
         )
@@ -380,7 +380,7 @@ def generate(
     seconds = time.perf_counter() - start
     tell(1.0, "done")
 
-    steps = f", {settings.steps} steps" if pipe.backend == "ldm" else ""
+    steps = f", {settings.steps} steps" if pipe.generator.needs_scheduler else ""
     note = " Random-weight recipe: expect noise, not music." if settings.model in RECIPE_MODELS else ""
     message = (
         f"Wrote {audio.shape[-1] / rate:.1f} s of music for {info.duration:.1f} s of video with {settings.model} "

@@ -24,10 +24,12 @@ Usage: ``python scripts/evaluate_alignment.py --model ar=vmas-tiny-ar --model ld
 """
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def generate_unconditional(pipe, seconds: float, seed: int, steps: int, sampling: dict) -> np.ndarray:
+def generate_unconditional(pipe, seconds: float, seed: int, steps: Optional[int], sampling: dict) -> np.ndarray:
     """Music from the pipeline's generator with no condition at all (CFG off), sampled as the model's."""
     import math
 
@@ -43,14 +45,8 @@ def generate_unconditional(pipe, seconds: float, seed: int, steps: int, sampling
 
     num_frames = max(1, int(math.ceil(seconds * pipe.codec.frame_rate)))
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if pipe.backend == "ar":
-            codes = pipe.generator.generate({}, num_frames, guidance_scale=1.0, generator=gen, **sampling)
-            audio = pipe.codec.decode_tokens(codes)
-        else:
-            latents = pipe.generator.generate({}, num_frames, scheduler=pipe.scheduler, num_inference_steps=steps,
-                                              guidance_scale=1.0, generator=gen)
-            audio = pipe.codec.decode(latents)
+    audio = pipe.generator.generate_audio(pipe.codec, {}, num_frames, scheduler=pipe.scheduler, num_inference_steps=steps,
+                                          guidance_scale=1.0, generator=gen, **sampling)
     return audio[0, :, : int(round(seconds * pipe.sample_rate))].float().clamp(-1, 1).numpy()
 
 
@@ -66,9 +62,9 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     pipe = VideoToMusicPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE[pipe.backend]
-    sampling = {}  # AR token sampling; the same for the model, shuffled and unconditional rows
-    if pipe.backend == "ar":
-        sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None}
+    # token sampling options, for a generator that takes them; the same for the model, shuffled and unconditional rows
+    takes = inspect.signature(pipe.generator.generate).parameters
+    sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None and k in takes}
     fps = float(pipe.video_encoder.config.fps)
     size = int(pipe.video_encoder.config.frame_size)
     n = len(clips)
@@ -98,7 +94,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
 
                 sf.write(str(Path(args.out) / f"sample_{name}_{clip['id']}.wav"), audio[0], out.sample_rate)
         print(f"[{name}] {i + 1}/{n} clips, {time.time() - start:.0f} s", file=sys.stderr)
-    uncond_times = [music_beats(generate_unconditional(pipe, args.seconds, seed, args.steps or 25, sampling)[0],
+    uncond_times = [music_beats(generate_unconditional(pipe, args.seconds, seed, args.steps, sampling)[0],
                                 pipe.sample_rate).times for seed in range(args.seeds)]
     for i, clip in enumerate(clips):
         reference = visual[clip["id"]].times

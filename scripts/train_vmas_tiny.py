@@ -115,8 +115,8 @@ def widen(args) -> None:
 
     source = latest_pipeline(args)
     pipe = VideoToMusicPipeline.from_pretrained(str(source))
-    if pipe.backend != "ar":
-        fail(f"widen: {source} is a {pipe.backend!r} pipeline; only the AR generator has a beat look-ahead")
+    if not hasattr(pipe.generator, "with_beat_lookahead"):
+        fail(f"widen: {source} is a {pipe.backend!r} pipeline; its generator has no beat look-ahead to widen")
     pipe.register_modules(generator=pipe.generator.with_beat_lookahead(args.lookahead))
     pipe.save_pretrained(str(args.work / "widened_ar"))
     print(f"widened {source} to beat_lookahead={args.lookahead} -> {args.work / 'widened_ar'}", file=sys.stderr)

@@ -7,27 +7,17 @@ generator's type) swaps one component only.
 
 from typing import Optional, Sequence
 
-from .errors import ConfigError
 from .models.codecs import build_codec
-from .models.generators import build_generator
-from .models.registry import build
+from .models.generators import GENERATORS, build_generator
+from .models.registry import build, resolve
 from .recipes import RecipeLike, component_spec, derive_shared, load_recipe
 
 VIDEO_ENCODERS = {"temporal": "vmas_diffusion.models.video_encoder:TemporalVideoEncoder"}
 
 
-def shared_generator_config(backend: str, codec, video_encoder) -> dict:
-    """What a generator of ``backend`` must agree on with the codec and the video encoder."""
-    shared = {"frame_rate": float(codec.frame_rate), "video_dim": int(video_encoder.config.hidden_dim)}
-    if backend == "ar":
-        if not codec.is_discrete:
-            raise ConfigError(f"the AR backend needs a discrete codec; {type(codec).__name__} has no tokens")
-        shared.update(num_codebooks=int(codec.num_codebooks), cardinality=int(codec.cardinality))
-    elif backend == "ldm":
-        if not codec.is_continuous:
-            raise ConfigError(f"the LDM backend needs a continuous codec; {type(codec).__name__} has no latents")
-        shared.update(latent_dim=int(codec.latent_dim))
-    return shared
+def shared_generator_config(generator_cls, codec, video_encoder) -> dict:
+    """What a generator of class ``generator_cls`` must agree on with the codec and the video encoder."""
+    return {**generator_cls.codec_config(codec), "video_dim": int(video_encoder.config.hidden_dim)}
 
 
 def build_components(recipe: RecipeLike, overrides: Optional[Sequence[str]] = None) -> dict:
@@ -37,11 +27,12 @@ def build_components(recipe: RecipeLike, overrides: Optional[Sequence[str]] = No
     video_encoder = build("video encoder", VIDEO_ENCODERS, component_spec(cfg.video_encoder))
     gen_spec = component_spec(cfg.generator)
     backend = gen_spec["type"]
+    generator_cls = resolve("generator", GENERATORS, backend)
     gen_spec["config"] = derive_shared(
-        gen_spec.get("config") or {}, shared_generator_config(backend, codec, video_encoder), f"generator {backend!r}"
+        gen_spec.get("config") or {}, shared_generator_config(generator_cls, codec, video_encoder), f"generator {backend!r}"
     )
     generator = build_generator(gen_spec)
-    scheduler = generator.make_scheduler(cfg.scheduler.type) if backend == "ldm" else None
+    scheduler = generator.make_scheduler(cfg.scheduler.type) if generator.needs_scheduler else None
     contrastive_head = None
     if cfg.contrastive is not None:
         from .losses import ContrastiveLoss

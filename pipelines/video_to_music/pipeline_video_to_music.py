@@ -74,7 +74,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
     @property
     def backend(self) -> str:
-        """``"ar"`` or ``"ldm"``."""
+        """The generator's label (``"ar"``, ``"ldm"``, ...), read-only: nothing branches on it."""
         return self.generator.backend
 
     @property
@@ -138,15 +138,16 @@ class VideoToMusicPipeline(DiffusionPipeline):
     def with_generator(self, generator, scheduler=None) -> "VideoToMusicPipeline":
         """The same pipeline with another generator backend, sharing encoder, codec and contrastive head.
 
-        For an LDM generator without a scheduler, its default inference scheduler is made.
+        A generator that samples with a scheduler gets ``scheduler`` or, when None, its default one;
+        the others get none.
         """
-        if generator.backend == "ldm" and scheduler is None:
+        if generator.needs_scheduler and scheduler is None:
             scheduler = generator.make_scheduler()
         return type(self)(
             video_encoder=self.video_encoder,
             generator=generator,
             codec=self.codec,
-            scheduler=scheduler if generator.backend == "ldm" else None,
+            scheduler=scheduler if generator.needs_scheduler else None,
             contrastive_head=self.contrastive_head,
         )
 
@@ -167,8 +168,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError(f"`output_type` must be 'np' or 'pt', got {output_type!r}")
         if num_inference_steps is not None and not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise InputError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
-        if self.backend == "ldm" and self.scheduler is None:
-            raise ConfigError("the LDM backend needs a `scheduler` component")
+        if self.generator.needs_scheduler and self.scheduler is None:
+            raise ConfigError(f"the {self.backend} backend needs a `scheduler` component")
         videos = video if isinstance(video, (list, tuple)) else [video]
         for item in videos if video is not None else []:
             if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
@@ -260,11 +261,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
         audio = resample(audio.astype(np.float32), int(sample_rate), self.sample_rate)
         wav_t = torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device)
-        if self.backend == "ar":
-            batch = {"codes": self.codec.tokenize(wav_t), "conditions": {}}
-        else:
-            batch = {"latents": self.codec.encode(wav_t), "conditions": {}, "generator": torch.Generator().manual_seed(0)}
-        return head.embed_music(self.generator.forward_train(batch).music_embedding)[0]
+        target = self.generator.encode_music(self.codec, wav_t)
+        return head.embed_music(self.generator.embed_music(target))[0]
 
     # ------------------------------------------------------------------ __call__
 
@@ -316,22 +314,12 @@ class VideoToMusicPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise InputError(f"got {len(generator)} generators for {batch} waveforms")
 
-        # 3-4. prepare tokens or latents and generate them
+        # 3-5. prepare tokens or latents, generate them and decode (the generator knows which)
         num_frames = max(1, int(math.ceil(duration * self.codec.frame_rate)))
-        if self.backend == "ar":
-            codes = self.generator.generate(
-                conditions, num_frames, guidance_scale=guidance_scale, generator=generator,
-                progress_bar=self.progress_bar, **generation_kwargs,
-            )
-            # 5. decode
-            audio = self.codec.decode_tokens(codes)
-        else:
-            latents = self.generator.generate(
-                conditions, num_frames, scheduler=self.scheduler,
-                num_inference_steps=num_inference_steps or 25, guidance_scale=guidance_scale,
-                generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
-            )
-            audio = self.codec.decode(latents)
+        audio = self.generator.generate_audio(
+            self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
+        )
 
         # 6. trim to the asked duration and return
         num_samples = int(round(duration * self.sample_rate))

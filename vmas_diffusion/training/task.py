@@ -1,6 +1,6 @@
 """The training objective, apart from the models: a sum of named, weighted losses.
 
-``total = w_gen * (generator losses: AR "ce" / LDM "diffusion")
+``total = w_gen * (the generator's own losses, e.g. AR "ce" / LDM "diffusion")
         + w_contrastive * ContrastiveLoss(video pooled [B, Dv], music_embedding [B, Dm])
         + BeatAlignmentLoss(onset_logits, onset target, visual envelope at the music rate, aligned, mask)``
 
@@ -50,7 +50,7 @@ class VideoMusicTask(nn.Module):
 
     Args:
         video_encoder: :class:`~vmas_diffusion.models.video_encoder.TemporalVideoEncoder`.
-        generator: an ``ARTokenLM`` or ``LatentDiT``.
+        generator: a :class:`~vmas_diffusion.models.generators.MusicGenerator`.
         contrastive_head: :class:`~vmas_diffusion.losses.ContrastiveLoss`, or None (then the
             contrastive weight must be 0).
         weights: the recipe's ``losses`` section (``generation``, ``contrastive``, ``beat_onset``,
@@ -78,10 +78,9 @@ class VideoMusicTask(nn.Module):
         )
         self.use_beat = float(weights.beat_onset) > 0 or float(weights.beat_visual) > 0
         self.seed = int(seed)
-        self.backend = generator.backend
-        self.music_key = "codes" if self.backend == "ar" else "latents"
-        if self.music_key == "latents" and self.backend != "ldm":
-            raise ConfigError(f"unknown generator backend {self.backend!r}")
+        if not getattr(generator, "music_key", ""):
+            raise ConfigError(f"{type(generator).__name__} is not a MusicGenerator (it names no music_key)")
+        self.music_key = generator.music_key
 
     # ------------------------------------------------------------------ conditions
     def encode_video(self, batch: Dict[str, torch.Tensor]):
@@ -100,8 +99,8 @@ class VideoMusicTask(nn.Module):
     def generator_batch(self, batch: Dict[str, torch.Tensor], video_out, beat: Condition, salt: int = 0) -> dict:
         if self.music_key not in batch:
             raise InputError(
-                f"the {self.backend} backend trains on '{self.music_key}', which the data lacks: prepare the data "
-                f"with a codec that offers {'tokens' if self.backend == 'ar' else 'latents'}"
+                f"the {self.generator.backend} backend trains on '{self.music_key}', which the data lacks: prepare "
+                f"the data with a codec that offers them"
             )
         return {
             self.music_key: batch[self.music_key],

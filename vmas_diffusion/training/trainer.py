@@ -115,8 +115,11 @@ def build_training_components(cfg, with_generator: bool = True) -> dict:
         components["codec"] = type(codec).from_encodec_pretrained(codec_source, **kwargs)
     if t.musicgen_checkpoint and with_generator:
         generator = components["generator"]
-        if generator.backend != "ar":
-            raise ConfigError("train.musicgen_checkpoint warm starts the AR backend; this recipe's generator is 'ldm'")
+        if not hasattr(generator, "from_musicgen"):
+            raise ConfigError(
+                f"train.musicgen_checkpoint warm starts a generator with from_musicgen (the AR backend); "
+                f"this recipe's generator is {generator.backend!r}"
+            )
         kwargs = {k: v for k, v in generator.config.items() if not k.startswith("_")}
         video_dim = kwargs.pop("video_dim")
         components["generator"] = type(generator).from_musicgen(t.musicgen_checkpoint, video_dim, **kwargs)
@@ -364,18 +367,12 @@ class Trainer:
         conditions = conditions_for_generation(task, batch)
         num_frames = int(batch["music_mask"].sum(1).max())
         generators = item_generators(t.seed, batch["uid"], VALIDATION_SALT)
-        gen = task.generator
         with self.accelerator.autocast():
-            if gen.backend == "ar":
-                codes = gen.generate(conditions, num_frames, guidance_scale=t.validation_guidance_scale, generator=generators)
-                audio = self.codec.decode_tokens(codes)
-            else:
-                latents = gen.generate(
-                    conditions, num_frames, scheduler=self.components["scheduler"],
-                    num_inference_steps=t.validation_inference_steps, guidance_scale=t.validation_guidance_scale,
-                    generator=generators,
-                )
-                audio = self.codec.decode(latents)
+            audio = task.generator.generate_audio(
+                self.codec, conditions, num_frames, scheduler=self.components["scheduler"],
+                num_inference_steps=t.validation_inference_steps, guidance_scale=t.validation_guidance_scale,
+                generator=generators,
+            )
         out_dir = self.output_dir / "samples" / f"step-{self.step:08d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []

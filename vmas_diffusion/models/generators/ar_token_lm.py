@@ -51,7 +51,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
 TEXT = "text"
 CONDITION_NAMES = (VIDEO, BEAT, TEXT)
@@ -183,6 +183,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     """
 
     backend = "ar"
+    music_key = "codes"
 
     @register_to_config
     def __init__(
@@ -229,6 +230,23 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         self.beat_proj = nn.Linear(beat_width, hidden_size, bias=False) if beat_fuse == "sum" else None
         self.text_proj = nn.Linear(text_dim, hidden_size) if text_fuse != "none" else None
         self.apply(self._init_weights)
+
+    # ------------------------------------------------------------------------------------------- the codec
+    @classmethod
+    def codec_config(cls, codec) -> dict:
+        if not codec.is_discrete:
+            raise ConfigError(f"the AR backend needs a discrete codec; {type(codec).__name__} has no tokens")
+        shared = super().codec_config(codec)
+        shared.update(num_codebooks=int(codec.num_codebooks), cardinality=int(codec.cardinality))
+        return shared
+
+    def encode_music(self, codec, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform ``[B, C, S]`` -> codes ``[B, K, T]``."""
+        return codec.tokenize(wav)
+
+    def decode_music(self, codec, target: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, K, T]`` -> waveform ``[B, C, S]``."""
+        return codec.decode_tokens(target)
 
     # ------------------------------------------------------------------------------------------------ setup
     def _check_config(self) -> None:
@@ -489,9 +507,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             conds = {name: cond.drop_items(drop) for name, cond in conds.items()}
 
         pattern = self.codebook_pattern
-        steps = pattern.interleave(codes, self.special_id)  # [B, K, S] targets
+        steps, inputs = self._teacher_forcing(codes)
         s = steps.shape[2]
-        inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :-1]], dim=2)
         hidden = self._hidden(inputs, self._fuse(conds, b, s, 0))  # [B, S, H]
         logits = self._logits(hidden)  # [B, K, S, V]
 
@@ -507,14 +524,27 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             # contrastive and visual-beat terms could be met by copying the video or beat condition
             hidden = self._hidden(inputs, self._fuse({}, b, s, 0))
         frame_hidden = hidden[:, pattern.first_step_of_frame(t, codes.device)]  # [B, T, H]
-        weights = mask[..., None].to(frame_hidden)
-        embedding = (frame_hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
         return ARTrainOutput(
             losses={"ce": per_codebook.mean()},
-            music_embedding=embedding,
+            music_embedding=pool_frames(frame_hidden, mask),
             onset_logits=self.beat_head(frame_hidden).squeeze(-1),
             ce_per_codebook=per_codebook.detach(),
         )
+
+    def _teacher_forcing(self, codes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``[B, K, T]`` -> (step targets ``[B, K, S]``, step inputs ``[B, K, S]``: the targets one step
+        late, the special token first)."""
+        steps = self.codebook_pattern.interleave(codes, self.special_id)
+        return steps, torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :-1]], dim=2)
+
+    def embed_music(self, target: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, K, T]`` -> ``[B, H]``: the teacher-forced pass with no condition, pooled over frames
+        (forward_train's ``music_embedding`` of an unmasked batch)."""
+        b, _, t = self._check_codes(target, "codes")
+        steps, inputs = self._teacher_forcing(target)
+        hidden = self._hidden(inputs, self._fuse({}, b, steps.shape[2], 0))
+        frame_hidden = hidden[:, self.codebook_pattern.first_step_of_frame(t, target.device)]
+        return pool_frames(frame_hidden)
 
     # ------------------------------------------------------------------------------------------ generation
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:

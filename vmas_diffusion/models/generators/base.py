@@ -1,22 +1,32 @@
-"""The generator interface both backends implement.
+"""The generator interface every backend implements (:class:`MusicGenerator`).
 
 A generator models music frames at the codec's frame rate given named conditions
-(``dict[str, Condition]``, see :mod:`vmas_diffusion.conditions`).
+(``dict[str, Condition]``, see :mod:`vmas_diffusion.conditions`). Everything that differs between
+backends sits behind this interface, so the pipeline, training, evaluation, the app and the
+scripts never ask which backend they hold (``backend`` is a label for people and file names):
 
+* what the generator models and how it is made from music: :attr:`music_key` names the training
+  target in a batch, :meth:`encode_music` / :meth:`decode_music` go through the codec
+  (AR: codes ``[B, K, T]``; LDM: normalised latents ``[B, D, T]``), and :meth:`codec_config`
+  checks the codec offers that form and says what the generator must agree on with it;
 * ``forward_train(batch) -> GeneratorTrainOutput``: the backend's own generation losses
   (cross-entropy for AR, diffusion loss for LDM) plus what the alignment losses need:
-  a pooled music embedding and per-frame onset logits from the beat head.
-* ``generate(conditions, num_frames, ...)``: codes ``[B, K, T]`` (AR) or latents
-  ``[B, D, T]`` (LDM).
+  a pooled music embedding and per-frame onset logits from the beat head;
+* ``generate(conditions, num_frames, ...)`` with the backend's own sampling defaults, and the one
+  generate-and-decode path, :meth:`generate_audio`, that the pipeline, training validation and
+  evaluation share; a backend that samples with a diffusers scheduler says so through
+  :attr:`default_inference_steps` and builds it with :meth:`make_scheduler`;
+* :meth:`embed_music`: the pooled music embedding of a target with every condition dropped
+  (retrieval).
 
 A training batch is a dict:
-``"codes"`` ``[B, K, T]`` long (AR) or ``"latents"`` ``[B, D, T]`` (LDM),
+``music_key`` (``"codes"`` ``[B, K, T]`` long for AR, ``"latents"`` ``[B, D, T]`` for LDM),
 ``"conditions"`` ``dict[str, Condition]``, optional ``"mask"`` ``[B, T]`` bool (valid music frames),
 optional ``"generator"``: a ``torch.Generator`` or one per item for the training draws.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -34,14 +44,76 @@ class GeneratorTrainOutput:
 class MusicGenerator:
     """Mixin declaring the generator interface; concrete generators are also ``ModelMixin, ConfigMixin``."""
 
-    #: "ar" or "ldm"
+    #: a read-only label ("ar", "ldm", ...): the registry name, for messages and file names
     backend: str = ""
+    #: the batch key of the training target (``"codes"`` or ``"latents"``), as data preparation writes it
+    music_key: str = ""
+    #: steps of a scheduler-driven sampler when the caller gives none; None: sampling takes no steps
+    #: and no scheduler (``num_inference_steps`` is ignored)
+    default_inference_steps: Optional[int] = None
+
+    @property
+    def needs_scheduler(self) -> bool:
+        """True when sampling runs a diffusers scheduler the pipeline holds (``scheduler`` component)."""
+        return self.default_inference_steps is not None
+
+    # ------------------------------------------------------------------ the codec side
+    @classmethod
+    def codec_config(cls, codec) -> dict:
+        """Config values the generator must share with ``codec`` (``frame_rate`` and the target's
+        sizes); raises ConfigError when the codec lacks the form this backend models."""
+        return {"frame_rate": float(codec.frame_rate)}
+
+    def encode_music(self, codec, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform ``[B, C, S]`` at the codec's rate -> this generator's target (``batch[music_key]``)."""
+        raise NotImplementedError
+
+    def decode_music(self, codec, target: torch.Tensor) -> torch.Tensor:
+        """This generator's target -> waveform ``[B, C, S]`` (the inverse of :meth:`encode_music`)."""
+        raise NotImplementedError
+
+    def make_scheduler(self, name: Optional[str] = None):
+        """The inference scheduler sampling needs (None when it needs none); ``name`` picks one by name."""
+        return None
+
+    # ------------------------------------------------------------------ training and sampling
     def forward_train(self, batch: dict) -> GeneratorTrainOutput:
         """One training batch; ``batch["generator"]`` is a list with one generator per item (see draw_items)."""
         raise NotImplementedError
 
     def generate(self, conditions: dict, num_frames: int, **kwargs) -> torch.Tensor:
+        """Sample targets ``[B, ..., num_frames]`` (what :meth:`decode_music` reads)."""
         raise NotImplementedError
+
+    def embed_music(self, target: torch.Tensor) -> torch.Tensor:
+        """The pooled music embedding ``[B, H]`` of a target read with every condition dropped, so it
+        depends on the music alone (what the contrastive head embeds for retrieval)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate_audio(
+        self,
+        codec,
+        conditions: dict,
+        num_frames: int,
+        *,
+        scheduler=None,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: float = 3.0,
+        generator=None,
+        progress_bar: Optional[Callable] = None,
+        **sampling,
+    ) -> torch.Tensor:
+        """Generate ``num_frames`` music frames and decode them: waveform ``[B, C, S]``.
+
+        The one generate-and-decode path (pipeline, training validation, evaluation). ``scheduler``
+        and ``num_inference_steps`` reach a scheduler-driven backend only (its own defaults when None);
+        ``sampling`` holds backend options such as the AR's ``top_k`` / ``temperature``.
+        """
+        kwargs = dict(sampling, guidance_scale=guidance_scale, generator=generator, progress_bar=progress_bar)
+        if self.needs_scheduler:
+            kwargs.update(scheduler=scheduler, num_inference_steps=num_inference_steps or self.default_inference_steps)
+        return self.decode_music(codec, self.generate(conditions, num_frames, **kwargs))
 
 
 def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
@@ -62,3 +134,12 @@ def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
         return torch.cat(items).to(device)
     on = generator.device if generator is not None else device
     return fn(size=size, generator=generator, device=on, **kwargs).to(device)
+
+
+def pool_frames(hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of ``hidden [B, T, H]`` over the valid frames of ``mask [B, T]`` (all when None) -> ``[B, H]``:
+    the pooled music embedding both backends hand the contrastive loss."""
+    if mask is None:
+        return hidden.mean(1)
+    weights = mask[..., None].to(hidden)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
 FUSE_MODES = ("cross", "sum", "prepend")
@@ -154,6 +154,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     """
 
     backend = "ldm"
+    music_key = "latents"
+    default_inference_steps = 25
 
     @register_to_config
     def __init__(
@@ -297,13 +299,31 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             prediction_type=cfg.prediction_type,
         )
 
-    def make_scheduler(self, name: str = "dpmsolver++"):
+    # ------------------------------------------------------------------ the codec
+    @classmethod
+    def codec_config(cls, codec) -> dict:
+        if not codec.is_continuous:
+            raise ConfigError(f"the LDM backend needs a continuous codec; {type(codec).__name__} has no latents")
+        shared = super().codec_config(codec)
+        shared.update(latent_dim=int(codec.latent_dim))
+        return shared
+
+    def encode_music(self, codec, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform ``[B, C, S]`` -> normalised latents ``[B, D, T]``."""
+        return codec.encode(wav)
+
+    def decode_music(self, codec, target: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, D, T]`` -> waveform ``[B, C, S]``."""
+        return codec.decode(target)
+
+    def make_scheduler(self, name: Optional[str] = None):
         """An inference scheduler matching the training schedule and ``prediction_type``.
 
         ``name``: ``"ddpm"``, ``"ddim"``, ``"dpmsolver++"`` (DPM-Solver++ 2M) or ``"euler"``
         (``EulerDiscreteScheduler``; ``FlowMatchEulerDiscreteScheduler`` for a flow model).
-        A flow model offers ``"euler"`` and ``"dpmsolver++"`` (flow sigmas).
+        A flow model offers ``"euler"`` and ``"dpmsolver++"`` (flow sigmas). None: ``"dpmsolver++"``.
         """
+        name = name or "dpmsolver++"
         cfg = self.config
         if cfg.prediction_type == "flow":
             if name == "euler":
@@ -560,14 +580,21 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         loss = _masked_mean(err, mask)
 
         if cfg.align_features == "clean":
-            clean = self.prepare_conditions(self.null_conditions(conditions), t)
-            _, hidden = self._denoise(latents, torch.zeros(b, device=device), clean, mask)
-        weights = torch.ones(b, t, device=device, dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
-        music_embedding = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+            hidden = self._clean_hidden(latents, self.null_conditions(conditions), mask)
         onset_logits = self.beat_head(hidden).squeeze(-1)
         return GeneratorTrainOutput(
-            losses={"diffusion": loss}, music_embedding=music_embedding, onset_logits=onset_logits
+            losses={"diffusion": loss}, music_embedding=pool_frames(hidden, mask), onset_logits=onset_logits
         )
+
+    def _clean_hidden(self, latents: torch.Tensor, conditions: Dict[str, Condition], mask=None) -> torch.Tensor:
+        """Hidden states ``[B, T, H]`` of clean ``latents`` (timestep 0) under ``conditions``."""
+        zero = torch.zeros(latents.shape[0], device=latents.device)
+        return self._denoise(latents, zero, self.prepare_conditions(conditions, latents.shape[-1]), mask)[1]
+
+    def embed_music(self, target: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, D, T]`` -> ``[B, H]``: the clean latents' hidden states with no condition, pooled."""
+        self._check_sample(target, "latents")
+        return pool_frames(self._clean_hidden(target.to(self.proj_in.weight.dtype), {}))
 
     def create_ema(self, decay: float = 0.9999, **ema_kwargs) -> EMAModel:
         """An exponential moving average of this model's weights (diffusers ``EMAModel``).
@@ -690,7 +717,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         conditions: Dict[str, Condition],
         num_frames: int,
         scheduler=None,
-        num_inference_steps: int = 25,
+        num_inference_steps: Optional[int] = None,
         guidance_scale: float = 3.0,
         generator: GeneratorArg = None,
         progress_bar: Optional[Callable] = None,
@@ -712,6 +739,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
+        if num_inference_steps is None:
+            num_inference_steps = self.default_inference_steps
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
