@@ -105,13 +105,13 @@ def test_video_tokens_are_cut_to_the_window():
     """A window of frames 50..100 sees only video tokens of its own time span, at window positions."""
     model = dummy_ldm_generator()
     conds = make_conditions(batch=1, seconds=2.0)  # 16 video frames at 8 Hz = 6.25 latent frames each
-    whole = model.prepare_conditions(conds, 100)
-    late = model.prepare_conditions(conds, 50, start_frame=50)
-    assert whole.context.shape[1] == 16
+    whole = model.fuse_conditions(conds, 100)
+    late = model.fuse_conditions(conds, 50, start_frame=50)
+    assert whole.cross.shape[1] == 16
     times = torch.arange(16) * 6.25
-    assert late.context.shape[1] == int(((times > 50 - 6.25) & (times < 100)).sum())
+    assert late.cross.shape[1] == int(((times > 50 - 6.25) & (times < 100)).sum())
     # the beat ("sum") embedding of the late window equals the whole clip's frames 50..100
-    torch.testing.assert_close(late.frame_embeds, whole.frame_embeds[:, 50:])
+    torch.testing.assert_close(late.frame_add, whole.frame_add[:, 50:])
 
 
 def test_forward_train_outputs_and_gradients():
@@ -434,7 +434,7 @@ def test_bad_inputs_raise_input_error():
         "no frames": lambda: model(randn(2, D, 0), t, conds),
         "timestep": lambda: model(x, torch.tensor([1, 2, 3]), conds),
         "unknown condition": lambda: model(x, t, dict(conds, text=conds[VIDEO])),
-        "channels": lambda: model(x, t, dict(conds, video=Condition(torch.zeros(2, 4, 3), torch.ones(2, 4), 8.0))),
+        "has width 3": lambda: model(x, t, dict(conds, video=Condition(torch.zeros(2, 4, 3), torch.ones(2, 4), 8.0))),
         "batch sizes": lambda: model(randn(3, D, 30), t, conds),
         "needs a frame_rate": lambda: model(x, t, dict(conds, beat=Condition(torch.zeros(2, 4, 1), torch.ones(2, 4)))),
         "must be a Condition": lambda: model(x, t, {VIDEO: torch.zeros(2, 4, 16)}),

@@ -35,7 +35,6 @@ windowed continuation past ``max_duration``: after each window the last
 """
 
 import json
-import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +49,11 @@ from torch import nn
 from ...conditions import BEAT, VIDEO, Condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
+from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
 from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
 TEXT = "text"
-CONDITION_NAMES = (VIDEO, BEAT, TEXT)
 TOKEN_FUSES = ("cross", "prepend", "none")
 BEAT_FUSES = ("sum", "none")
 #: where forward_train reads music_embedding / onset_logits: a pass with conditions dropped, or the LM pass
@@ -67,22 +66,6 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 class ARTrainOutput(GeneratorTrainOutput):
     #: ``[K]`` detached cross-entropy of each codebook (already averaged into ``losses["ce"]``)
     ce_per_codebook: Optional[torch.Tensor] = None
-
-
-@dataclass
-class _Fused:
-    """Conditions turned into model inputs for one window."""
-
-    cross: Optional[torch.Tensor] = None  # [B, C, H] cross-attention context
-    cross_mask: Optional[torch.Tensor] = None  # [B, C] bool; None = all valid
-    cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # cross_attention_mask(cross_mask)
-    prefix: Optional[torch.Tensor] = None  # [B, P, H] tokens before the music
-    prefix_mask: Optional[torch.Tensor] = None  # [B, P] bool; None = all valid
-    step_add: Optional[torch.Tensor] = None  # [B, S, H] added to the input of each position
-
-    @property
-    def prefix_len(self) -> int:
-        return 0 if self.prefix is None else self.prefix.shape[1]
 
 
 def sample_from_logits(
@@ -306,73 +289,42 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         return round(self.config.extend_stride * self.config.frame_rate)
 
     # ------------------------------------------------------------------------------------------ conditions
-    def _check_conditions(self, conditions: Optional[Dict[str, Condition]], batch_size: Optional[int]):
-        """Validate names, widths and batch size; return ``(conditions on device, batch size)``."""
-        conditions = dict(conditions or {})
-        unknown = sorted(set(conditions) - set(CONDITION_NAMES))
-        if unknown:
-            raise InputError(f"ARTokenLM: unknown condition(s) {unknown}; valid names: {list(CONDITION_NAMES)}")
-        widths = {VIDEO: self.config.video_dim, BEAT: self.config.beat_dim, TEXT: self.config.text_dim}
-        out = {}
-        for name, cond in conditions.items():
-            if not isinstance(cond, Condition):
-                raise InputError(f"ARTokenLM: condition {name!r} must be a Condition, got {type(cond).__name__}")
-            b, _, d = cond.tensor.shape
-            if batch_size is None:
-                batch_size = b
-            if b != batch_size:
-                raise InputError(f"ARTokenLM: condition {name!r} has batch {b}, expected {batch_size}")
-            if d != widths[name]:
-                raise InputError(f"ARTokenLM: condition {name!r} has width {d}, config expects {widths[name]}")
-            out[name] = cond.to(self.device, self.dtype)
-        return out, batch_size
+    def _conditions(self, conditions: Optional[Dict[str, Condition]], batch_size: Optional[int]):
+        """Checked conditions on the model's device and dtype, and the batch size (None without either)."""
+        c = self.config
+        widths = {VIDEO: c.video_dim, BEAT: c.beat_dim, TEXT: c.text_dim}
+        batch_size = check_conditions(conditions, widths, batch_size, "ARTokenLM")
+        return {name: cond.to(self.device, self.dtype) for name, cond in (conditions or {}).items()}, batch_size
 
-    def _condition_tokens(
-        self, cond: Condition, proj: nn.Module, start_frame: int, num_frames: int
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``[B, C, H]`` and mask ``[B, C]`` of a condition for the window of music frames
-        ``[start_frame, start_frame + num_frames)``; a time-aligned condition keeps only its frames
-        inside the window and gets a time embedding relative to the window start."""
-        fr = self.config.frame_rate
-        if cond.frame_rate is None:
-            return proj(cond.tensor), cond.mask
-        length = cond.tensor.shape[1]
-        t0, t1 = start_frame / fr, (start_frame + num_frames) / fr
-        first = math.floor(t0 * cond.frame_rate)
-        i0 = min(max(first, 0), max(length - 1, 0))
-        i1 = min(max(math.ceil(t1 * cond.frame_rate) + 1, i0 + 1), length)
-        tensor, mask = cond.tensor[:, i0:i1], cond.mask[:, i0:i1]
-        if length == 0:  # nothing to attend to: one masked zero token keeps shapes valid
-            tensor = cond.tensor.new_zeros(cond.tensor.shape[0], 1, cond.tensor.shape[2])
-            mask = cond.mask.new_zeros(cond.mask.shape[0], 1)
-            i0, i1 = 0, 1
-        times = (torch.arange(i0, i1, device=tensor.device, dtype=torch.float32) / cond.frame_rate - t0) * fr
-        if first >= length:  # the condition ended before this window: nothing of it applies
-            mask = torch.zeros_like(mask)
-        tokens = proj(tensor) + sinusoidal_embedding(times, self.config.hidden_size).to(tensor.dtype)
-        return tokens, mask
-
-    def _fuse(self, conditions: Dict[str, Condition], batch_size: int, num_steps: int, start_frame: int) -> _Fused:
-        """Turn conditions into cross context, prefix tokens and per-step additions for one window of
-        ``num_steps`` LM steps starting at music frame ``start_frame``.
+    def fuse_conditions(
+        self, conditions: Dict[str, Condition], num_steps: int, start_frame: int, batch_size: int
+    ) -> FusedConditions:
+        """Turn conditions into cross context, prefix tokens and per-step additions (``frame_add [B, S, H]``)
+        for one window of ``num_steps`` LM steps starting at music frame ``start_frame``.
 
         The window spans the frames its steps predict (:meth:`CodebookPattern.lead_frame`), so
-        training and generation slice conditions the same way.
+        training and generation slice conditions the same way; token conditions keep one frame past
+        the window (the last steps' codebooks trail their frame by the pattern's delay).
         """
         c = self.config
         lead = self.codebook_pattern.lead_frame(num_steps, self.device)  # [S] frames within the window
         num_frames = int(lead.max()) + 1
-        cross, cross_m, prefix, prefix_m = [], [], [], []
+        tokens = {"cross": [], "prepend": []}
         for name, fuse, proj in ((VIDEO, c.video_fuse, self.video_proj), (TEXT, c.text_fuse, self.text_proj)):
             if fuse == "none" or name not in conditions:
                 continue  # a missing condition is a dropped one: contributes nothing
-            tokens, mask = self._condition_tokens(conditions[name], proj, start_frame, num_frames)
-            (cross if fuse == "cross" else prefix).append(tokens)
-            (cross_m if fuse == "cross" else prefix_m).append(mask)
-        fused = _Fused()
-        if cross:
-            fused.cross, mask = torch.cat(cross, 1), torch.cat(cross_m, 1)
-            fused.cross_mask = None if bool(mask.all()) else mask
+            found = window_tokens(conditions[name], proj, start_frame, num_frames, c.frame_rate, tail=1)
+            if found is not None:
+                tokens[fuse].append(found)
+        step_add = None
+        if c.beat_fuse == "sum" and BEAT in conditions:
+            taps = lead[:, None] + start_frame + torch.arange(c.beat_lookahead + 1, device=self.device)  # [S, L+1]
+            values, _ = frame_values(conditions[BEAT], taps, c.frame_rate)  # [B, S, L+1, D]
+            step_add = self.beat_proj(values.flatten(2))
+        fused = FusedConditions.from_tokens(tokens, frame_add=step_add)
+        # all-valid masks are dropped: attention then needs no mask at all
+        if fused.cross is not None:
+            fused.cross_mask = None if bool(fused.cross_mask.all()) else fused.cross_mask
         elif c.video_fuse == "cross" or c.text_fuse == "cross":
             # no context at all: one masked token, so every item takes the same (zero) path
             fused.cross = torch.zeros(batch_size, 1, c.hidden_size, device=self.device, dtype=self.dtype)
@@ -380,14 +332,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if fused.cross_mask is not None:
             attend, keep = cross_attention_mask(fused.cross_mask)
             fused.cross_attend = (attend, keep.to(self.dtype))
-        if prefix:
-            fused.prefix, mask = torch.cat(prefix, 1), torch.cat(prefix_m, 1)
-            fused.prefix_mask = None if bool(mask.all()) else mask
-        if c.beat_fuse == "sum" and BEAT in conditions:
-            taps = lead[:, None] + start_frame + torch.arange(c.beat_lookahead + 1, device=self.device)  # [S, L+1]
-            beat = conditions[BEAT].resample(int(taps.max()) + 1, c.frame_rate)
-            values = beat.tensor[:, taps] * beat.mask[:, taps, None].to(beat.tensor)  # [B, S, L+1, D]
-            fused.step_add = self.beat_proj(values.flatten(2))
+        if fused.prefix is not None and bool(fused.prefix_mask.all()):
+            fused.prefix_mask = None
         return fused
 
     # ------------------------------------------------------------------------------------------ the network
@@ -395,7 +341,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         self,
         inputs: torch.Tensor,
         positions: torch.Tensor,
-        fused: _Fused,
+        fused: FusedConditions,
         table: Optional[torch.Tensor] = None,
         pos_table: Optional[torch.Tensor] = None,
     ):
@@ -413,11 +359,11 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         else:
             pos_table = pos_table[positions]
         x = x + pos_table
-        if fused.step_add is not None:
-            x = x + fused.step_add[:, positions]
+        if fused.frame_add is not None:
+            x = x + fused.frame_add[:, positions]
         return x
 
-    def _cross_kv(self, fused: _Fused):
+    def _cross_kv(self, fused: FusedConditions):
         if fused.cross is None:
             return [None] * len(self.layers)
         return [layer.cross_attn.project_kv(fused.cross) for layer in self.layers]
@@ -425,7 +371,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     def _decode(
         self,
         x: torch.Tensor,
-        fused: _Fused,
+        fused: FusedConditions,
         cross_kv: List,
         self_key_mask: Optional[torch.Tensor] = None,
         caches: Optional[List[KVCache]] = None,
@@ -435,7 +381,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             x = layer(x, cross_kv[i], fused.cross_attend, self_key_mask, None if caches is None else caches[i])
         return self.layer_norm(x)
 
-    def _hidden(self, inputs: torch.Tensor, fused: _Fused) -> torch.Tensor:
+    def _hidden(self, inputs: torch.Tensor, fused: FusedConditions) -> torch.Tensor:
         """Teacher-forced pass: step inputs ``[B, K, S]`` -> hidden states ``[B, S, H]``."""
         b, _, s = inputs.shape
         x = self._embed(inputs, torch.arange(s, device=inputs.device), fused)
@@ -460,8 +406,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         ``conditions`` as in :meth:`generate` (None = all dropped); no condition dropout here.
         """
         b, k, s = self._check_codes(input_codes, "input_codes", allow_special=True)
-        conds, _ = self._check_conditions(conditions, b)
-        fused = self._fuse(conds, b, s, start_frame)
+        conds, _ = self._conditions(conditions, b)
+        fused = self.fuse_conditions(conds, s, start_frame, b)
         return self._logits(self._hidden(input_codes, fused))
 
     def _check_codes(self, codes: torch.Tensor, what: str, allow_special: bool = False):
@@ -501,7 +447,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 f"ARTokenLM.forward_train: batch['mask'] must be [B, T] = {(b, t)}, got {tuple(mask.shape)}"
             )
         mask = mask.bool()
-        conds, _ = self._check_conditions(batch.get("conditions"), b)
+        conds, _ = self._conditions(batch.get("conditions"), b)
         if self.training and self.config.cond_dropout > 0:
             drop = draw_items(torch.rand, (b,), batch.get("generator"), codes.device) < self.config.cond_dropout
             conds = {name: cond.drop_items(drop) for name, cond in conds.items()}
@@ -509,7 +455,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         pattern = self.codebook_pattern
         steps, inputs = self._teacher_forcing(codes)
         s = steps.shape[2]
-        hidden = self._hidden(inputs, self._fuse(conds, b, s, 0))  # [B, S, H]
+        hidden = self._hidden(inputs, self.fuse_conditions(conds, s, 0, b))  # [B, S, H]
         logits = self._logits(hidden)  # [B, K, S, V]
 
         layout = pattern.layout(t, codes.device)  # [K, S]
@@ -522,7 +468,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if self.config.align_features == "clean":
             # the alignment features read the music alone (conditions dropped): otherwise the
             # contrastive and visual-beat terms could be met by copying the video or beat condition
-            hidden = self._hidden(inputs, self._fuse({}, b, s, 0))
+            hidden = self._hidden(inputs, self.fuse_conditions({}, s, 0, b))
         frame_hidden = hidden[:, pattern.first_step_of_frame(t, codes.device)]  # [B, T, H]
         return ARTrainOutput(
             losses={"ce": per_codebook.mean()},
@@ -542,7 +488,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         (forward_train's ``music_embedding`` of an unmasked batch)."""
         b, _, t = self._check_codes(target, "codes")
         steps, inputs = self._teacher_forcing(target)
-        hidden = self._hidden(inputs, self._fuse({}, b, steps.shape[2], 0))
+        hidden = self._hidden(inputs, self.fuse_conditions({}, steps.shape[2], 0, b))
         frame_hidden = hidden[:, self.codebook_pattern.first_step_of_frame(t, target.device)]
         return pool_frames(frame_hidden)
 
@@ -620,7 +566,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 "ARTokenLM.generate: need guidance_scale >= 0, top_k >= 0, 0 <= top_p <= 1, temperature >= 0 "
                 f"(got {guidance_scale}, {top_k}, {top_p}, {temperature})"
             )
-        conds, batch_size = self._check_conditions(conditions, None)
+        conds, batch_size = self._conditions(conditions, None)
         if batch_size is None:  # unconditional: one item per generator in a list, else one
             batch_size = 1 if generator is None or isinstance(generator, torch.Generator) else len(list(generator))
         generators = self._item_generators(generator, batch_size)
@@ -682,7 +628,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         uniforms = draw_items(torch.rand, (b, s_total, k), generators, device)  # [B, S, K]
 
         rows = 2 * b if guidance_scale is not None else b
-        fused = self._fuse(conds, rows, s_total, start_frame)
+        fused = self.fuse_conditions(conds, s_total, start_frame, rows)
         cross_kv = self._cross_kv(fused)
         p = fused.prefix_len
         key_mask = None

@@ -29,7 +29,6 @@ latents noised to the current step's level, and set to them exactly at the end.
 
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -50,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
+from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
 from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
@@ -60,20 +60,6 @@ SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "euler")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
-
-
-@dataclass
-class PreparedConditions:
-    """Conditions projected to the model width for one window of ``T`` latent frames."""
-
-    #: ``[B, T, H]`` sum of the per-frame ("sum") conditions, or None
-    frame_embeds: Optional[torch.Tensor] = None
-    #: ``[B, S, H]`` cross-attention tokens and their validity mask ``[B, S]``, or None
-    context: Optional[torch.Tensor] = None
-    context_mask: Optional[torch.Tensor] = None
-    #: ``[B, P, H]`` prefix tokens of the self-attention sequence and mask ``[B, P]``, or None
-    prefix: Optional[torch.Tensor] = None
-    prefix_mask: Optional[torch.Tensor] = None
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -376,75 +362,42 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
 
     # ------------------------------------------------------------------ conditions
     def check_conditions(self, conditions: Dict[str, Condition], batch_size: Optional[int] = None) -> int:
-        """Validate ``conditions`` and return the batch size (``batch_size`` or 1 when there are none).
+        """Validate ``conditions`` (:func:`~vmas_diffusion.modules.condition_fusion.check_conditions`) and
+        return the batch size (``batch_size`` or 1 when there are none). A missing name counts as dropped."""
+        if conditions is None:  # None is for "no conditions" elsewhere; here the caller must say {}
+            raise InputError("LatentDiT: conditions must be a dict[str, Condition], got NoneType")
+        sums = [name for name, mode in self.fuse.items() if mode == "sum"]
+        found = check_conditions(conditions, self.condition_dims, batch_size, "LatentDiT", time_aligned=sums)
+        return 1 if found is None else found
 
-        Known names are ``"video"`` and ``"beat"``; a missing one is treated as dropped.
-        """
-        if not isinstance(conditions, dict):
-            raise InputError(f"conditions must be a dict[str, Condition], got {type(conditions).__name__}")
-        unknown = sorted(set(conditions) - set(self.condition_dims))
-        if unknown:
-            raise InputError(f"unknown condition(s) {unknown}; LatentDiT takes {sorted(self.condition_dims)}")
-        sizes = set() if batch_size is None else {int(batch_size)}
-        for name, cond in conditions.items():
-            if not isinstance(cond, Condition):
-                raise InputError(f"condition {name!r} must be a Condition, got {type(cond).__name__}")
-            if cond.tensor.shape[-1] != self.condition_dims[name]:
-                raise InputError(
-                    f"condition {name!r} has {cond.tensor.shape[-1]} channels; "
-                    f"the model expects {self.condition_dims[name]}"
-                )
-            if self.fuse[name] == "sum" and cond.frame_rate is None:
-                raise InputError(f"condition {name!r} is fused by 'sum' and needs a frame_rate (it has none)")
-            sizes.add(cond.tensor.shape[0])
-        if len(sizes) > 1:
-            raise InputError(f"batch sizes disagree across conditions/latents: {sorted(sizes)}")
-        return sizes.pop() if sizes else 1
-
-    def prepare_conditions(
+    def fuse_conditions(
         self, conditions: Dict[str, Condition], num_frames: int, start_frame: int = 0
-    ) -> PreparedConditions:
+    ) -> FusedConditions:
         """Project ``conditions`` for latent frames ``start_frame .. start_frame + num_frames``.
 
-        "sum" conditions are resampled to the latent frame rate and sliced to the window;
-        time-aligned "cross"/"prepend" tokens are kept when they fall inside the window and
-        get the sinusoidal position of their instant in window frames.
+        "sum" conditions are resampled to the latent frame rate and sliced to the window
+        (``frame_add``); time-aligned "cross"/"prepend" tokens are kept when they fall inside the
+        window and get the sinusoidal position of their instant in window frames, plus a learned
+        type embedding per condition.
         """
         ref = self.proj_in.weight
-        out = PreparedConditions()
-        tokens: Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]] = {"cross": [], "prepend": []}
+        tokens = {"cross": [], "prepend": []}
+        frame_add = None
         for name in self.condition_dims:  # fixed order, whatever the dict's
             if name not in conditions:
                 continue
             cond = conditions[name].to(ref.device, ref.dtype)
             proj = self.cond_proj[name]
             if self.fuse[name] == "sum":
-                resampled = cond.resample(start_frame + num_frames, self.config.frame_rate)
-                values = resampled.tensor[:, start_frame:]
-                valid = resampled.mask[:, start_frame:]
+                frames = torch.arange(start_frame, start_frame + num_frames, device=ref.device)
+                values, valid = frame_values(cond, frames, self.config.frame_rate)
                 emb = proj(values) * valid[..., None].to(ref.dtype)  # no condition = no contribution
-                out.frame_embeds = emb if out.frame_embeds is None else out.frame_embeds + emb
+                frame_add = emb if frame_add is None else frame_add + emb
                 continue
-            x, mask = cond.tensor, cond.mask
-            if cond.frame_rate is not None:
-                ratio = self.config.frame_rate / cond.frame_rate  # latent frames per condition frame
-                pos = torch.arange(x.shape[1], device=ref.device, dtype=torch.float32) * ratio - start_frame
-                # keep the token straddling the window start too
-                keep = (pos > -ratio) & (pos < num_frames)
-                x, mask, pos = x[:, keep], mask[:, keep], pos[keep]
-                if x.shape[1] == 0:
-                    continue
-                h = proj(x) + sinusoidal_embedding(pos, ref.shape[0]).to(ref.dtype)
-            else:
-                h = proj(x)
-            tokens[self.fuse[name]].append((h + self.cond_type[name], mask))
-        if tokens["cross"]:
-            out.context = torch.cat([h for h, _ in tokens["cross"]], dim=1)
-            out.context_mask = torch.cat([m for _, m in tokens["cross"]], dim=1)
-        if tokens["prepend"]:
-            out.prefix = torch.cat([h for h, _ in tokens["prepend"]], dim=1)
-            out.prefix_mask = torch.cat([m for _, m in tokens["prepend"]], dim=1)
-        return out
+            found = window_tokens(cond, proj, start_frame, num_frames, self.config.frame_rate)
+            if found is not None:
+                tokens[self.fuse[name]].append((found[0] + self.cond_type[name], found[1]))
+        return FusedConditions.from_tokens(tokens, frame_add=frame_add)
 
     @staticmethod
     def null_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
@@ -479,7 +432,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
-        prepared: PreparedConditions,
+        prepared: FusedConditions,
         frame_mask: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``sample [B, D, T]``, ``timestep [B]`` -> (model output ``[B, D, T]``, hidden states ``[B, T, H]``)."""
@@ -487,8 +440,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         dtype = self.proj_in.weight.dtype
         x = self.proj_in(sample.transpose(1, 2).to(dtype))
         x = x + sinusoidal_embedding(torch.arange(t, device=x.device), x.shape[-1]).to(dtype)
-        if prepared.frame_embeds is not None:
-            x = x + prepared.frame_embeds
+        if prepared.frame_add is not None:
+            x = x + prepared.frame_add
         c = self.time_embed(timestep)
         mask = frame_mask
         num_prefix = 0
@@ -498,7 +451,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             frames_valid = frame_mask if frame_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
             mask = torch.cat([prepared.prefix_mask, frames_valid], dim=1)
         for block in self.blocks:
-            x = block(x, c, mask, prepared.context, prepared.context_mask)
+            x = block(x, c, mask, prepared.cross, prepared.cross_mask)
         hidden = x[:, num_prefix:]
         shift, scale = self.ada_ln_out(F.silu(c)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
@@ -521,7 +474,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         batch = self.check_conditions(conditions, sample.shape[0])
         if frame_mask is not None and tuple(frame_mask.shape) != (batch, sample.shape[-1]):
             raise InputError(f"frame_mask must be [B, T] = {(batch, sample.shape[-1])}, got {tuple(frame_mask.shape)}")
-        prepared = self.prepare_conditions(conditions, sample.shape[-1])
+        prepared = self.fuse_conditions(conditions, sample.shape[-1])
         timestep = self._batch_timesteps(timestep, batch, sample.device)
         return self._denoise(sample, timestep, prepared, None if frame_mask is None else frame_mask.bool())[0]
 
@@ -573,7 +526,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         if self.training and cfg.cond_dropout > 0 and conditions:
             drop = draw(torch.rand, (b,)) < cfg.cond_dropout
             cond_in = {name: cond.drop_items(drop) for name, cond in conditions.items()}
-        prepared = self.prepare_conditions(cond_in, t)
+        prepared = self.fuse_conditions(cond_in, t)
         output, hidden = self._denoise(noisy, timesteps.float(), prepared, mask)
 
         err = (output.float() - target.float()).pow(2).mean(dim=1)  # [B, T]
@@ -589,7 +542,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     def _clean_hidden(self, latents: torch.Tensor, conditions: Dict[str, Condition], mask=None) -> torch.Tensor:
         """Hidden states ``[B, T, H]`` of clean ``latents`` (timestep 0) under ``conditions``."""
         zero = torch.zeros(latents.shape[0], device=latents.device)
-        return self._denoise(latents, zero, self.prepare_conditions(conditions, latents.shape[-1]), mask)[1]
+        return self._denoise(latents, zero, self.fuse_conditions(conditions, latents.shape[-1]), mask)[1]
 
     def embed_music(self, target: torch.Tensor) -> torch.Tensor:
         """Latents ``[B, D, T]`` -> ``[B, H]``: the clean latents' hidden states with no condition, pooled."""
@@ -612,7 +565,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
-        prepared: PreparedConditions,
+        prepared: FusedConditions,
         guidance_scale: float,
         cfg: bool,
     ) -> torch.Tensor:
@@ -641,7 +594,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         self.check_conditions(conditions, sample.shape[0])
         cfg = bool(conditions) and guidance_scale != 1.0
         cond_in = self._cfg_conditions(conditions) if cfg else conditions
-        prepared = self.prepare_conditions(cond_in, sample.shape[-1])
+        prepared = self.fuse_conditions(cond_in, sample.shape[-1])
         return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance_scale, cfg)
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
@@ -679,7 +632,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
 
     def _sample_window(
         self,
-        prepared: PreparedConditions,
+        prepared: FusedConditions,
         shape: Tuple[int, int, int],
         scheduler,
         num_inference_steps: int,
@@ -768,7 +721,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         latents = torch.zeros(batch, self.config.latent_dim, num_frames, device=device, dtype=dtype)
         with bar:
             for start, length, known in windows:
-                prepared = self.prepare_conditions(cond_in, length, start)
+                prepared = self.fuse_conditions(cond_in, length, start)
                 known_latents = latents[..., start : start + known] if known else None
                 latents[..., start : start + length] = self._sample_window(
                     prepared,
