@@ -2,7 +2,7 @@
 
 from vmas_diffusion.beats.envelope import beats_to_envelope, resample_envelope
 from vmas_diffusion.beats.metrics import SCORE_KEYS, beat_scores
-from vmas_diffusion.beats.music import MusicBeats, music_beats, onset_envelope
+from vmas_diffusion.beats.music import BeatGrid, MusicBeats, beat_grid, music_beats, onset_envelope
 from vmas_diffusion.beats.plot import plot_alignment
 from vmas_diffusion.beats.visual import VisualBeats, detect_cuts, visual_beats
 
@@ -11,6 +11,8 @@ __all__ = [
     "MusicBeats",
     "visual_beats",
     "music_beats",
+    "BeatGrid",
+    "beat_grid",
     "onset_envelope",
     "beat_scores",
     "plot_alignment",
