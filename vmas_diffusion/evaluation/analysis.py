@@ -1,7 +1,8 @@
 """What is measured on an evaluation clip itself, whatever the model, and its cache.
 
 Per clip: its duration, the visual beats of its frames and, when it has real music, that
-music's beats, its FAD window embeddings and its CLAP embedding. Re-runs (adding a model)
+music's beats, its tonal content (:mod:`.music_content`), its FAD window embeddings and its
+CLAP embedding. Re-runs (adding a model)
 read it back instead of decoding the video and the music again; the key holds the video and
 audio file stats, the clip times, the analysis settings and the embedders' identities.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from .cache import atomic_savez, clip_fingerprint, file_fingerprint
 from .dataset import EvalClip
 
-ANALYSIS_FORMAT = 1  # bump when what is stored changes
+ANALYSIS_FORMAT = 2  # bump when what is stored changes
 
 
 @dataclass
@@ -37,6 +38,13 @@ class ClipAnalysis:
     music: Any = None  # vmas_diffusion.beats.MusicBeats of the real music, or None
     fad_windows: Optional[np.ndarray] = None
     clap_embedding: Optional[np.ndarray] = None
+    harmonic_share: Optional[float] = None  # of the real music (music_content)
+    sustained_pitch: Optional[float] = None
+
+    @property
+    def visual_pace(self) -> float:
+        """Visual beats per minute: the video's pace."""
+        return 60.0 * len(self.visual.times) / self.duration if self.duration > 0 else 0.0
 
     @property
     def has_reference(self) -> bool:
@@ -77,6 +85,9 @@ def save_analysis(path: Path, analysis: ClipAnalysis) -> None:
         arrays["fad_windows"] = np.asarray(analysis.fad_windows, dtype=np.float32)
     if analysis.clap_embedding is not None:
         arrays["clap_embedding"] = np.asarray(analysis.clap_embedding, dtype=np.float32)
+    for key in ("harmonic_share", "sustained_pitch"):
+        if getattr(analysis, key) is not None:
+            arrays[key] = np.asarray(getattr(analysis, key))
     atomic_savez(Path(path), arrays)
 
 
@@ -97,6 +108,8 @@ def load_analysis(path: Path, clip: EvalClip) -> Optional[ClipAnalysis]:
                 music=_unflatten(MusicBeats, "music", data) if has_music else None,
                 fad_windows=data["fad_windows"] if "fad_windows" in data.files else None,
                 clap_embedding=data["clap_embedding"] if "clap_embedding" in data.files else None,
+                harmonic_share=float(data["harmonic_share"]) if "harmonic_share" in data.files else None,
+                sustained_pitch=float(data["sustained_pitch"]) if "sustained_pitch" in data.files else None,
             )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -18,6 +18,14 @@ BEAT_LABELS = {
 }
 # the Markdown shows BCS/BHS in both forms; the JSON also holds the F1 values
 TABLE_BEAT_KEYS = ("bcs_window", "bhs_window", "bcs_bins", "bhs_bins")
+# music content and pace (music_content), shown for each model and for the real music
+CONTENT_ROWS = (
+    ("harmonic_share", "Harmonic share of energy (HPSS)"),
+    ("sustained_pitch", "Sustained pitched share (time)"),
+    ("onset_density", "Onsets per second"),
+    ("pace_tempo_rho", "Rank corr. video pace ↔ music tempo"),
+    ("pace_onsets_rho", "Rank corr. video pace ↔ onset density"),
+)
 TIMING_KEYS = ("rtf", "seconds_per_clip", "peak_memory_mb", "generated_this_run")
 
 
@@ -77,6 +85,8 @@ def table_rows(columns: list[ModelColumn], embedder_name: str) -> list[tuple[str
         for key in TABLE_BEAT_KEYS:
             rows.append(row(f"{BEAT_LABELS[key]} vs {ref_label}", f"{ref}.{key}"))
     rows.append(row("Mean abs. offset, generated → nearest visual beat (s) ↓", "mean_abs_beat_offset"))
+    for key, label in CONTENT_ROWS:
+        rows.append(row(label, key))
     chance = next((c.metrics.get("chance@1") for c in columns if c.metrics.get("chance@1") is not None), None)
     chance5 = next((c.metrics.get("chance@5") for c in columns if c.metrics.get("chance@5") is not None), None)
     rows.append(row(f"R@1 video→generated music (chance {_fmt(chance, 2)})", "R@1"))
@@ -112,6 +122,7 @@ def render_markdown(
         lines += [
             f"| {BEAT_LABELS[key]} vs visual beats | {_fmt(reference.get(f'visual.{key}'))} |" for key in TABLE_BEAT_KEYS
         ]
+        lines += [f"| {label} | {_fmt(reference.get(key))} |" for key, label in CONTENT_ROWS]
     return "\n".join(lines) + "\n", rows
 
 

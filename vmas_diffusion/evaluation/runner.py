@@ -22,6 +22,11 @@ Scores and what they mean:
   against the visual beats and against the real music's beats.
 - R@1/R@5: each clip's video embedding retrieving its own generated music among all generated
   pieces of the set, with the chance level.
+- Harmonic share, sustained pitched share, onsets per second (:mod:`.music_content`): is it
+  music with tones, or drums only; the real music's values are the reference.
+- Pace correlation: Spearman rank correlation, across clips, of the video's pace (visual beats
+  per minute) with the generated music's tempo and with its onset density (the real music's
+  own correlation is the reference): does busier footage get busier music.
 - Real-time factor: generation seconds per second of music; peak memory: CUDA peak allocation,
   or the rise of the process's resident memory on CPU.
 """
@@ -45,6 +50,7 @@ from .dataset import EvalClip, load_eval_set, safe_name
 from .embedders import AudioEmbedder, build_embedder
 from .fad import frechet_audio_distance
 from .metrics import PeakMemory, beat_offsets, cosine, mean_or_none
+from .music_content import harmonic_share, onset_density, pace_correlation, sustained_pitch_share
 from .plots import plot_offset_histogram
 from .report import BEAT_KEYS, EvaluationReport, ModelColumn, write_report
 
@@ -158,6 +164,8 @@ class Evaluator:
             audio = np.asarray(audio, dtype=np.float32).reshape(1, -1)
             if audio.shape[-1] > 0:
                 analysis.music = music_beats(audio, c.reference_sample_rate)
+                analysis.harmonic_share = harmonic_share(audio, c.reference_sample_rate)
+                analysis.sustained_pitch = sustained_pitch_share(audio, c.reference_sample_rate)
                 analysis.fad_windows, analysis.clap_embedding = self._embed(audio, c.reference_sample_rate)
         return analysis
 
@@ -230,6 +238,11 @@ class Evaluator:
         duration = min(record.duration, ref.duration)
         gen_times = np.asarray(gen_beats.times, dtype=np.float64)
         values: dict[str, Any] = {"clip": ref.clip.id, "generated_beats": int(gen_times.size)}
+        values["harmonic_share"] = harmonic_share(record.audio, record.sample_rate)
+        values["sustained_pitch"] = sustained_pitch_share(record.audio, record.sample_rate)
+        values["onset_density"] = onset_density(gen_beats.onsets, record.duration)
+        values["tempo"] = float(gen_beats.tempo) if gen_beats.tempo > 0 else None
+        values["visual_pace"] = ref.visual_pace
         visual = beat_scores(gen_times, np.asarray(ref.visual.times), duration, tolerance=tol)
         values.update({f"visual.{k}": _float(visual[k]) for k in BEAT_KEYS})
         if ref.music is not None:
@@ -318,8 +331,11 @@ class Evaluator:
                 plots.append(self._plot_alignment(a, record, gen_beats, name))
         metrics: dict[str, Optional[float]] = {}
         metrics["fad"] = _fad(gen_windows, reference_windows)
-        for key in ("clap_music", "video_music"):
+        for key in ("clap_music", "video_music", "harmonic_share", "sustained_pitch", "onset_density"):
             metrics[key] = mean_or_none(v.get(key) for v in per_clip)
+        pace = [v["visual_pace"] for v in per_clip]
+        metrics["pace_tempo_rho"] = pace_correlation(pace, [v["tempo"] for v in per_clip])
+        metrics["pace_onsets_rho"] = pace_correlation(pace, [v["onset_density"] for v in per_clip])
         for ref in ("visual", "music"):
             for key in BEAT_KEYS:
                 metrics[f"{ref}.{key}"] = mean_or_none(v.get(f"{ref}.{key}") for v in per_clip)
@@ -357,7 +373,8 @@ class Evaluator:
         return str(path)
 
     def _reference_scores(self, analyses: list[ClipAnalysis]) -> dict[str, Optional[float]]:
-        """Beat scores of the real music against the visual beats (how well real music fits these videos)."""
+        """The real music's beat scores against the visual beats (how well real music fits these
+        videos), its tonal content and its pace correlation: the reference column."""
         from ..beats import beat_scores
 
         per_clip = [
@@ -365,7 +382,15 @@ class Evaluator:
             for a in analyses
             if a.music is not None
         ]
-        return {f"visual.{k}": mean_or_none(_float(s[k]) for s in per_clip) for k in BEAT_KEYS}
+        scores = {f"visual.{k}": mean_or_none(_float(s[k]) for s in per_clip) for k in BEAT_KEYS}
+        real = [a for a in analyses if a.music is not None]
+        scores["harmonic_share"] = mean_or_none(a.harmonic_share for a in real)
+        scores["sustained_pitch"] = mean_or_none(a.sustained_pitch for a in real)
+        scores["onset_density"] = mean_or_none(onset_density(a.music.onsets, a.duration) for a in real)
+        pace = [a.visual_pace for a in real]
+        scores["pace_tempo_rho"] = pace_correlation(pace, [a.music.tempo or None for a in real])
+        scores["pace_onsets_rho"] = pace_correlation(pace, [onset_density(a.music.onsets, a.duration) for a in real])
+        return scores
 
 
 def _to_numpy(x) -> np.ndarray:
