@@ -254,7 +254,7 @@ def plan(split: str, count: int, seed: int, seconds: float):
 
 
 def medley_plan(songs, count: int, seed: int, seconds: float, beats=(4, 10)):
-    """Per medley: id, video kind and segments ``(song id, bpm, first beat, beats)`` of training songs.
+    """Per medley: id, video kind and segments ``(song id, start s, beat period s, beats)`` of training songs.
 
     A medley jumps to another song (another tempo, another phase) every ``beats[0]``-``beats[1]``
     beats (default 4-10), so within
@@ -271,7 +271,7 @@ def medley_plan(songs, count: int, seed: int, seconds: float, beats=(4, 10)):
             period = 60.0 / song["bpm"]
             length = int(rng.integers(beats[0], beats[1] + 1))
             first = int(rng.integers(0, int((seconds - 0.5) / period) - length))  # stays inside the render
-            segments.append((song["id"], song["bpm"], first, length))
+            segments.append((song["id"], first * period, period, length))
             total += length * period
         items.append(dict(id=f"medley_{i:03d}", segments=segments, video_kind="shapes" if i % 2 == 0 else "cuts",
                           split="train", video_seed=int(rng.integers(2**31))))
@@ -279,17 +279,17 @@ def medley_plan(songs, count: int, seed: int, seconds: float, beats=(4, 10)):
 
 
 def assemble_medley(music: Path, segments, seconds: float):
-    """The medley's audio (16 kHz, ``seconds`` long) and its beat times: each segment is cut from its
-    song's render on beats, so every beat keeps its exact time; 5 ms fades avoid clicks at the joins."""
+    """The medley's audio (16 kHz, ``seconds`` long) and its beat times. ``segments`` are
+    ``(song id, start s, beat period s, beats)``: each is cut from its song's audio on its beats,
+    so every beat keeps its exact time; 5 ms fades avoid clicks at the joins."""
     import soundfile as sf
 
     pieces, beats, offset = [], [], 0.0
     fade = np.linspace(0.0, 1.0, int(0.005 * SAMPLE_RATE), dtype=np.float32)
-    for song_id, bpm, first, length in segments:
-        period = 60.0 / bpm
+    for song_id, first, period, length in segments:
         audio, _ = sf.read(str(music / f"{song_id}.wav"), dtype="float32")
-        start = int(round(first * period * SAMPLE_RATE))
-        stop = int(round((first + length) * period * SAMPLE_RATE))
+        start = int(round(first * SAMPLE_RATE))
+        stop = int(round((first + length * period) * SAMPLE_RATE))
         piece = audio[start:stop].copy()
         piece[: fade.size] *= fade
         piece[-fade.size :] *= fade[::-1]
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     for item in medleys:
         audio, item["beats"] = assemble_medley(out / "music", item["segments"], args.seconds)
         sf.write(str(out / "music" / f"{item['id']}.wav"), audio, SAMPLE_RATE)
-        item["bpm"], item["kit"] = [segment[1] for segment in item["segments"]], "medley"
+        item["bpm"], item["kit"] = [round(60.0 / segment[2], 3) for segment in item["segments"]], "medley"
     items += medleys
 
     # 3. videos on the beats

