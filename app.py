@@ -23,7 +23,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse
-import importlib.util
 import logging
 import math
 import shutil
@@ -40,27 +39,8 @@ from typing import Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent
 
-
-def use_checkout(root: Path = ROOT) -> None:
-    """Make the package importable from a plain checkout, as a Space runs this file.
-
-    Spaces install requirements.txt before the repository is copied in, so the package itself is
-    not installed; and pyproject maps ``vmas_diffusion.pipelines`` to ``./pipelines``. Does nothing
-    when the package is installed.
-    """
-    if importlib.util.find_spec("vmas_diffusion") is None:
-        sys.path.insert(0, str(root))
-    init = root / "pipelines" / "__init__.py"
-    if importlib.util.find_spec("vmas_diffusion.pipelines") is None and init.is_file():
-        spec = importlib.util.spec_from_file_location("vmas_diffusion.pipelines", init,
-                                                      submodule_search_locations=[str(init.parent)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-
-
-use_checkout()
-
+# a Space runs `python app.py` from the checkout: the package imports from here, as installed
+# (vmas_diffusion/pipelines links to the top-level pipelines/ folder)
 from vmas_diffusion.errors import InputError, VMASError, VideoDecodeError  # noqa: E402
 from vmas_diffusion.media import VideoInfo, probe_video  # noqa: E402
 

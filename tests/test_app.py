@@ -160,17 +160,20 @@ def test_space_requirements_cover_the_package_dependencies():
 
 
 def test_app_runs_from_a_plain_checkout(tmp_path):
-    """As on a Space: the package is not installed and ./pipelines must become vmas_diffusion.pipelines."""
+    """As on a Space: the package is not installed; `python app.py` puts the checkout first on sys.path,
+    and vmas_diffusion.pipelines is the top-level pipelines/ folder with no mapping in the app."""
     code = f"""
 import importlib.util, sys
 sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]
 sys.path_importer_cache.clear()
 assert importlib.util.find_spec('vmas_diffusion') is None, 'the package is still importable'
+sys.path.insert(0, {str(ROOT)!r})  # what `python app.py` does for the script's folder
 spec = importlib.util.spec_from_file_location('space_app', {str(ROOT / 'app.py')!r})
 app = importlib.util.module_from_spec(spec); sys.modules['space_app'] = app; spec.loader.exec_module(app)
 from vmas_diffusion.pipelines import VideoToMusicPipeline
 import vmas_diffusion.pipelines as p
-print(p.__file__, VideoToMusicPipeline.__name__, app.model_choices()[-2:])
+from pathlib import Path
+print(Path(p.__file__).resolve(), VideoToMusicPipeline.__name__, app.model_choices()[-2:])
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

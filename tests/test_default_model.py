@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from vmas_diffusion import VideoToMusicPipeline
 from vmas_diffusion.errors import ConfigError, InputError
 from vmas_diffusion.models.codecs import build_codec
 from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
@@ -141,8 +142,6 @@ def test_bundled_weights_are_small():
 
 @pytest.mark.parametrize("name, backend", [("vmas-tiny", "ar"), ("vmas-tiny-ldm", "ldm")])
 def test_from_pretrained_bundled_name(name, backend):
-    from vmas_diffusion import VideoToMusicPipeline
-
     pipe = VideoToMusicPipeline.from_pretrained(name)
     assert pipe.backend == backend
     assert isinstance(pipe.codec, MelGriffinLimCodec)
@@ -209,9 +208,9 @@ def test_bundled_model_puts_its_onsets_on_the_video_beats(backend, decay):
     flashes (7 of 8 seeds) but 60 ms ones on 5 of 8 seeds only, not this one (the first shipped AR,
     trained on 80 ms flashes, followed them); the shipped LDM passes with 60 ms flashes and only
     narrowly misses with 0.25 s ones at this one seed."""
-    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE, default_pipeline
+    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
 
-    pipe = default_pipeline(backend)
+    pipe = VideoToMusicPipeline.from_pretrained(f"vmas-tiny-{backend}")
     pipe.set_progress_bar_config(disable=True)
     period = 0.5
     beats = {phase: np.arange(phase, 4.0, period) for phase in (0.1, 0.35)}

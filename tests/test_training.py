@@ -373,7 +373,7 @@ def test_musicgen_warm_start_key(tmp_path):
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
     from vmas_diffusion.recipes import load_recipe
-    from vmas_diffusion.training.trainer import build_training_components
+    from vmas_diffusion.building import build_training_components
 
     config = MusicgenDecoderConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, num_codebooks=4,

@@ -9,7 +9,7 @@ beats (``scripts/build_alignment_set.py``, ``scripts/train_vmas_tiny.py``; resul
 
 Names: ``"vmas-tiny"`` (the AR one, the default), ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"``.
 ``VideoToMusicPipeline.from_pretrained(name)`` and the CLI's ``--model`` accept them; nothing
-is downloaded.
+is downloaded. This module sits below the pipeline: it names folders and never imports it.
 """
 
 from pathlib import Path
@@ -65,10 +65,3 @@ def resolve_model(name_or_path: Union[str, Path, None], backend: Optional[str] =
     if str(name_or_path) in bundled_names() and not Path(str(name_or_path)).exists():
         return bundled_model_path(str(name_or_path), backend)
     return name_or_path
-
-
-def default_pipeline(backend: str = DEFAULT_BACKEND):
-    """The bundled ``vmas-tiny`` :class:`VideoToMusicPipeline` of ``backend`` (``"ar"`` or ``"ldm"``), offline."""
-    from .pipelines import VideoToMusicPipeline
-
-    return VideoToMusicPipeline.from_pretrained(bundled_model_path(DEFAULT_MODEL, backend))

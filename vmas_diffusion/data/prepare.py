@@ -381,11 +381,13 @@ def prepare_from_recipe(
     The codec is the one training uses (``train.codec_checkpoint`` / ``musicgen_checkpoint`` /
     ``init_from``); with ``data.video_input: features`` the video encoder's backbone must be frozen.
     """
+    from ..building import build_training_components
+    from ..pipelines import VideoToMusicPipeline
     from ..recipes import load_recipe
-    from ..training.trainer import build_training_components
 
     cfg = load_recipe(recipe, list(overrides or []))
-    components = build_training_components(cfg, with_generator=False)  # the codec training will use
+    # the codec training will use
+    components = build_training_components(cfg, with_generator=False, load_pipeline=VideoToMusicPipeline.from_pretrained)
     enc = components["video_encoder"]
     options = prepare_options(cfg, enc)
     if options.video_input == "features" and not getattr(enc, "backbone_frozen", False):

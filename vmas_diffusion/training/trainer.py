@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
+from ..building import build_training_components
 from ..errors import CheckpointError, ConfigError
 from ..recipes import RecipeLike, load_recipe
 from .checkpoints import CheckpointManager, latest_checkpoint
@@ -82,61 +83,11 @@ def _check_train_spec(cfg) -> None:
             read_index(folder)  # a missing or empty data folder fails before any model is built
 
 
-def build_training_components(cfg, with_generator: bool = True) -> dict:
-    """Components to train (or to prepare data with).
+def _load_pipeline(folder):
+    """``train.init_from`` -> a saved VideoToMusicPipeline (training sits above the pipeline)."""
+    from ..pipelines import VideoToMusicPipeline
 
-    Random init from the recipe, then: every component from a saved pipeline (``train.init_from``);
-    the frozen codec from ``train.codec_checkpoint`` (else from ``train.musicgen_checkpoint``, whose
-    codec is the one its LM was trained on); the AR generator from ``train.musicgen_checkpoint``.
-    """
-    from ..building import build_components
-
-    t = cfg.train
-    components = build_components(cfg)
-    if t.init_from:
-        from ..pipelines import VideoToMusicPipeline
-
-        pipe = VideoToMusicPipeline.from_pretrained(t.init_from)
-        for name in ("video_encoder", "generator", "codec", "scheduler", "contrastive_head"):
-            loaded = getattr(pipe, name, None)
-            if loaded is not None:
-                components[name] = loaded
-    codec_source = t.codec_checkpoint or (t.musicgen_checkpoint if _is_full_musicgen(t.musicgen_checkpoint) else None)
-    if not codec_source and not t.init_from:
-        logger.warning(
-            "the %s codec has random weights (no train.codec_checkpoint, full-MusicGen train.musicgen_checkpoint or "
-            "train.init_from): fine for tests, useless for real training", type(components["codec"]).__name__,
-        )
-    if codec_source:
-        codec = components["codec"]
-        if not hasattr(codec, "from_encodec_pretrained"):
-            raise ConfigError(f"train.codec_checkpoint: the {type(codec).__name__} codec cannot load EnCodec/MusicGen folders")
-        kwargs = {k: v for k, v in codec.config.items() if not k.startswith("_")}
-        components["codec"] = type(codec).from_encodec_pretrained(codec_source, **kwargs)
-    if t.musicgen_checkpoint and with_generator:
-        generator = components["generator"]
-        if not hasattr(generator, "from_musicgen"):
-            raise ConfigError(
-                f"train.musicgen_checkpoint warm starts a generator with from_musicgen (the AR backend); "
-                f"this recipe's generator is {generator.backend!r}"
-            )
-        kwargs = {k: v for k, v in generator.config.items() if not k.startswith("_")}
-        video_dim = kwargs.pop("video_dim")
-        components["generator"] = type(generator).from_musicgen(t.musicgen_checkpoint, video_dim, **kwargs)
-    return components
-
-
-def _is_full_musicgen(folder: Optional[str]) -> bool:
-    """True for a MusicgenForConditionalGeneration folder (it holds the codec); False for a decoder-only one."""
-    import json
-
-    config = Path(folder) / "config.json" if folder else None
-    if config is None or not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("model_type") == "musicgen"
-    except (OSError, json.JSONDecodeError):
-        return False
+    return VideoToMusicPipeline.from_pretrained(folder)
 
 
 def _param_groups(task: torch.nn.Module, weight_decay: float) -> List[dict]:
@@ -174,7 +125,7 @@ class Trainer:
         )
         acc = self.accelerator
         set_seed(t.seed)  # identical initial weights on every process
-        components = build_training_components(cfg)
+        components = build_training_components(cfg, load_pipeline=_load_pipeline)
         self.codec = components["codec"].requires_grad_(False).eval()
         self.components = components
         self.task = VideoMusicTask(
