@@ -17,10 +17,10 @@ from vmas_diffusion.models.codecs.base import (
     chunk_windows,
     decode_in_chunks,
     encode_in_chunks,
-    read_state_dict,
     rename_legacy_weight_norm,
 )
 from vmas_diffusion.models.codecs.encodec_hf import EncodecHFCodec
+from vmas_diffusion.weights import read_weights
 
 TINY_ARCH = dict(
     sampling_rate=16000, audio_channels=1, num_filters=8, upsampling_ratios=[8, 5, 8], codebook_size=64,
@@ -160,7 +160,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 
     codec = dummy_codec()
     codec.save_pretrained(tmp_path)
-    state = read_state_dict(tmp_path / "diffusion_pytorch_model.safetensors")
+    state = read_weights(tmp_path / "diffusion_pytorch_model.safetensors")
     state.pop("model.decoder.layers.0.conv.bias")
     state["model.extra.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "diffusion_pytorch_model.safetensors"))
@@ -182,7 +182,9 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weights": torch.zeros(2), "payload": InputError("not a tensor")}, path)
     with pytest.raises(CheckpointError, match="cannot be read as weights"):
-        read_state_dict(path)
+        read_weights(path, torch_format=True)
+    with pytest.raises(CheckpointError, match="not a .safetensors file"):  # torch files only when the caller opts in
+        read_weights(path)
 
 
 def _transformers_model(seed=0, **overrides):

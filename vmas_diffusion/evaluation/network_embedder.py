@@ -1,6 +1,6 @@
-"""What the embedders over a torch network (VGGish, PANNs Cnn14) share: reading a local weights
-file without unpickling code, strict loading that names the expected network, and inference in
-batches."""
+"""What the embedders over a torch network (VGGish, PANNs Cnn14) share: strict loading that names
+the expected network and the differing keys, and inference in batches (files are read by
+:func:`vmas_diffusion.weights.read_weights`)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..weights import state_dict_mismatch
 from .embedders import AudioEmbedder
-
-
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors, or a torch file with ``weights_only=True`` (no unpickling of code)."""
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    return state
 
 
 class NetworkEmbedder(AudioEmbedder):
@@ -44,10 +26,10 @@ class NetworkEmbedder(AudioEmbedder):
     @classmethod
     def _with_weights(cls, model: nn.Module, state: dict, path: Path, expected: str, device: str):
         """The embedder over ``model`` with ``state`` loaded strictly; a mismatch says ``path`` is not ``expected``."""
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not {expected}: {exc}") from exc
+        problem = state_dict_mismatch(model.state_dict(), state)
+        if problem:
+            raise CheckpointError(f"{path} is not {expected}: {problem}")
+        model.load_state_dict(state, strict=True)
         embedder = cls(model, device=device)
         embedder.checkpoint = Path(path)
         return embedder

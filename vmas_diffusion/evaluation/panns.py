@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .network_embedder import NetworkEmbedder, load_state_dict_file
+from ..weights import read_weights
+from .network_embedder import NetworkEmbedder
 
 SAMPLE_RATE = 32000
 N_FFT = 1024
@@ -106,7 +107,7 @@ class PannsEmbedder(NetworkEmbedder):
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> "PannsEmbedder":
-        state = load_state_dict_file(Path(path))
+        state = read_weights(path, torch_format=True, what="weights file")
         model = Cnn14()
         own_mel = state.get("logmel_extractor.melW")
         if own_mel is not None and (

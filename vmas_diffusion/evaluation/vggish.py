@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .network_embedder import NetworkEmbedder, load_state_dict_file
+from ..weights import read_weights
+from .network_embedder import NetworkEmbedder
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -104,7 +105,8 @@ class VGGishEmbedder(NetworkEmbedder):
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> "VGGishEmbedder":
-        return cls._with_weights(VGGish(), load_state_dict_file(Path(path)), path, "a VGGish state dict", device)
+        state = read_weights(path, torch_format=True, what="weights file")
+        return cls._with_weights(VGGish(), state, path, "a VGGish state dict", device)
 
     def _embed_mono(self, audio: np.ndarray) -> np.ndarray:
         return self._forward_batched(torch.from_numpy(waveform_to_examples(audio))[:, None])  # [N, 1, 96, 64]

@@ -41,6 +41,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..weights import read_weights, state_dict_mismatch
 
 #: name of the stand-in package that hosts laion-clap's audio files
 _STANDIN = "_vmas_laion_clap_audio"
@@ -188,38 +189,19 @@ class ClapAudioEncoder(ModelMixin, ConfigMixin):
         key raises :class:`CheckpointError`.
         """
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"CLAP checkpoint {path} does not exist")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
-        except Exception as err:  # unpickling refusals and corrupt files alike
-            hint = "" if allow_pickle else " (loaded with weights_only=True; pass allow_pickle=True for a trusted file)"
-            raise CheckpointError(f"cannot read CLAP checkpoint {path}: {err}{hint}") from err
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"CLAP checkpoint {path} holds no state dict")
+        state = read_weights(path, torch_format=True, what="CLAP checkpoint", allow_pickle=allow_pickle)
         state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
         audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}
         model = cls(htsat_size=htsat_size, **config)
         expected = model.state_dict()
-        missing = sorted(set(expected) - set(audio))
-        if missing:
+        audio = {k: v for k, v in audio.items() if k in expected}  # audio keys of other variants do not matter
+        problem = state_dict_mismatch(expected, audio)
+        if problem:
             raise CheckpointError(
-                f"CLAP checkpoint {path} lacks {len(missing)} audio key(s) for htsat_size={htsat_size!r}, "
-                f"e.g. {missing[:3]}; is it a fusion checkpoint or another HTS-AT size?"
+                f"CLAP checkpoint {path} lacks or mis-shapes audio keys for htsat_size={htsat_size!r} ({problem}); "
+                "is it a fusion checkpoint or another HTS-AT size?"
             )
-        wrong = [k for k in expected if tuple(audio[k].shape) != tuple(expected[k].shape)]
-        if wrong:
-            raise CheckpointError(
-                f"CLAP checkpoint {path}: shape mismatch for {wrong[:3]} (htsat_size={htsat_size!r}?)"
-            )
-        model.load_state_dict({k: audio[k] for k in expected})
+        model.load_state_dict(audio)
         return model.eval()
 
     def prepare(self, waveform: torch.Tensor, sample_rate: int, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:

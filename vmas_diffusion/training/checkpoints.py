@@ -30,9 +30,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..weights import load_state_dict_checked, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +64,6 @@ def _save_tensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
-def _load_tensors(path: Path) -> Dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file is one cause for the user
-        raise CheckpointError(f"checkpoint file {path} cannot be read: {err}") from err
-
-
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True), encoding="utf-8")
 
@@ -97,9 +89,7 @@ def model_state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def load_model_state(module: torch.nn.Module, path: Path) -> None:
-    from ..models.codecs.base import load_state_dict_checked
-
-    load_state_dict_checked(module, _load_tensors(path), f"checkpoint {path}")
+    load_state_dict_checked(module, read_weights(path, what="checkpoint file"), f"checkpoint {path}")
 
 
 # ------------------------------------------------------------------------------------------- optimizer
@@ -117,7 +107,7 @@ def optimizer_to_files(state: dict, folder: Path, stem: str = "optimizer") -> No
 
 
 def optimizer_from_files(folder: Path, stem: str = "optimizer") -> dict:
-    tensors = _load_tensors(folder / f"{stem}.safetensors")
+    tensors = read_weights(folder / f"{stem}.safetensors", what="checkpoint file")
     meta = _read_json(folder / f"{stem}.json")
     state: Dict[int, dict] = {}
     for key, value in tensors.items():
@@ -239,12 +229,12 @@ class CheckpointManager:
             accelerator.scaler.load_state_dict(_read_json(folder / "grad_scaler.json"))
         if ema is not None:
             ema_state = _read_json(folder / "ema.json")
-            shadow = _load_tensors(folder / "ema.safetensors")
+            shadow = read_weights(folder / "ema.safetensors", what="checkpoint file")
             ema_state["shadow_params"] = [shadow[f"shadow.{i}"] for i in range(len(shadow))]
             ema.load_state_dict(ema_state)
         rng = folder / f"rng_{accelerator.process_index}.safetensors"
         if rng.is_file():
-            restore_rng_state(_load_tensors(rng))
+            restore_rng_state(read_weights(rng, what="checkpoint file"))
         else:
             logger.warning("%s has no RNG state for process %d (saved with another process count)", folder, accelerator.process_index)
         return state

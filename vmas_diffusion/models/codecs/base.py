@@ -13,13 +13,14 @@ normalisation, freezing, and bounded-memory chunked processing of long audio.
 import contextlib
 import math
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
 from ...errors import CheckpointError, ConfigError, InputError
+from ...weights import safetensors_shapes, state_dict_mismatch
 
 FloatOrList = Union[float, List[float]]
 
@@ -187,28 +188,6 @@ def decode_in_chunks(
 # --------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: Union[str, Path]) -> dict:
-    """Tensors of a safetensors file, or of a torch checkpoint read with ``weights_only=True``
-    (no unpickling of code); a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, pickle with code, wrong format: all one cause for the user
-        raise CheckpointError(f"checkpoint {path} cannot be read as weights: {err}") from err
-    for wrapper in ("state_dict", "model", "best_state"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    return dict(state)
-
-
 def rename_legacy_weight_norm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Map ``...weight_g`` / ``...weight_v`` (old ``nn.utils.weight_norm``, as in the Hub's EnCodec
     files) to ``...parametrizations.weight.original0/1`` (``nn.utils.parametrizations.weight_norm``, which
@@ -221,54 +200,6 @@ def rename_legacy_weight_norm(state: Dict[str, torch.Tensor]) -> Dict[str, torch
             key = key[: -len("weight_v")] + "parametrizations.weight.original1"
         renamed[key] = value
     return renamed
-
-
-def safetensors_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
-    """``{name: shape}`` of a safetensors file, read from its header only (no tensor data)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as err:  # truncated or not safetensors
-        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {err}") from err
-
-
-def state_dict_mismatch(expected: Mapping[str, object], found: Mapping[str, object], limit: int = 5) -> str:
-    """One line naming missing keys, unexpected keys and shape mismatches ('' when they agree).
-    Values are tensors or shapes."""
-
-    def shape(value) -> Tuple[int, ...]:
-        return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
-
-    def names(keys: Sequence[str]) -> str:
-        keys = sorted(keys)
-        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    missing = set(expected) - set(found)
-    unexpected = set(found) - set(expected)
-    shapes = [
-        f"{k}: checkpoint {shape(found[k])} vs model {shape(expected[k])}"
-        for k in sorted(set(expected) & set(found))
-        if shape(found[k]) != shape(expected[k])
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {names(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {names(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:limit]))
-    return "; ".join(parts)
-
-
-def load_state_dict_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """``module.load_state_dict(state)`` that raises CheckpointError naming every difference."""
-    problem = state_dict_mismatch(module.state_dict(), state)
-    if problem:
-        raise CheckpointError(f"{where} does not match the model: {problem}")
-    module.load_state_dict(state, strict=True)
 
 
 def check_pretrained_folder(cls, path, subfolder: Optional[str] = None) -> None:

@@ -26,13 +26,12 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers
 from transformers import EncodecConfig, EncodecModel
 
 from ...errors import CheckpointError, ConfigError
+from ...weights import load_state_dict_checked, read_weights
 from .base import (
     CodecModel,
     FloatOrList,
     check_chunking,
     draw_codebooks_from_probe,
-    load_state_dict_checked,
-    read_state_dict,
     rename_legacy_weight_norm,
 )
 
@@ -212,7 +211,7 @@ class EncodecHFCodec(CodecModel):
         if path.is_dir():
             hf_config, state, where = _read_transformers_folder(path, where)
         elif path.is_file():
-            hf_config, state = None, read_state_dict(path)
+            hf_config, state = None, read_weights(path, torch_format=True, what="EnCodec checkpoint")
         else:
             hf_config, state = cls._fetch_from_hub(str(path_or_hub_id))
         codec = cls(**cls._merge_checkpoint_config(hf_config, kwargs, where))
@@ -283,7 +282,7 @@ def _read_transformers_folder(path: Path, where: str):
         raise CheckpointError(f"{where}: folder holds none of {', '.join(WEIGHT_FILES)}")
     where = f"{where} ({weights.name})"
     if weights.suffix == ".bin":
-        state = read_state_dict(weights)
+        state = read_weights(weights, torch_format=True, what="EnCodec checkpoint")
     else:
         from safetensors import safe_open
 

@@ -29,16 +29,14 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks it up here
 
 from ...errors import CheckpointError, ConfigError
+from ...weights import load_state_dict_checked, read_weights, state_dict_mismatch
 from ._encodec_compat import import_encodec
 from .base import (
     CodecModel,
     FloatOrList,
     check_chunking,
     draw_codebooks_from_probe,
-    load_state_dict_checked,
-    read_state_dict,
     rename_legacy_weight_norm,
-    state_dict_mismatch,
 )
 
 #: sample rate -> (preset builder name, original checkpoint file, supported bandwidths)
@@ -204,7 +202,7 @@ class EncodecPackageCodec(CodecModel):
             path = Path(path)
             if path.is_dir():
                 path = path / file_name
-            state = read_state_dict(path)
+            state = read_weights(path, torch_format=True, what="EnCodec checkpoint")
             where = f"EnCodec checkpoint {path}"
         state = rename_legacy_weight_norm(state)
         codec = cls(sample_rate=sample_rate, **kwargs)

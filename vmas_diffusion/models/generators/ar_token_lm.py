@@ -51,6 +51,7 @@ from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
+from ...weights import read_safetensors_folder
 from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
 TEXT = "text"
@@ -721,7 +722,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         kwargs.update(overrides)
         model = cls(**kwargs)
 
-        source = _load_safetensors_folder(folder)
+        source = read_safetensors_folder(folder, what="from_musicgen")
         state, loaded = model.state_dict(), set()
         for key, value in source.items():
             if not key.startswith(prefix):
@@ -788,30 +789,6 @@ def _musicgen_to_ours(key: str) -> Optional[str]:
     if ".encoder_attn" in key or key.startswith("embed_positions"):
         return None  # text cross-attention (replaced by video); positions are computed, not stored
     return key.replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
-
-
-def _load_safetensors_folder(folder: Path) -> Dict[str, torch.Tensor]:
-    """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
-    from safetensors.torch import load_file
-
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-    else:
-        raise CheckpointError(
-            f"from_musicgen: {folder} has no model.safetensors (or index); pickled weights are not loaded, "
-            "re-save the model with safe_serialization=True"
-        )
-    tensors: Dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            tensors.update(load_file(str(file)))
-        except Exception as err:  # safetensors raises its own error types for a corrupt file
-            raise CheckpointError(f"from_musicgen: cannot read {file}: {err}") from err
-    return tensors
 
 
 __all__ = ["ARTokenLM", "ARDecoderLayer", "ARTrainOutput", "sample_from_logits", "TEXT"]
