@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .embedders import AudioEmbedder
 
 
@@ -20,6 +20,16 @@ class ClapAudioEmbedder(AudioEmbedder):
     """Per-window CLAP audio embeddings ``[W, 512]`` (``W`` = number of 10 s windows, at least 1)."""
 
     name = "clap-audio"
+    weights_hint = "clap=/path/to/ckpt"
+
+    @classmethod
+    def from_spec(cls, path, device: str = "cpu", clap_checkpoint=None) -> "ClapAudioEmbedder":
+        """``clap=PATH``, or plain ``clap`` with the evaluation's ``clap_checkpoint``."""
+        if not (path or clap_checkpoint):
+            raise ConfigError(
+                "fad_embedder 'clap' needs a local LAION-CLAP checkpoint: pass clap_checkpoint or 'clap=/path/to/ckpt'"
+            )
+        return cls.from_checkpoint(Path(path or clap_checkpoint), device=device)
 
     def __init__(self, encoder, device: str = "cpu"):
         self.encoder = encoder.to(device).eval()

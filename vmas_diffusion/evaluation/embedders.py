@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..media.audio import resample
+from ..models.registry import resolve
 from .cache import file_fingerprint
 
 
@@ -44,6 +45,18 @@ class AudioEmbedder(abc.ABC):
     sample_rate: int
     dim: int
     checkpoint: Path | None = None  # the weights file, for embedders loaded from one
+    #: how a spec names this embedder's local weights (``"vggish=/path/to/vggish.pth"``); None: it needs none
+    weights_hint: str | None = None
+
+    @classmethod
+    def from_spec(cls, path: str | None, device: str = "cpu", clap_checkpoint: str | None = None) -> "AudioEmbedder":
+        """The embedder a :func:`build_embedder` spec names: weight-free ones are built, the others load ``path``
+        with their ``from_checkpoint``. ``clap_checkpoint`` is the evaluation's CLAP file (the CLAP embedder uses it)."""
+        if cls.weights_hint is None:
+            return cls()
+        if not path:
+            raise ConfigError(f"fad_embedder {cls.name!r} needs a local weights file: use {cls.weights_hint!r}")
+        return cls.from_checkpoint(Path(path), device=device)
 
     def identity(self) -> dict:
         """What determines this embedder's output (name, settings, weights file stats): part of cache keys."""
@@ -137,39 +150,26 @@ class MelStatsEmbedder(AudioEmbedder):
         return np.stack([np.concatenate([w.mean(axis=0), w.std(axis=0)]) for w in windows])
 
 
-EMBEDDER_CHOICES = ("mel", "vggish=PATH", "panns=PATH", "clap", "clap=PATH")
+#: fad_embedder name -> "module:Class" (:mod:`vmas_diffusion.models.registry`): an embedder with
+#: weights costs no import until it is chosen, and a new one is one line here
+EMBEDDERS = {
+    "mel": "vmas_diffusion.evaluation.embedders:MelStatsEmbedder",
+    "vggish": "vmas_diffusion.evaluation.vggish:VGGishEmbedder",
+    "panns": "vmas_diffusion.evaluation.panns:PannsEmbedder",
+    "clap": "vmas_diffusion.evaluation.clap:ClapAudioEmbedder",
+}
+ALIASES = {"mel-stats": "mel"}
 
 
 def build_embedder(spec: str, clap_checkpoint: str | None = None, device: str = "cpu") -> AudioEmbedder:
-    """Build an embedder from its name: ``"mel"``, ``"vggish=PATH"``, ``"panns=PATH"``, ``"clap"`` or ``"clap=PATH"``.
+    """Build an embedder from its spec, ``NAME`` or ``NAME=PATH``: ``"mel"``, ``"vggish=PATH"``,
+    ``"panns=PATH"``, ``"clap"`` (with ``clap_checkpoint``) or ``"clap=PATH"``.
 
     Raises:
-        ConfigError: unknown name, or a name that needs a checkpoint given none.
+        ConfigError: unknown name (the message lists the valid ones), or a name that needs a checkpoint given none.
         CheckpointError: the checkpoint file is missing or does not fit the model.
     """
     name, _, path = spec.partition("=")
     name = name.strip().lower()
-    if name in ("mel", "mel-stats"):
-        return MelStatsEmbedder()
-    if name == "vggish":
-        if not path:
-            raise ConfigError("fad_embedder 'vggish' needs a local weights file: use 'vggish=/path/to/vggish.pth'")
-        from .vggish import VGGishEmbedder
-
-        return VGGishEmbedder.from_checkpoint(Path(path), device=device)
-    if name == "panns":
-        if not path:
-            raise ConfigError("fad_embedder 'panns' needs a local Cnn14 checkpoint: use 'panns=/path/to/Cnn14_mAP=0.431.pth'")
-        from .panns import PannsEmbedder
-
-        return PannsEmbedder.from_checkpoint(Path(path), device=device)
-    if name == "clap":
-        checkpoint = path or clap_checkpoint
-        if not checkpoint:
-            raise ConfigError(
-                "fad_embedder 'clap' needs a local LAION-CLAP checkpoint: pass clap_checkpoint or 'clap=/path/to/ckpt'"
-            )
-        from .clap import ClapAudioEmbedder
-
-        return ClapAudioEmbedder.from_checkpoint(Path(checkpoint), device=device)
-    raise ConfigError(f"unknown fad_embedder {spec!r}; choose one of: {', '.join(EMBEDDER_CHOICES)}")
+    cls = resolve("fad_embedder", EMBEDDERS, ALIASES.get(name, name))
+    return cls.from_spec(path.strip() or None, device=device, clap_checkpoint=clap_checkpoint)

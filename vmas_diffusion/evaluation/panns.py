@@ -96,6 +96,7 @@ class PannsEmbedder(NetworkEmbedder):
     """FAD embedder over :class:`Cnn14`: one 2048-d embedding per window (default 1 s, hop 0.5 s)."""
 
     name = "panns-cnn14"
+    weights_hint = "panns=/path/to/Cnn14_mAP=0.431.pth"
     sample_rate = SAMPLE_RATE
     dim = EMBED_DIM
 

@@ -97,6 +97,7 @@ class VGGishEmbedder(NetworkEmbedder):
     """FAD embedder over :class:`VGGish`: one 128-d embedding per 0.96 s of audio."""
 
     name = "vggish"
+    weights_hint = "vggish=/path/to/vggish.pth"
     sample_rate = SAMPLE_RATE
     dim = 128
 
