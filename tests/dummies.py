@@ -84,8 +84,8 @@ def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **override
 
 
 @seeded
-def dummy_contrastive_loss(video_dim=16, music_dim=32, **overrides):
-    """ContrastiveLoss, 8-wide joint space; defaults fit dummy_video_encoder (D=16) and the dummy generators (hidden 32)."""
-    from vmas_diffusion.losses import ContrastiveLoss
+def dummy_contrastive_head(video_dim=16, music_dim=32, **overrides):
+    """ContrastiveHead, 8-wide joint space; defaults fit dummy_video_encoder (D=16) and the dummy generators (hidden 32)."""
+    from vmas_diffusion.models.contrastive_head import ContrastiveHead
 
-    return ContrastiveLoss(video_dim=video_dim, music_dim=music_dim, **{"embed_dim": 8, **overrides})
+    return ContrastiveHead(video_dim=video_dim, music_dim=music_dim, **{"embed_dim": 8, **overrides})

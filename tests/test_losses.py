@@ -8,9 +8,11 @@ import torch
 import torch.multiprocessing as mp
 
 from vmas_diffusion.errors import InputError
+from vmas_diffusion.models.contrastive_head import ContrastiveHead
 from vmas_diffusion.losses import (
     BeatAlignmentLoss,
     ContrastiveLoss,
+    InfoNCELoss,
     gather_with_grad,
     resample_envelope,
     retrieval_recall,
@@ -18,9 +20,14 @@ from vmas_diffusion.losses import (
 )
 
 
-def identity_loss(width: int, temperature: float = 1.0) -> ContrastiveLoss:
-    """A ContrastiveLoss whose heads are the identity, so the logits are hand-computable."""
-    loss = ContrastiveLoss(width, width, embed_dim=width, init_temperature=temperature)
+def objective(head: ContrastiveHead, video: torch.Tensor, music: torch.Tensor) -> dict:
+    """The training objective: the head's joint embeddings scored by the parameter-free InfoNCE."""
+    return InfoNCELoss()(*head(video, music))
+
+
+def identity_loss(width: int, temperature: float = 1.0) -> ContrastiveHead:
+    """A ContrastiveHead whose projections are the identity, so the logits are hand-computable."""
+    loss = ContrastiveHead(width, width, embed_dim=width, init_temperature=temperature)
     with torch.no_grad():
         for head in (loss.video_proj, loss.music_proj):
             head.weight.copy_(torch.eye(width))
@@ -34,10 +41,10 @@ def identity_loss(width: int, temperature: float = 1.0) -> ContrastiveLoss:
 def test_contrastive_hand_computed_orthogonal_pairs_and_swapped():
     loss = identity_loss(2)
     eye = torch.eye(2)
-    matched = loss(eye, eye)
+    matched = objective(loss, eye, eye)
     # logits = I at scale 1: each row is -log(e / (e + 1)) in both directions.
     assert matched["contrastive"].item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
-    swapped = loss(eye, eye.flip(0))
+    swapped = objective(loss, eye, eye.flip(0))
     assert swapped["contrastive"].item() == pytest.approx(math.log(1 + math.e), abs=1e-6)
     assert matched["logit_scale"].item() == pytest.approx(1.0)
     assert not matched["logit_scale"].requires_grad
@@ -52,15 +59,15 @@ def test_contrastive_hand_computed_asymmetric_case():
     v2m = [-1 + math.log(math.e + 1), -0.8 + math.log(math.exp(0.6) + math.exp(0.8))]
     m2v = [-1 + math.log(math.e + math.exp(0.6)), -0.8 + math.log(1 + math.exp(0.8))]
     expected = 0.5 * (sum(v2m) / 2 + sum(m2v) / 2)
-    assert loss(video, music)["contrastive"].item() == pytest.approx(expected, abs=1e-6)
+    assert objective(loss, video, music)["contrastive"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_contrastive_identical_pairs_beat_shuffled_pairs():
     torch.manual_seed(0)
     loss = identity_loss(16, temperature=0.07)
     emb = torch.randn(8, 16)
-    identical = loss(emb, emb)["contrastive"].item()
-    shuffled = loss(emb, emb[torch.randperm(8)])["contrastive"].item()
+    identical = objective(loss, emb, emb)["contrastive"].item()
+    shuffled = objective(loss, emb, emb[torch.randperm(8)])["contrastive"].item()
     chance = math.log(8)
     assert identical < 0.1 < chance < shuffled
 
@@ -68,35 +75,36 @@ def test_contrastive_identical_pairs_beat_shuffled_pairs():
 def test_contrastive_temperature_learnable_or_fixed_and_clamped():
     torch.manual_seed(0)
     video, music = torch.randn(4, 6), torch.randn(4, 5)
-    learned = ContrastiveLoss(6, 5, embed_dim=8)
-    learned(video, music)["contrastive"].backward()
+    learned = ContrastiveHead(6, 5, embed_dim=8)
+    objective(learned, video, music)["contrastive"].backward()
     assert learned.log_logit_scale.grad is not None and learned.log_logit_scale.grad.abs() > 0
-    fixed = ContrastiveLoss(6, 5, embed_dim=8, learn_temperature=False)
+    fixed = ContrastiveHead(6, 5, embed_dim=8, learn_temperature=False)
     assert not fixed.log_logit_scale.requires_grad
     with torch.no_grad():
         learned.log_logit_scale.fill_(10.0)
-    assert learned(video, music)["logit_scale"].item() == pytest.approx(100.0)
+    assert objective(learned, video, music)["logit_scale"].item() == pytest.approx(100.0)
 
 
 def test_contrastive_embeddings_are_normalised_and_bad_shapes_raise():
     torch.manual_seed(0)
-    loss = ContrastiveLoss(6, 5, embed_dim=8)
+    loss = ContrastiveHead(6, 5, embed_dim=8)
     assert torch.allclose(loss.embed_video(torch.randn(3, 6)).norm(dim=-1), torch.ones(3))
     assert loss.embed_music(torch.randn(3, 5)).shape == (3, 8)
     with pytest.raises(InputError, match="music_embedding"):
-        loss(torch.randn(3, 6), torch.randn(3, 6))
+        objective(loss, torch.randn(3, 6), torch.randn(3, 6))
     with pytest.raises(InputError, match="pairs"):
-        loss(torch.randn(3, 6), torch.randn(2, 5))
+        objective(loss, torch.randn(3, 6), torch.randn(2, 5))
 
 
 def test_contrastive_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    loss = ContrastiveLoss(6, 5, embed_dim=8, init_temperature=0.1)
+    loss = ContrastiveHead(6, 5, embed_dim=8, init_temperature=0.1)
     loss.save_pretrained(tmp_path)
-    again = ContrastiveLoss.from_pretrained(tmp_path)
+    again = ContrastiveLoss.from_pretrained(tmp_path)  # the pre-split name, as old pipeline folders spell it
+    assert type(again) is ContrastiveHead
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     video, music = torch.randn(4, 6), torch.randn(4, 5)
-    assert torch.equal(loss(video, music)["contrastive"], again(video, music)["contrastive"])
+    assert torch.equal(objective(loss, video, music)["contrastive"], objective(again, video, music)["contrastive"])
 
 
 def test_gather_is_identity_without_distributed():
@@ -111,12 +119,12 @@ def _two_process_worker(rank: int, world: int, rendezvous: str, out_dir: str, vi
     torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        loss = ContrastiveLoss(video.shape[1], music.shape[1], embed_dim=8)  # same weights on both ranks
+        loss = ContrastiveHead(video.shape[1], music.shape[1], embed_dim=8)  # same weights on both ranks
         per_rank = video.shape[0] // world
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
         local_video = video[rows].clone().requires_grad_(True)
         local_music = music[rows].clone().requires_grad_(True)
-        value = loss(local_video, local_music)["contrastive"]
+        value = objective(loss, local_video, local_music)["contrastive"]
         value.backward()
         # What DDP / Accelerate do: average parameter gradients and (for logging) losses over ranks.
         grads = {name: p.grad.clone() for name, p in loss.named_parameters()}
@@ -159,9 +167,9 @@ def test_two_process_gather_matches_full_batch(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
     torch.manual_seed(0)
-    single = ContrastiveLoss(6, 5, embed_dim=8)
+    single = ContrastiveHead(6, 5, embed_dim=8)
     full_video, full_music = video.clone().requires_grad_(True), music.clone().requires_grad_(True)
-    full = single(full_video, full_music)["contrastive"]
+    full = objective(single, full_video, full_music)["contrastive"]
     full.backward()
 
     assert ranks[0]["mean_loss"].item() == pytest.approx(full.item(), abs=1e-6)
@@ -337,14 +345,14 @@ def test_alignment_losses_train_the_generator_and_heads():
     from vmas_diffusion.conditions import Condition
 
     generator = dummies.dummy_ar_generator().train()
-    heads = dummies.dummy_contrastive_loss(video_dim=16, music_dim=generator.config.hidden_size)
+    heads = dummies.dummy_contrastive_head(video_dim=16, music_dim=generator.config.hidden_size)
     g = torch.Generator().manual_seed(0)
     video = Condition(torch.randn(3, 6, 16, generator=g), torch.ones(3, 6, dtype=torch.bool), 10.0)
     beat = Condition(torch.rand(3, 6, 1, generator=g), torch.ones(3, 6, dtype=torch.bool), 10.0)
     codes = torch.randint(0, 64, (3, 4, 30), generator=g)
     out = generator.forward_train({"codes": codes, "conditions": {"video": video, "beat": beat}})
     pooled_video = video.tensor.mean(dim=1).requires_grad_(True)  # stands in for the video encoder's pooled output
-    terms = heads(pooled_video, out.music_embedding)
+    terms = objective(heads, pooled_video, out.music_embedding)
     onset = torch.rand(3, 30, generator=g)
     visual = resample_envelope(beat.tensor[..., 0], 10.0, 50.0, 30)
     terms.update(BeatAlignmentLoss()(out.onset_logits, onset, visual, torch.tensor([True, False, True])))

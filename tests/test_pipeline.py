@@ -192,7 +192,7 @@ def test_saved_pipeline_loads_in_a_fresh_process(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["ldm", "ContrastiveLoss", "DPMSolverMultistepScheduler"]
+    assert proc.stdout.split() == ["ldm", "ContrastiveHead", "DPMSolverMultistepScheduler"]
 
 
 def test_hub_id_offline_is_a_checkpoint_error(monkeypatch):

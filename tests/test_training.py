@@ -74,12 +74,12 @@ def data_dir(tmp_path_factory):
 def _task(backend, weights=None):
     import dummies
 
-    from vmas_diffusion.losses import ContrastiveLoss
+    from vmas_diffusion.models.contrastive_head import ContrastiveHead
     from vmas_diffusion.recipes import LossWeights
 
     torch.manual_seed(0)
     generator = dummies.dummy_ar_generator() if backend == "ar" else dummies.dummy_ldm_generator()
-    head = ContrastiveLoss(video_dim=16, music_dim=32, embed_dim=8)
+    head = ContrastiveHead(video_dim=16, music_dim=32, embed_dim=8)
     return VideoMusicTask(dummies.dummy_video_encoder(), generator.train(), head, weights or LossWeights(), seed=0)
 
 

@@ -16,6 +16,7 @@ _LAZY = {
     "EncodecHFCodec": "vmas_diffusion.models.codecs.encodec_hf",
     "EncodecPackageCodec": "vmas_diffusion.models.codecs.encodec_package",
     "MelGriffinLimCodec": "vmas_diffusion.models.codecs.mel_griffinlim",
+    "ContrastiveHead": "vmas_diffusion.models.contrastive_head",
     "VMASError": "vmas_diffusion.errors",
 }
 

@@ -41,9 +41,9 @@ def build_components(recipe: RecipeLike, overrides: Optional[Sequence[str]] = No
     scheduler = generator.make_scheduler(cfg.scheduler.type) if generator.needs_scheduler else None
     contrastive_head = None
     if cfg.contrastive is not None:
-        from .losses import ContrastiveLoss
+        from .models.contrastive_head import ContrastiveHead
 
-        contrastive_head = ContrastiveLoss(
+        contrastive_head = ContrastiveHead(
             video_dim=int(video_encoder.config.hidden_dim),
             music_dim=int(generator.config.hidden_size),
             embed_dim=cfg.contrastive.embed_dim,

@@ -5,11 +5,12 @@ recipe's weights. The exact formulas are in the module docstrings and ``docs/los
 """
 
 from .beat_alignment import BeatAlignmentLoss, resample_envelope, smooth_envelope, tolerance_kernel
-from .contrastive import ContrastiveLoss, gather_with_grad, retrieval_recall
+from .contrastive import ContrastiveLoss, InfoNCELoss, gather_with_grad, retrieval_recall
 
 __all__ = [
     "BeatAlignmentLoss",
     "ContrastiveLoss",
+    "InfoNCELoss",
     "gather_with_grad",
     "resample_envelope",
     "retrieval_recall",

@@ -3,7 +3,8 @@
 The loss
 --------
 For a local batch of ``B`` pairs on rank ``r`` of ``W`` processes, with projected, L2-normalised
-embeddings ``v_i = embed_video(video_i)`` and ``m_i = embed_music(music_i)`` (``[B, E]``) and the
+embeddings ``v_i = embed_video(video_i)`` and ``m_i = embed_music(music_i)`` (``[B, E]``, from the
+:class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`) and the
 global batch ``V = gather(v)``, ``M = gather(m)`` (``[N, E]``, ``N = sum of the local batch sizes``)::
 
     s           = exp(min(log_scale, log 100))          # learnable inverse temperature, 1/0.07 at start
@@ -24,19 +25,15 @@ batch, and the mean over ranks of ``contrastive`` is the full-batch loss. (Detac
 copies instead, open_clip's default, drops the cross-rank terms and changes the gradient.)
 """
 
-import math
 from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks it up here
 
 from ..errors import InputError
-
-#: CLIP's clamp on the logit scale (temperature >= 0.01), which keeps training stable.
-MAX_LOGIT_SCALE = 100.0
+from ..models.contrastive_head import MAX_LOGIT_SCALE, ContrastiveHead  # noqa: F401 - the old names live here too
 
 
 def _distributed_world() -> Tuple[int, int]:
@@ -81,94 +78,42 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _gather_with_offset(x)[0]
 
 
-class ContrastiveLoss(ModelMixin, ConfigMixin):
-    """Symmetric InfoNCE between pooled video embeddings and music embeddings (see module docstring).
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE over the global batch (see module docstring); it holds no parameters: the
+    projections and the logit scale live in :class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`,
+    whose ``forward`` gives this loss its inputs."""
 
-    Holds the two projection heads (``Linear`` video ``Dv -> E`` and music ``Dm -> E``) and the
-    learnable log inverse temperature, so it is saved alongside a pipeline and reused by the
-    retrieval evaluation (``embed_video`` / ``embed_music``).
-
-    Args:
-        video_dim: ``Dv``, width of the pooled video embedding.
-        music_dim: ``Dm``, width of the music embedding (generator hidden size, or 512 for CLAP).
-        embed_dim: ``E``, width of the joint space.
-        init_temperature: initial softmax temperature (logit scale ``1 / init_temperature``).
-        learn_temperature: when False the temperature stays fixed at ``init_temperature``.
-    """
-
-    @register_to_config
-    def __init__(
-        self,
-        video_dim: int,
-        music_dim: int,
-        embed_dim: int = 128,
-        init_temperature: float = 0.07,
-        learn_temperature: bool = True,
-    ):
-        super().__init__()
-        for name, value in (("video_dim", video_dim), ("music_dim", music_dim), ("embed_dim", embed_dim)):
-            if int(value) <= 0:
-                raise InputError(f"ContrastiveLoss: {name} must be a positive int, got {value!r}")
-        if not 1.0 / MAX_LOGIT_SCALE <= init_temperature:
-            raise InputError(
-                f"ContrastiveLoss: init_temperature must be >= {1.0 / MAX_LOGIT_SCALE} (the logit scale is "
-                f"clamped at {MAX_LOGIT_SCALE}), got {init_temperature!r}"
-            )
-        self.video_proj = nn.Linear(video_dim, embed_dim)
-        self.music_proj = nn.Linear(music_dim, embed_dim)
-        self.log_logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature
-        )
-
-    def _check(self, x: torch.Tensor, width: int, name: str) -> None:
-        if x.dim() != 2 or x.shape[1] != width:
-            raise InputError(f"ContrastiveLoss: {name} must be [B, {width}], got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise InputError(f"ContrastiveLoss: {name} is an empty batch")
-
-    def embed_video(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, Dv]`` pooled video embedding -> ``[B, E]`` L2-normalised joint embedding."""
-        self._check(x, self.config.video_dim, "video_embedding")
-        return F.normalize(self.video_proj(x.to(self.video_proj.weight.dtype)), dim=-1)
-
-    def embed_music(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, Dm]`` music embedding -> ``[B, E]`` L2-normalised joint embedding."""
-        self._check(x, self.config.music_dim, "music_embedding")
-        return F.normalize(self.music_proj(x.to(self.music_proj.weight.dtype)), dim=-1)
-
-    def logit_scale(self) -> torch.Tensor:
-        """Scalar ``exp(log_logit_scale)`` clamped at ``MAX_LOGIT_SCALE`` (keeps gradient)."""
-        return self.log_logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-
-    def forward(self, video_embedding: torch.Tensor, music_embedding: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Symmetric InfoNCE over the global batch.
-
+    def forward(self, video: torch.Tensor, music: torch.Tensor, logit_scale: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
         Args:
-            video_embedding: ``[B, Dv]`` pooled video embeddings (the local batch).
-            music_embedding: ``[B, Dm]`` music embeddings; row ``i`` is the music of video ``i``.
+            video: ``[B, E]`` L2-normalised video embeddings (the local batch).
+            music: ``[B, E]`` L2-normalised music embeddings; row ``i`` is the music of video ``i``.
+            logit_scale: scalar inverse temperature.
 
         Returns:
             ``{"contrastive": scalar (the loss, with gradient), "logit_scale": detached scalar,
             "contrastive_accuracy": detached scalar}``; the accuracy is the video-to-music top-1 of the
             local rows against the global batch. Only ``"contrastive"`` is a loss term.
         """
-        if video_embedding.shape[0] != music_embedding.shape[0]:
+        if video.shape != music.shape or video.dim() != 2:
             raise InputError(
-                f"ContrastiveLoss: video_embedding has {video_embedding.shape[0]} rows but music_embedding "
-                f"has {music_embedding.shape[0]}; they must be pairs"
+                f"InfoNCELoss: video and music must be pairs of [B, E] embeddings, got {tuple(video.shape)} "
+                f"and {tuple(music.shape)}"
             )
-        video = self.embed_video(video_embedding)
-        music = self.embed_music(music_embedding)
         # One collective for both sides: gather [B, 2E] and split.
         gathered, offset = _gather_with_offset(torch.cat([video, music], dim=1))
         all_video, all_music = gathered.split(video.shape[1], dim=1)
-        scale = self.logit_scale()
-        logits_v2m = scale * video @ all_music.T  # [B, N]
-        logits_m2v = scale * music @ all_video.T  # [B, N]
+        logits_v2m = logit_scale * video @ all_music.T  # [B, N]
+        logits_m2v = logit_scale * music @ all_video.T  # [B, N]
         labels = torch.arange(video.shape[0], device=video.device) + offset
         loss = 0.5 * (F.cross_entropy(logits_v2m, labels) + F.cross_entropy(logits_m2v, labels))
         accuracy = (logits_v2m.detach().argmax(dim=1) == labels).float().mean()
-        return {"contrastive": loss, "logit_scale": scale.detach(), "contrastive_accuracy": accuracy}
+        return {"contrastive": loss, "logit_scale": logit_scale.detach(), "contrastive_accuracy": accuracy}
+
+
+#: The head's name before it was split from the loss: pipelines saved then name
+#: ``vmas_diffusion.losses.contrastive.ContrastiveLoss`` for their ``contrastive_head`` and load as the head.
+ContrastiveLoss = ContrastiveHead
 
 
 @torch.no_grad()
@@ -183,7 +128,7 @@ def retrieval_recall(
     what random embeddings achieve on average.
 
     Args:
-        video_emb: ``[N, E]`` video embeddings (e.g. ``ContrastiveLoss.embed_video``).
+        video_emb: ``[N, E]`` video embeddings (e.g. ``ContrastiveHead.embed_video``).
         music_emb: ``[N, E]`` music embeddings, row ``i`` matching video ``i``.
         ks: the cut-offs.
 

@@ -1,7 +1,7 @@
 """The training objective, apart from the models: a sum of named, weighted losses.
 
 ``total = w_gen * (the generator's own losses, e.g. AR "ce" / LDM "diffusion")
-        + w_contrastive * ContrastiveLoss(video pooled [B, Dv], music_embedding [B, Dm])
+        + w_contrastive * InfoNCELoss(ContrastiveHead(video pooled [B, Dv], music_embedding [B, Dm]))
         + BeatAlignmentLoss(onset_logits, onset target, visual envelope at the music rate, aligned, mask)``
 
 with ``BeatAlignmentLoss(onset_weight=w_beat_onset, visual_weight=w_beat_visual)``. A zero weight
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..conditions import BEAT, VIDEO, Condition
 from ..errors import ConfigError, InputError
-from ..losses import BeatAlignmentLoss, resample_envelope
+from ..losses import BeatAlignmentLoss, InfoNCELoss, resample_envelope
 
 _MASK64 = (1 << 63) - 1
 
@@ -51,7 +51,7 @@ class VideoMusicTask(nn.Module):
     Args:
         video_encoder: :class:`~vmas_diffusion.models.video_encoder.TemporalVideoEncoder`.
         generator: a :class:`~vmas_diffusion.models.generators.MusicGenerator`.
-        contrastive_head: :class:`~vmas_diffusion.losses.ContrastiveLoss`, or None (then the
+        contrastive_head: :class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`, or None (then the
             contrastive weight must be 0).
         weights: the recipe's ``losses`` section (``generation``, ``contrastive``, ``beat_onset``,
             ``beat_visual``, ``beat_tolerance_frames``).
@@ -71,6 +71,7 @@ class VideoMusicTask(nn.Module):
         self.generator = generator
         # heads with zero weight are left out, so DDP never sees unused parameters from them
         self.contrastive_head = contrastive_head if self.w_contrastive > 0 else None
+        self.contrastive_loss = InfoNCELoss()
         self.beat_loss = BeatAlignmentLoss(
             onset_weight=float(weights.beat_onset),
             visual_weight=float(weights.beat_visual),
@@ -131,7 +132,7 @@ class VideoMusicTask(nn.Module):
         else:
             metrics.update({name: value.detach() for name, value in out.losses.items()})
         if self.contrastive_head is not None:
-            result = self.contrastive_head(video_out.pooled, out.music_embedding)
+            result = self.contrastive_loss(*self.contrastive_head(video_out.pooled, out.music_embedding))
             terms["contrastive"] = self.w_contrastive * result["contrastive"]
             metrics["logit_scale"] = result["logit_scale"]
             metrics["contrastive_accuracy"] = result["contrastive_accuracy"]
