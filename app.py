@@ -321,8 +321,8 @@ def generate(
     """
     import torch
 
-    from vmas_diffusion.beats import plot_alignment, visual_beats
-    from vmas_diffusion.media import load_video, save_audio
+    from vmas_diffusion.beats import plot_alignment
+    from vmas_diffusion.media import save_audio
 
     def tell(fraction: float, what: str) -> None:
         if progress is not None:
@@ -352,9 +352,7 @@ def generate(
     audio_out = save_audio(out_dir / OUTPUT_NAMES[1], audio, rate)
 
     tell(0.95, "drawing the beat alignment")
-    enc = pipe.video_encoder.config  # the frames and rate the pipeline found its visual beats at
-    clip = load_video(str(video_path), fps=float(enc.fps), size=int(enc.frame_size))
-    visual = visual_beats(clip.frames, float(enc.fps))
+    visual = result.visual_beats  # the analysis the pipeline conditioned on: no second decode
     plot_out = plot_alignment(out_dir / OUTPUT_NAMES[2], visual, audio=audio, sample_rate=rate,
                               title=f"{Path(video_path).name}: video beats vs music beats")
     seconds = time.perf_counter() - start

@@ -55,6 +55,10 @@ def test_output_shape_range_and_sample_rate(pipe):
     assert np.abs(out.audios).max() <= 1.0
     assert np.isfinite(out.audios).all()
     assert out.video_beats.ndim == 1
+    # the visual analysis it conditioned on comes along: envelope at the encoder's rate, same beats
+    fps = pipe.video_encoder.config.fps
+    assert out.visual_beats.fps == fps and len(out.visual_beats.envelope) == int(np.ceil(duration * fps - 1e-6))
+    np.testing.assert_array_equal(out.visual_beats.times, out.video_beats)
 
 
 def test_duration_follows_video_and_argument(pipe):

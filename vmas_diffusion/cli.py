@@ -110,9 +110,9 @@ def cmd_prepare(args) -> int:
 def cmd_demo(args) -> int:
     import torch
 
-    from .beats import music_beats, plot_alignment, visual_beats
+    from .beats import music_beats, plot_alignment
     from .defaults import DEMO_VIDEO, RECOMMENDED_GUIDANCE
-    from .media import export_to_video_with_audio, load_video
+    from .media import export_to_video_with_audio
 
     video = Path(args.video) if args.video else DEMO_VIDEO
     out = Path(args.output)
@@ -122,9 +122,7 @@ def cmd_demo(args) -> int:
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     result = pipe(video=str(video), guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed))
     export_to_video_with_audio(str(video), result.audios[0], result.sample_rate, str(out))
-    # the beat plot sees the video as the model does: frames at the video encoder's rate
-    fps = float(pipe.video_encoder.config.fps)
-    visual = visual_beats(load_video(str(video), fps=fps, size=int(pipe.video_encoder.config.frame_size)).frames, fps)
+    visual = result.visual_beats  # the analysis the pipeline conditioned on: no second decode
     music = music_beats(result.audios[0], result.sample_rate)
     png = plot_alignment(out.with_name(out.stem + "_alignment.png"), visual, music=music,
                          title=f"{video.name}: generated music ({pipe.backend}) vs visual beats")

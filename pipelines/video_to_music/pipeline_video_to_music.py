@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from vmas_diffusion.beats import visual_beats
+from vmas_diffusion.beats import VisualBeats, visual_beats
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
 from vmas_diffusion.media import load_video, resample
@@ -36,11 +36,16 @@ class VideoToMusicPipelineOutput(BaseOutput):
         sample_rate: Hz of ``audios``.
         video_beats: seconds of the visual beats used as the beat condition: a 1-D array for one
             video, a list of them for several.
+        visual_beats: the whole visual analysis the beat condition came from
+            (:class:`~vmas_diffusion.beats.VisualBeats`: ``times``, the per-frame ``envelope`` at the
+            encoder's ``fps``, ``cuts``), one for one video, a list for several; None for a video
+            given as ``video_embeds`` only. It lets a caller plot the beats without decoding the video again.
     """
 
     audios: Union[np.ndarray, torch.Tensor]
     sample_rate: int
     video_beats: Union[np.ndarray, List[np.ndarray]]
+    visual_beats: Optional[Union[VisualBeats, List[Optional[VisualBeats]]]] = None
 
 
 @dataclass
@@ -198,7 +203,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         return _PreparedVideo(resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), duration)
 
     def encode_video(self, prepared: List[_PreparedVideo], video_embeds=None):
-        """Frames -> ``(video Condition, beat Condition, beat times per video)``; ``video_embeds`` skips the encoder."""
+        """Frames -> ``(video Condition, beat Condition, VisualBeats per video)``; ``video_embeds`` skips the
+        encoder (with no frames there are no visual beats: None per video)."""
         device = self._execution_device
         fps = float(self.video_encoder.config.fps)
         if prepared:
@@ -207,13 +213,13 @@ class VideoToMusicPipeline(DiffusionPipeline):
             frames = torch.zeros((len(prepared), t_max) + prepared[0].frames.shape[1:], dtype=torch.uint8)
             mask = torch.zeros(len(prepared), t_max, dtype=torch.bool)
             envelope = torch.zeros(len(prepared), t_max, 1)
-            beat_times = []
+            analyses = []
             for i, p in enumerate(prepared):
                 frames[i, : lengths[i]] = torch.from_numpy(p.frames)
                 mask[i, : lengths[i]] = True
                 beats = visual_beats(p.frames, fps)
                 envelope[i, : lengths[i], 0] = torch.from_numpy(np.asarray(beats.envelope, dtype=np.float32))
-                beat_times.append(np.asarray(beats.times, dtype=np.float64))
+                analyses.append(beats)
             beat = Condition(envelope.to(device), mask.to(device), fps)
         if video_embeds is None:
             output = self.video_encoder(frames.to(device), mask=mask.to(device))
@@ -223,10 +229,10 @@ class VideoToMusicPipeline(DiffusionPipeline):
         if not prepared:  # embeddings only: no frames, so no visual beats
             b, t = video_condition.mask.shape
             beat = Condition(torch.zeros(b, t, 1, device=device), torch.zeros(b, t, dtype=torch.bool, device=device), video_condition.frame_rate)
-            beat_times = [np.zeros(0) for _ in range(b)]
+            analyses = [None] * b
         if beat.tensor.shape[0] != video_condition.tensor.shape[0]:
             raise InputError(f"{beat.tensor.shape[0]} videos but video_embeds for {video_condition.tensor.shape[0]}")
-        return video_condition, beat, beat_times
+        return video_condition, beat, analyses
 
     # ------------------------------------------------------------------ contrastive embeddings
 
@@ -303,7 +309,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         # 2. load the video(s), find visual beats, encode
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
         prepared = [self.prepare_video(v, fps) for v in videos]
-        video_condition, beat_condition, beat_times = self.encode_video(prepared, video_embeds)
+        video_condition, beat_condition, analyses = self.encode_video(prepared, video_embeds)
         if duration is None:
             duration = max(p.duration for p in prepared)
         conditions = {
@@ -327,11 +333,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
             audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
         audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
         audios = audio.numpy() if output_type == "np" else audio
-        beats_out = beat_times[0] if len(beat_times) == 1 else beat_times
+        beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
+        one = len(analyses) == 1
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (audios, self.sample_rate, beats_out)
-        return VideoToMusicPipelineOutput(audios=audios, sample_rate=self.sample_rate, video_beats=beats_out)
+            return (audios, self.sample_rate, beat_times[0] if one else beat_times)
+        return VideoToMusicPipelineOutput(
+            audios=audios, sample_rate=self.sample_rate, video_beats=beat_times[0] if one else beat_times,
+            visual_beats=analyses[0] if one else analyses,
+        )
 
 
 def _as_condition(video_embeds, device) -> Condition:
