@@ -4,9 +4,12 @@ One function per component, ``dummy_<component>()``; each builds a fresh, random
 initialised instance under ``torch.manual_seed(0)`` so two calls give identical weights.
 """
 
+from pathlib import Path
+
 import torch
 
 SEED = 0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def seeded(build):
@@ -89,3 +92,48 @@ def dummy_contrastive_head(video_dim=16, music_dim=32, **overrides):
     from vmas_diffusion.models.contrastive_head import ContrastiveHead
 
     return ContrastiveHead(video_dim=video_dim, music_dim=music_dim, **{"embed_dim": 8, **overrides})
+
+
+# ---------------------------------------------------------------------------- training inputs
+
+
+def tiny_recipe(backend: str, out_dir, data_dir, **train) -> dict:
+    """recipes/tiny_<backend>.yaml with a short training run on ``data_dir``."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / f"tiny_{backend}.yaml").read_text())
+    recipe["train"] = {
+        "output_dir": str(out_dir), "max_steps": 4, "batch_size": 2, "learning_rate": 1e-3, "log_every": 1,
+        "checkpoint_every": 2, "keep_checkpoints": 2, "validate_every": 4, "validation_batches": 1,
+        "num_validation_samples": 1, "validation_inference_steps": 2, "warmup_steps": 1, **train,
+    }  # fmt: skip
+    recipe["data"] = {"train_dir": str(data_dir)}
+    return recipe
+
+
+def make_synthetic_data(folder: Path, num_samples: int = 6, seconds: float = 0.5) -> Path:
+    """A prepared folder of random windows shaped like the tiny codec's (50 Hz, 4 x 64 codes, 16-d latents) at 8 fps."""
+    from vmas_diffusion.data import ShardWriter
+    from vmas_diffusion.data.shards import write_index
+
+    gen = torch.Generator().manual_seed(0)
+    tv, tm = int(8 * seconds), int(50 * seconds)
+    refs = []
+    for number in range(num_samples // 2):
+        writer = ShardWriter(folder, number)
+        for j in range(2):
+            key = f"s{number}_{j}"
+            onset = torch.zeros(tm)
+            onset[torch.randint(0, tm, (3,), generator=gen)] = 1.0
+            tensors = {
+                "frames": torch.randint(0, 256, (tv, 32, 32, 3), generator=gen, dtype=torch.uint8),
+                "visual_envelope": torch.rand(tv, generator=gen),
+                "codes": torch.randint(0, 64, (4, tm), generator=gen),
+                "latents": torch.randn(16, tm, generator=gen),
+                "onset": onset,
+            }
+            writer.write(key, tensors, {"id": key})
+        refs += writer.close()
+    info = {"options": {"fps": 8.0}, "music_frame_rate": 50.0, "sample_rate": 16000}
+    write_index(folder, refs, info)
+    return folder

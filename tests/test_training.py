@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dummies import make_synthetic_data, tiny_recipe
 from safetensors.torch import load_file
 
-from vmas_diffusion.data import ShardDataset, ShardWriter
-from vmas_diffusion.data.shards import write_index
+from vmas_diffusion.data import ShardDataset
 from vmas_diffusion.errors import ConfigError
 from vmas_diffusion.training import read_metrics
 from vmas_diffusion.training.checkpoints import (
@@ -27,43 +27,6 @@ from vmas_diffusion.training.checkpoints import (
 from vmas_diffusion.training.task import VideoMusicTask, item_generators, mix_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-def tiny_recipe(backend: str, out_dir, data_dir, **train) -> dict:
-    """recipes/tiny_<backend>.yaml with a short training run on ``data_dir``."""
-    recipe = yaml.safe_load((ROOT / "recipes" / f"tiny_{backend}.yaml").read_text())
-    recipe["train"] = {
-        "output_dir": str(out_dir), "max_steps": 4, "batch_size": 2, "learning_rate": 1e-3, "log_every": 1,
-        "checkpoint_every": 2, "keep_checkpoints": 2, "validate_every": 4, "validation_batches": 1,
-        "num_validation_samples": 1, "validation_inference_steps": 2, "warmup_steps": 1, **train,
-    }  # fmt: skip
-    recipe["data"] = {"train_dir": str(data_dir)}
-    return recipe
-
-
-def make_synthetic_data(folder: Path, num_samples: int = 6, seconds: float = 0.5) -> Path:
-    """A prepared folder of random windows shaped like the tiny codec's (50 Hz, 4 x 64 codes, 16-d latents) at 8 fps."""
-    gen = torch.Generator().manual_seed(0)
-    tv, tm = int(8 * seconds), int(50 * seconds)
-    refs = []
-    for number in range(num_samples // 2):
-        writer = ShardWriter(folder, number)
-        for j in range(2):
-            key = f"s{number}_{j}"
-            onset = torch.zeros(tm)
-            onset[torch.randint(0, tm, (3,), generator=gen)] = 1.0
-            tensors = {
-                "frames": torch.randint(0, 256, (tv, 32, 32, 3), generator=gen, dtype=torch.uint8),
-                "visual_envelope": torch.rand(tv, generator=gen),
-                "codes": torch.randint(0, 64, (4, tm), generator=gen),
-                "latents": torch.randn(16, tm, generator=gen),
-                "onset": onset,
-            }
-            writer.write(key, tensors, {"id": key})
-        refs += writer.close()
-    info = {"options": {"fps": 8.0}, "music_frame_rate": 50.0, "sample_rate": 16000}
-    write_index(folder, refs, info)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -225,10 +188,10 @@ def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
 
 @pytest.mark.parametrize("backend", ["ldm"])
 def test_checkpoint_layout_and_exported_pipeline(tmp_path, data_dir, backend):
+    import vmas_diffusion.losses.contrastive  # noqa: F401
     import vmas_diffusion.models.codecs.encodec_hf  # noqa: F401 - diffusers finds saved classes only in imported modules
     import vmas_diffusion.models.generators.latent_dit  # noqa: F401
     import vmas_diffusion.models.video_encoder  # noqa: F401
-    import vmas_diffusion.losses.contrastive  # noqa: F401
     from vmas_diffusion.pipelines import VideoToMusicPipeline
     from vmas_diffusion.training import train
 
@@ -372,8 +335,8 @@ def test_small_recipes_have_the_stated_sizes(name, backend):
 def test_musicgen_warm_start_key(tmp_path):
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
-    from vmas_diffusion.recipes import load_recipe
     from vmas_diffusion.building import build_training_components
+    from vmas_diffusion.recipes import load_recipe
 
     config = MusicgenDecoderConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, num_codebooks=4,
