@@ -5,8 +5,14 @@ seconds of fitting (the bundled ``vmas-tiny`` model uses it):
 
 * latents ``[B, D, T]``: log-amplitude mel spectrogram frames (``D = n_mels``), normalised with
   ``latent_mean`` / ``latent_std`` (per channel, :meth:`FrameCodec.fit_latent_stats`);
-* codes ``[B, K, T]``: a residual vector quantizer over the normalised frames, ``K`` levels of
-  ``codebook_size`` centroids each, fitted by k-means on real music (:meth:`fit_codebooks`);
+* codes ``[B, K, T]``: a residual vector quantizer over the normalised frames, ``K`` codebooks of
+  ``codebook_size`` centroids each, fitted by k-means on real music (:meth:`fit_codebooks`).
+  With ``num_groups`` G > 1 the mel bands are split into G contiguous groups and each group is
+  quantized on its own (product quantization), ``K / G`` residual levels per group: a 128-band
+  frame of varied music has far more detail than one 128-d codebook entry can hold (4 x 128
+  full-band codes kept 37% of held-out music's sustained pitched energy, see
+  docs/alignment_results.md). A group's centroids are zero outside its bands, so the nearest
+  full-frame centroid is the nearest in the group's bands and decoding still sums centroids;
 * decoding: mel amplitudes -> linear magnitudes (the filterbank's pseudo-inverse, clipped at 0)
   -> phase from fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99), from a fixed phase so
   decoding is deterministic.
@@ -42,7 +48,9 @@ class MelGriffinLimCodec(CodecModel):
         n_fft: STFT size (window = ``n_fft``, Hann).
         n_mels: mel bands = latent channels.
         f_min / f_max: mel band edges in Hz (``f_max`` 0 = Nyquist).
-        num_codebooks / codebook_size: the residual quantizer (K levels x N centroids).
+        num_codebooks / codebook_size: the quantizer (K codebooks x N centroids).
+        num_groups: contiguous mel-band groups quantized separately (K must be a multiple);
+            codebook ``k`` serves group ``k % num_groups`` at residual level ``k // num_groups``.
         griffin_lim_iters: phase-recovery iterations at decode.
         log_floor: amplitude floor before the log (sets the silence level).
         latent_mean / latent_std / chunk_frames / chunk_overlap_frames: see :class:`FrameCodec`.
@@ -63,6 +71,7 @@ class MelGriffinLimCodec(CodecModel):
         f_max: float = 0.0,
         num_codebooks: int = 4,
         codebook_size: int = 128,
+        num_groups: int = 1,
         griffin_lim_iters: int = 32,
         log_floor: float = 1e-4,
         latent_mean: FloatOrList = 0.0,
@@ -82,6 +91,9 @@ class MelGriffinLimCodec(CodecModel):
             raise ConfigError(
                 f"{where}: need num_codebooks >= 1, codebook_size >= 2, n_mels >= 1, griffin_lim_iters >= 0"
             )
+        if num_groups < 1 or num_codebooks % num_groups or n_mels < num_groups:
+            raise ConfigError(f"{where}: num_groups must divide num_codebooks and be <= n_mels, got "
+                              f"num_groups={num_groups}, num_codebooks={num_codebooks}, n_mels={n_mels}")
         if not log_floor > 0:
             raise ConfigError(f"{where}: log_floor must be > 0, got {log_floor}")
         check_chunking(chunk_frames, chunk_overlap_frames, where)
@@ -90,10 +102,11 @@ class MelGriffinLimCodec(CodecModel):
         self.register_buffer("mel_basis", fb, persistent=False)  # [M, F]
         self.register_buffer("mel_inverse", torch.linalg.pinv(fb), persistent=False)  # [F, M]
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        # codebooks in normalised-latent space; level k draws with std 2^-k as residuals shrink
-        scale = torch.pow(0.5, torch.arange(num_codebooks, dtype=torch.float32)).view(-1, 1, 1)
-        self.codebooks = torch.nn.Parameter(torch.randn(num_codebooks, codebook_size, n_mels) * scale,
-                                            requires_grad=False)  # [K, N, D]
+        # codebooks in normalised-latent space; level l draws with std 2^-l as residuals shrink
+        level = torch.arange(num_codebooks) // num_groups
+        scale = torch.pow(0.5, level.float()).view(-1, 1, 1)
+        books = torch.randn(num_codebooks, codebook_size, n_mels) * scale * self._group_masks()[:, None, :]
+        self.codebooks = torch.nn.Parameter(books, requires_grad=False)  # [K, N, D]
         self._check_latent_stats(latent_mean, latent_std, where)
 
     # ---- interface properties -----------------------------------------------------------
@@ -120,6 +133,13 @@ class MelGriffinLimCodec(CodecModel):
     @property
     def latent_dim(self) -> int:
         return int(self.config.n_mels)
+
+    def _group_masks(self) -> torch.Tensor:
+        """``[K, D]``: 1 on the mel bands codebook ``k`` quantizes (its group's), 0 elsewhere."""
+        groups, bands = self.config.num_groups, self.config.n_mels
+        group_of_band = torch.arange(bands) * groups // bands
+        group_of_book = torch.arange(self.config.num_codebooks) % groups
+        return (group_of_book[:, None] == group_of_band[None, :]).float()
 
     # ---- primitives ---------------------------------------------------------------------
     def _stft(self, wav: torch.Tensor) -> torch.Tensor:
@@ -184,7 +204,7 @@ class MelGriffinLimCodec(CodecModel):
                       seed: int = 0, progress: bool = False) -> dict:
         """Fit the residual quantizer by k-means, level by level, on the frames of ``wavs``
         (each ``[B, 1, S]``; call :meth:`fit_latent_stats` first so frames are normalised).
-        Returns ``{"rmse": [normalised-latent RMSE after each level]}``."""
+        Returns ``{"rmse": [normalised-latent RMSE after each codebook]}``."""
         frames = torch.cat([self.encode(w).transpose(1, 2).reshape(-1, self.latent_dim) for w in wavs]).float()
         if frames.shape[0] < self.cardinality:
             raise InputError(f"fit_codebooks needs at least {self.cardinality} frames, got {frames.shape[0]}")
@@ -192,16 +212,19 @@ class MelGriffinLimCodec(CodecModel):
         if frames.shape[0] > max_frames:
             frames = frames[torch.randperm(frames.shape[0], generator=generator)[:max_frames]]
         residual, errors = frames, []
-        levels = range(self.num_codebooks)
+        books = range(self.num_codebooks)
         if progress:
             from tqdm.auto import tqdm
 
-            levels = tqdm(levels, desc="k-means levels")
-        for level in levels:
-            centroids = _kmeans(residual, self.cardinality, iters, generator)
-            ids = torch.cdist(residual, centroids).argmin(-1)
+            books = tqdm(books, desc="k-means codebooks")
+        masks = self._group_masks().to(frames)
+        for k in books:
+            bands = masks[k].bool()
+            centroids = torch.zeros(self.cardinality, self.latent_dim, dtype=frames.dtype)
+            centroids[:, bands] = _kmeans(residual[:, bands], self.cardinality, iters, generator)
+            ids = torch.cdist(residual[:, bands], centroids[:, bands]).argmin(-1)
             residual = residual - centroids[ids]
-            self.codebooks.data[level].copy_(centroids.to(self.codebooks))
+            self.codebooks.data[k].copy_(centroids.to(self.codebooks))
             errors.append(float(residual.pow(2).mean().sqrt()))
         return {"rmse": errors}
 
