@@ -65,6 +65,16 @@ def dummy_codec(**overrides):
 
 
 @seeded
+def dummy_mel_codec(**overrides):
+    """Tiny MelGriffinLimCodec: 16 kHz mono, hop 320 -> 50 frames/s, 32 mels, 2 codebooks x 16 ids, 16 Griffin-Lim iterations."""
+    from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
+
+    config = dict(n_mels=32, num_codebooks=2, codebook_size=16, griffin_lim_iters=16)
+    config.update(overrides)
+    return MelGriffinLimCodec(**config).eval()
+
+
+@seeded
 def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **overrides):
     """Tiny LatentDiT: hidden 32, 2 layers, 4 heads, v-prediction, 4 s windows (1 s overlap), eval mode;
     latent_dim 16 and 50 frames/s match dummy_codec().

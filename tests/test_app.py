@@ -182,7 +182,8 @@ print(Path(p.__file__).resolve(), VideoToMusicPipeline.__name__, app.model_choic
 
 
 def test_model_choices_offer_the_bundled_model_only_when_its_weights_exist(tmp_path, monkeypatch):
-    defaults = pytest.importorskip("vmas_diffusion.defaults")
+    from vmas_diffusion import defaults
+
     monkeypatch.setattr(defaults, "ASSETS", tmp_path)  # an install without the bundled weights
     assert vmas_app.model_choices(["extra/folder"]) == ["extra/folder", LDM, "recipes/tiny_ar.yaml"]
     (tmp_path / "vmas-tiny" / "ldm").mkdir(parents=True)
@@ -209,9 +210,9 @@ def test_pipeline_cache_keeps_the_recent_ones_and_checks_the_backend():
     assert cache.get("l1", "ldm").backend == "ldm"
     with pytest.raises(InputError, match="model a1 has the 'ar' backend, not 'ldm'"):
         cache.get("a1", "ldm")
-    if importlib.util.find_spec("vmas_diffusion.defaults"):  # a bundled name loads the asked backend's version
-        assert cache.get("vmas-tiny", "ldm").backend == "ldm" and loads[-1] == ("vmas-tiny", "ldm")
-        assert cache.get("vmas-tiny", "ar").backend == "ar" and loads[-1] == ("vmas-tiny", "ar")
+    # a bundled name loads the asked backend's version
+    assert cache.get("vmas-tiny", "ldm").backend == "ldm" and loads[-1] == ("vmas-tiny", "ldm")
+    assert cache.get("vmas-tiny", "ar").backend == "ar" and loads[-1] == ("vmas-tiny", "ar")
 
 
 def test_progress_relay_feeds_the_callback():
