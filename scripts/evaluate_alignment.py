@@ -142,7 +142,8 @@ def markdown(results: dict) -> str:
         model_bhs = table["model"]["bhs_window"]
         for cond in ("model", "unconditional", "shuffled video", "real music", "real music, shuffled"):
             r = table[cond]
-            ratio = "" if cond in ("model", "real music", "real music, shuffled") or not r["bhs_window"] else f" (model x{model_bhs / r['bhs_window']:.2f})"
+            plain = cond in ("model", "real music", "real music, shuffled") or not r["bhs_window"]
+            ratio = "" if plain else f" (model x{model_bhs / r['bhs_window']:.2f})"
             lines.append(f"| {name} | {cond} | {r['bhs_window']:.3f} ± {r['bhs_window_std']:.3f}{ratio} | {r['bcs_window']:.3f} | "
                          f"{r['f1_window']:.3f} | {r['bhs_bins']:.3f} | {r['bcs_bins']:.3f} | {r['count']} |")
     lines += ["", "| backend | pairs | R@1 | chance@1 | R@5 | chance@5 |", "|---|---|---|---|---|---|"]

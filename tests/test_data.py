@@ -289,5 +289,6 @@ def test_cli_prepare_with_a_recipe(media, tmp_path, capsys):
     assert "1 clip(s) prepared, 1 failed" in err and "errors.jsonl" in err
     refs, info = read_index(tmp_path / "d")
     assert len(refs) == 1 and info["options"]["fps"] == 8.0 and info["options"]["frame_size"] == 32
-    assert main(["prepare", str(manifest), "data.video_input=features", *options]) == 2  # the tiny encoder trains its CNN: features would go stale
+    # the tiny encoder trains its CNN: stored features would go stale
+    assert main(["prepare", str(manifest), "data.video_input=features", *options]) == 2
     assert "backbone" in capsys.readouterr().err

@@ -152,7 +152,8 @@ def test_bad_inputs_raise_project_errors(pipe, tmp_path):
 def test_loading_a_foreign_folder_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="model_index.json"):
         VideoToMusicPipeline.from_pretrained(tmp_path)
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
+    foreign = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(foreign))
     with pytest.raises(CheckpointError, match="StableDiffusionPipeline"):
         VideoToMusicPipeline.from_pretrained(tmp_path)
 

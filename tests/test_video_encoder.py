@@ -160,7 +160,8 @@ def dense_reference(enc: TemporalVideoEncoder, x: torch.Tensor, mask: torch.Tens
         m = mem.shape[1]
         hn = layer.norm1(h)
         mn = layer.mem_norm1(mem)
-        mem_bias = torch.zeros(b, 1, m, m + t).masked_fill(~torch.cat([torch.ones(b, m, dtype=torch.bool), mask], 1)[:, None, None], -math.inf)
+        keys_valid = torch.cat([torch.ones(b, m, dtype=torch.bool), mask], 1)
+        mem_bias = torch.zeros(b, 1, m, m + t).masked_fill(~keys_valid[:, None, None], -math.inf)
         mem = mem + mha(layer.mem_attn, mn, torch.cat([mn, hn], 1), mem_bias)
         mem = mem + layer.mem_ff(layer.mem_norm2(mem))
         rel = layer.rel_bias[:, (offset + 2 * w - 1).clamp(0, 4 * w - 2)]  # [H, T, T]

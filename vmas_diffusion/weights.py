@@ -25,7 +25,9 @@ PathLike = Union[str, Path]
 WRAPPERS = ("state_dict", "model", "best_state")
 
 
-def read_weights(path: PathLike, torch_format: bool = False, what: str = "weights file", allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
+def read_weights(
+    path: PathLike, torch_format: bool = False, what: str = "weights file", allow_pickle: bool = False
+) -> Dict[str, torch.Tensor]:
     """The tensors of one weights file (see the module docstring).
 
     ``torch_format``: the caller's format takes torch files, read with ``weights_only=True``;

@@ -120,7 +120,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
                 index_file = hf_hub_download(str(pretrained_model_name_or_path), "model_index.json", revision=kwargs.get("revision"))
             except Exception as err:  # noqa: BLE001 - every hub failure means the same to the user
-                raise CheckpointError(f"{pretrained_model_name_or_path} is neither a local folder nor a reachable Hub model: {err}") from err
+                raise CheckpointError(
+                    f"{pretrained_model_name_or_path} is neither a local folder nor a reachable Hub model: {err}"
+                ) from err
             index = _read_pipeline_index(Path(index_file).parent)
         # diffusers finds a component class only once its module is imported
         for name, entry in index.items():
@@ -228,7 +230,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             video_condition = _as_condition(video_embeds, device)
         if not prepared:  # embeddings only: no frames, so no visual beats
             b, t = video_condition.mask.shape
-            beat = Condition(torch.zeros(b, t, 1, device=device), torch.zeros(b, t, dtype=torch.bool, device=device), video_condition.frame_rate)
+            empty = torch.zeros(b, t, dtype=torch.bool, device=device)
+            beat = Condition(torch.zeros(b, t, 1, device=device), empty, video_condition.frame_rate)
             analyses = [None] * b
         if beat.tensor.shape[0] != video_condition.tensor.shape[0]:
             raise InputError(f"{beat.tensor.shape[0]} videos but video_embeds for {video_condition.tensor.shape[0]}")

@@ -150,7 +150,8 @@ def restore_rng_state(tensors: Dict[str, torch.Tensor]) -> None:
         ("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, float(tensors["numpy_cached"][0]))
     )
     gauss = float(tensors["python_gauss"][0])
-    random.setstate((int(tensors["python_meta"][0]), tuple(int(v) for v in tensors["python_state"].tolist()), None if gauss != gauss else gauss))
+    state = tuple(int(v) for v in tensors["python_state"].tolist())
+    random.setstate((int(tensors["python_meta"][0]), state, None if gauss != gauss else gauss))
 
 
 # ------------------------------------------------------------------------------------------- save / load

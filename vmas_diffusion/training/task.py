@@ -111,7 +111,9 @@ class VideoMusicTask(nn.Module):
         }
 
     # ------------------------------------------------------------------ objective
-    def forward(self, batch: Dict[str, torch.Tensor], salt: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: Dict[str, torch.Tensor], salt: int = 0
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """One batch (already on the device) -> ``(total loss, weighted terms, detached metrics)``.
 
         ``salt`` varies the randomness between passes over the same samples (validation uses a fixed one).
