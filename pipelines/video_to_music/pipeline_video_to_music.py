@@ -1,8 +1,8 @@
 """VideoToMusicPipeline: a video in, music that fits it out.
 
-The flow (ARCHITECTURE.md): frames at the encoder's rate -> visual beats and the temporal
-video encoder -> named conditions ``{"video", "beat"}`` -> one generator backend (AR
-tokens or LDM latents) -> codec decode -> waveform trimmed to the asked duration.
+The flow (docs/architecture.md): frames at the encoder's rate -> visual beats and the temporal
+video encoder -> named conditions ``{"video", "beat"}`` -> the generator's ``generate_audio``
+(its own sampling, then decoding through the codec) -> waveform trimmed to the asked duration.
 """
 
 import importlib
@@ -58,10 +58,11 @@ class VideoToMusicPipeline(DiffusionPipeline):
     """Writes music for a video.
 
     Components: ``video_encoder`` (:class:`~vmas_diffusion.models.video_encoder.TemporalVideoEncoder`),
-    ``generator`` (``ARTokenLM`` or ``LatentDiT``), ``codec`` (a :class:`MusicCodec`),
-    ``scheduler`` (the LDM backend's diffusers scheduler, None for AR) and the optional
-    ``contrastive_head`` (projection heads of the video-music contrastive objective, used
-    for retrieval embeddings).
+    ``generator`` (a :class:`~vmas_diffusion.models.generators.MusicGenerator`: ``ARTokenLM``,
+    ``LatentDiT`` or any registered one), ``codec`` (a :class:`MusicCodec`), ``scheduler`` (for a
+    generator that samples with one, e.g. the LDM's diffusers scheduler; None for AR) and the optional
+    ``contrastive_head`` (:class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`, used for
+    retrieval embeddings).
     """
 
     model_cpu_offload_seq = "video_encoder->generator->codec"
