@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent
 
 # a Space runs `python app.py` from the checkout: the package imports from here, as installed
 # (vmas_diffusion/pipelines links to the top-level pipelines/ folder)
+from vmas_diffusion import defaults  # noqa: E402
 from vmas_diffusion.errors import InputError, VMASError, VideoDecodeError  # noqa: E402
 from vmas_diffusion.media import VideoInfo, probe_video  # noqa: E402
 
@@ -49,7 +50,7 @@ logger = logging.getLogger("vmas_app")
 DEMO_CLIP = ROOT / "vmas_diffusion" / "assets" / "demo_bikes.mp4"
 # random-weight recipes: they show the whole pipeline working, not good music
 RECIPE_MODELS = ("recipes/tiny_ldm.yaml", "recipes/tiny_ar.yaml")
-BACKENDS = ("auto", "ar", "ldm")
+BACKENDS = ("auto",) + defaults.BACKENDS
 DEFAULT_STEPS = 25  # the pipeline's own LDM default
 OUTPUT_NAMES = ("video_with_music.mp4", "music.wav", "beat_alignment.png")
 BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")  # video codecs browsers play from an .mp4
@@ -154,10 +155,6 @@ def bundled_models() -> list[str]:
 
     One name covers both of its versions: the Backend choice picks AR or LDM (auto: AR).
     """
-    try:
-        from vmas_diffusion import defaults
-    except ImportError:  # a checkout older than the bundled models
-        return []
     for backend in defaults.BACKENDS:
         try:
             defaults.bundled_model_path(defaults.DEFAULT_MODEL, backend)
@@ -168,11 +165,7 @@ def bundled_models() -> list[str]:
 
 
 def _is_bundled(model: str) -> bool:
-    try:
-        from vmas_diffusion.defaults import bundled_names
-    except ImportError:
-        return False
-    return model in bundled_names() and not Path(model).exists()
+    return model in defaults.bundled_names() and not Path(model).exists()
 
 
 def model_choices(extra: Sequence[str] = ()) -> list[str]:

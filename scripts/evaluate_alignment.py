@@ -61,7 +61,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
 
     pipe = VideoToMusicPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE[pipe.backend]
+    guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     # token sampling options, for a generator that takes them; the same for the model, shuffled and unconditional rows
     takes = inspect.signature(pipe.generator.generate).parameters
     sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None and k in takes}

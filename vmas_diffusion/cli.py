@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from . import defaults
 from .errors import InputError, VMASError
 
 EXIT_USAGE = 2
-BACKENDS = ("ar", "ldm")
+BACKENDS = defaults.BACKENDS  # the bundled models' backends, what --backend picks among
 
 
 class _Parser(argparse.ArgumentParser):
