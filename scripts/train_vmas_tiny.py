@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Train the bundled ``vmas-tiny`` pipelines (AR and LDM) from the alignment set, on a CPU.
+"""Train the bundled ``vmas-tiny`` pipelines (AR and LDM) from the real-music video set, on a CPU.
 
 Steps (each skipped when its output exists, so a rerun continues):
 
 1. ``fit``: fit the signal-processing codec (latent stats + residual k-means codebooks) on the
-   training music of ``scripts/build_alignment_set.py`` and save a random-init pipeline per
+   training music of ``scripts/build_music_set.py`` (``--data``) and save a random-init pipeline per
    backend with that codec to ``<work>/init_<backend>`` (what ``prepare`` and ``train`` start from);
-2. ``prepare``: shards of the train and test splits (``vmas-diffusion prepare``);
+2. ``prepare``: shards of the train, val and test splits (``vmas-diffusion prepare``);
 3. ``train``: ``vmas-diffusion train recipes/vmas_tiny_<backend>.yaml`` (``--backend``);
 4. ``ship``: copy the trained pipeline into ``vmas_diffusion/assets/vmas-tiny/<backend>``.
 
@@ -16,13 +16,13 @@ fine-tuned), saved to ``<work>/widened_ar``: the start of the shipped AR's last 
 
 Usage::
 
-    python scripts/build_alignment_set.py
+    python scripts/build_music_set.py
     python scripts/train_vmas_tiny.py fit
     python scripts/train_vmas_tiny.py prepare
-    python scripts/train_vmas_tiny.py train --backend ar      # ~20 min on 2 cores
-    python scripts/train_vmas_tiny.py train --backend ldm
+    python scripts/train_vmas_tiny.py train --backend ar --threads 1     # in stages: see docs/alignment_results.md
+    python scripts/train_vmas_tiny.py train --backend ldm --threads 1
     python scripts/train_vmas_tiny.py ship --backend ar
-    python scripts/evaluate_alignment.py                      # the table of docs/alignment_results.md
+    python scripts/evaluate_alignment.py --data .cache/music_set      # the table of docs/alignment_results.md
 """
 
 import argparse
@@ -59,7 +59,7 @@ def fit(args) -> None:
     codec = base.codec
     mean, std = codec.fit_latent_stats(training_music(args.data))
     report = codec.fit_codebooks(training_music(args.data), iters=30, seed=args.seed, progress=True)
-    print(f"codec fitted: residual RMSE per level {['%.3f' % e for e in report['rmse']]}", file=sys.stderr)
+    print(f"codec fitted: residual RMSE per codebook {['%.3f' % e for e in report['rmse']]}", file=sys.stderr)
     for backend in ("ar", "ldm"):
         torch.manual_seed(args.seed)
         pipe = VideoToMusicPipeline.from_recipe(recipe(backend))
@@ -75,8 +75,10 @@ def train_shards(args) -> Path:
 def prepare(args) -> None:
     from vmas_diffusion.data import prepare_from_recipe
 
-    for split in ("train", "test"):
-        out = train_shards(args) if split == "train" else args.work / "shards_test"
+    for split in ("train", "val", "test"):
+        if not (args.data / f"{split}.jsonl").is_file():
+            continue
+        out = train_shards(args) if split == "train" else args.work / f"shards_{split}"
         report = prepare_from_recipe(args.data / f"{split}.jsonl", out, recipe("ar"),
                                      [f"train.init_from={args.work / 'init_ar'}"])
         print(split, report.summary(), file=sys.stderr)
@@ -137,7 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("step", choices=("fit", "prepare", "train", "widen", "ship"))
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides (train step)")
     parser.add_argument("--backend", choices=("ar", "ldm"), default="ar")
-    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "alignment")
+    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "music_set",
+                        help="a set of scripts/build_music_set.py (or build_alignment_set.py)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "vmas_tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shards", type=Path, default=None,
