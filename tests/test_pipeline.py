@@ -156,6 +156,15 @@ def test_loading_a_foreign_folder_is_a_checkpoint_error(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps(foreign))
     with pytest.raises(CheckpointError, match="StableDiffusionPipeline"):
         VideoToMusicPipeline.from_pretrained(tmp_path)
+    # our pipeline class, but a component of the wrong kind or one that does not import
+    encoder = ["vmas_diffusion.models.video_encoder", "TemporalVideoEncoder"]
+    codec = ["vmas_diffusion.models.codecs.encodec_hf", "EncodecHFCodec"]
+    for generator, match in ((["diffusers", "UNet2DConditionModel"], "not a MusicGenerator"),
+                             (["no_such_module", "Generator"], "not importable")):
+        index = {"_class_name": "VideoToMusicPipeline", "video_encoder": encoder, "generator": generator, "codec": codec}
+        (tmp_path / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=match):
+            VideoToMusicPipeline.from_pretrained(tmp_path)
 
 
 def test_real_video_end_to_end(media):

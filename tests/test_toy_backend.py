@@ -48,6 +48,17 @@ def test_pipeline_runs_the_toy_backend():
     assert pipe.embed_music(out.audios[0], out.sample_rate).shape == (pipe.contrastive_head.config.embed_dim,)
 
 
+def test_a_saved_toy_pipeline_loads_back(tmp_path):
+    torch.manual_seed(0)
+    pipe = VideoToMusicPipeline.from_recipe(toy_recipe())
+    pipe.save_pretrained(tmp_path)
+    again = VideoToMusicPipeline.from_pretrained(tmp_path)
+    assert type(again.generator).__name__ == "ToyFrameGenerator"
+    kwargs = dict(video=str(DEMO_VIDEO), duration=0.5)
+    np.testing.assert_array_equal(pipe(generator=torch.Generator().manual_seed(0), **kwargs).audios,
+                                  again(generator=torch.Generator().manual_seed(0), **kwargs).audios)
+
+
 def test_training_runs_the_toy_backend(tmp_path):
     from vmas_diffusion.training import train
 

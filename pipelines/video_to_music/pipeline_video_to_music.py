@@ -22,6 +22,9 @@ from vmas_diffusion.beats import VisualBeats, visual_beats
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
 from vmas_diffusion.media import load_video, resample
+from vmas_diffusion.models.codecs import MusicCodec
+from vmas_diffusion.models.generators import MusicGenerator
+from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -359,6 +362,10 @@ def _as_condition(video_embeds, device) -> Condition:
     raise InputError("`video_embeds` must be a VideoEncoderOutput, a Condition or a [B, T, D] tensor")
 
 
+#: the components every saved pipeline has, and what each must be
+_REQUIRED_COMPONENTS = {"video_encoder": TemporalVideoEncoder, "generator": MusicGenerator, "codec": MusicCodec}
+
+
 def _read_pipeline_index(path: Path) -> dict:
     """The model_index.json of a saved VideoToMusicPipeline; anything else raises CheckpointError."""
     index = path / "model_index.json"
@@ -373,8 +380,15 @@ def _read_pipeline_index(path: Path) -> dict:
     if not isinstance(config, dict) or config.get("_class_name") != VideoToMusicPipeline.__name__:
         found = config.get("_class_name") if isinstance(config, dict) else None
         raise CheckpointError(f"{path} holds a {found!r}, not a VideoToMusicPipeline")
-    for name in ("video_encoder", "generator", "codec"):
+    for name, base in _REQUIRED_COMPONENTS.items():
         entry = config.get(name)
-        if not (isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("vmas_diffusion")):
-            raise CheckpointError(f"{path}: component {name!r} is {entry!r}, not a vmas_diffusion class")
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+            raise CheckpointError(f"{path}: component {name!r} is {entry!r}, not a [module, class] pair")
+        # a registered backend may live in another package: any importable class of the right kind loads
+        try:
+            cls = getattr(importlib.import_module(entry[0]), entry[1])
+        except (ImportError, AttributeError) as err:
+            raise CheckpointError(f"{path}: component {name!r} is {'.'.join(entry)}, which is not importable: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise CheckpointError(f"{path}: component {name!r} is {'.'.join(entry)}, not a {base.__name__}")
     return config
