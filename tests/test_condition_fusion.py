@@ -1,0 +1,72 @@
+"""The shared condition fusion: one check, window slicing with window positions, sum-fusion values."""
+
+import pytest
+import torch
+
+from vmas_diffusion.conditions import Condition
+from vmas_diffusion.errors import InputError
+from vmas_diffusion.modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
+from vmas_diffusion.modules.transformer import sinusoidal_embedding
+
+
+def ramp(batch=1, frames=16, rate=8.0, width=1) -> Condition:
+    """Frame ``i`` holds the value ``i``: which frames a window kept is readable from the tokens."""
+    values = torch.arange(frames, dtype=torch.float32)[None, :, None].expand(batch, frames, width).clone()
+    return Condition(values, torch.ones(batch, frames, dtype=torch.bool), rate)
+
+
+def test_window_tokens_keep_the_window_and_its_positions():
+    cond = ramp(frames=32)  # 8 Hz for 4 s: 6.25 music frames (50 Hz) per condition frame
+    tokens, mask = window_tokens(cond, torch.nn.Identity(), 50, 50, 50.0)
+    times = torch.arange(32) * 6.25
+    kept = ((times > 50 - 6.25) & (times < 100)).nonzero()[:, 0]  # straddling the start .. before the end
+    assert tokens.shape[1] == len(kept) and mask.all()
+    positions = kept.float() * 6.25 - 50
+    torch.testing.assert_close(tokens[0], kept.float()[:, None] + sinusoidal_embedding(positions, 1))
+    with_tail, _ = window_tokens(cond, torch.nn.Identity(), 50, 50, 50.0, tail=1)
+    assert with_tail.shape[1] == len(kept) + 1  # one frame past the window
+    assert window_tokens(cond, torch.nn.Identity(), 200, 50, 50.0) is None  # the condition ended before it
+    last, _ = window_tokens(cond, torch.nn.Identity(), 150, 100, 50.0, tail=1)
+    assert float(last[0, -1, 0] - sinusoidal_embedding(torch.tensor([31 * 6.25 - 150]), 1)[0, 0]) == pytest.approx(31)  # capped
+
+
+def test_window_tokens_of_an_untimed_condition_are_all_of_it():
+    cond = Condition(torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool))
+    tokens, mask = window_tokens(cond, torch.nn.Identity(), 100, 50, 50.0)
+    assert torch.equal(tokens, cond.tensor) and torch.equal(mask, cond.mask)
+
+
+def test_frame_values_read_the_resampled_condition():
+    cond = ramp(frames=4, rate=10.0)
+    frames = torch.tensor([[0, 5], [10, 20]])
+    values, valid = frame_values(cond, frames, 50.0)
+    assert values.shape == (1, 2, 2, 1)
+    torch.testing.assert_close(values[0, :, :, 0], torch.tensor([[0.0, 1.0], [2.0, 0.0]]))  # frame 20 is past the end
+    assert valid.tolist() == [[[True, True], [True, False]]]
+
+
+def test_check_conditions_names_what_is_wrong():
+    widths = {"video": 4, "beat": 1}
+    video = Condition(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), 8.0)
+    assert check_conditions({"video": video}, widths) == 2
+    assert check_conditions({}, widths, 5) == 5 and check_conditions(None, widths) is None
+    bad = {
+        "unknown condition": {"text": video},
+        "has width 4": {"beat": video},
+        "must be a Condition": {"video": video.tensor},
+        "batch sizes disagree": {"video": video, "beat": Condition(torch.zeros(3, 3, 1), torch.ones(3, 3), 8.0)},
+        "needs a frame_rate": {"beat": Condition(torch.zeros(2, 3, 1), torch.ones(2, 3))},
+    }
+    for match, conditions in bad.items():
+        with pytest.raises(InputError, match=match):
+            check_conditions(conditions, widths, time_aligned=["beat"])
+    with pytest.raises(InputError, match="dict"):
+        check_conditions([video], widths)
+
+
+def test_fused_conditions_concatenate_tokens_per_mode():
+    a, b = torch.ones(1, 2, 3), torch.zeros(1, 1, 3)
+    m = torch.ones(1, 2, dtype=torch.bool)
+    fused = FusedConditions.from_tokens({"cross": [(a, m), (b, m[:, :1])], "prepend": []})
+    assert fused.cross.shape == (1, 3, 3) and fused.cross_mask.shape == (1, 3)
+    assert fused.prefix is None and fused.prefix_len == 0
