@@ -685,6 +685,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 generation runs in windows whose overlap is in-painted.
             scheduler: a diffusers scheduler matching the model (default
                 ``make_scheduler("dpmsolver++")``); its state is reset per window.
+            num_inference_steps: denoising steps per window (default ``default_inference_steps``, 25).
             guidance_scale: classifier-free guidance (1 = conditional branch only).
             generator: a ``torch.Generator`` or a list of ``B`` (one per item, so a batch
                 equals the single runs).
