@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-clips", type=int, default=None, help="the first N clips of the split only")
+    parser.add_argument("--max-clips", type=int, default=None, help="N clips spread evenly over the split")
     args = parser.parse_args(argv)
 
     import torch
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
         item = json.loads(line)
         clips.append({"id": item["id"], "video": args.data / item["video"], "audio": args.data / item["audio"],
                       "group": video_group(meta[item["id"]]) if item["id"] in meta else None})
-    if args.max_clips:
-        clips = clips[: args.max_clips]
+    if args.max_clips and len(clips) > args.max_clips:  # evenly spread over the split (it is ordered by source)
+        clips = [clips[i] for i in np.linspace(0, len(clips) - 1, args.max_clips).round().astype(int)]
     models = dict(spec.split("=", 1) for spec in (args.model or ["ar=vmas-tiny-ar", "ldm=vmas-tiny-ldm"]))
     results = {name: evaluate_model(name, path, clips, args) for name, path in models.items()}
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
