@@ -204,8 +204,9 @@ def load_art(folder: Path, limit: int = 64) -> list[np.ndarray]:
 
 
 def camera(image: np.ndarray, scale: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Frames ``[T, SIZE, SIZE, 3]`` of a virtual camera over a still: per frame a zoom ``scale``
-    (1 = the whole short side) and a ``centre`` in [-1, 1]^2, sampled bilinearly."""
+    """Frames ``[T, SIZE, SIZE, 3]`` of a virtual camera over a still: per frame the side of the
+    square it shows, ``scale`` (a fraction of the image's short side, <= 1), and its ``centre`` in
+    [-1, 1]^2 (the whole free range of the image), sampled bilinearly."""
     import torch
     import torch.nn.functional as F
 
@@ -214,9 +215,9 @@ def camera(image: np.ndarray, scale: np.ndarray, centre: np.ndarray) -> np.ndarr
     side = min(h, w)
     n = len(scale)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.as_tensor(side / w / scale, dtype=torch.float32)
-    theta[:, 1, 1] = torch.as_tensor(side / h / scale, dtype=torch.float32)
-    room = 1.0 - torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1).clamp(max=1.0)
+    theta[:, 0, 0] = torch.as_tensor(side / w * scale, dtype=torch.float32)  # affine_grid: output -> input
+    theta[:, 1, 1] = torch.as_tensor(side / h * scale, dtype=torch.float32)
+    room = 1.0 - torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)
     theta[:, :, 2] = torch.as_tensor(centre, dtype=torch.float32) * room
     grid = F.affine_grid(theta, (n, 3, SIZE, SIZE), align_corners=False)
     frames = F.grid_sample(source.expand(n, -1, -1, -1), grid, align_corners=False, padding_mode="border")
@@ -240,19 +241,18 @@ def beat_video(rng, kind: str, beats: np.ndarray, seconds: float, energy: float,
     start = rng.uniform(-0.8, 0.8, 2)
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-9
-    if kind == "zoom":
-        scale = 0.75 + 0.25 * pulse(times, beats, 0.3) * min(1.0, 0.5 + energy / 8)
+    if kind == "zoom":  # the camera snaps in on each beat and eases back out
+        scale = 0.85 - 0.3 * pulse(times, beats, 0.3) * min(1.0, 0.5 + energy / 8)
         centre = start[None] + 0.02 * times[:, None] * direction[None]
-    elif kind == "pan":
-        # position advances mostly right after each beat: velocity = base + jolt
-        velocity = 0.04 + 0.5 * pulse(times, beats, 0.15)
+    elif kind == "pan":  # it travels mostly right after each beat: velocity = base + a jolt
+        velocity = 0.05 + 2.0 * pulse(times, beats, 0.12)
         travel = np.cumsum(velocity) / FPS
         centre = start[None] + (travel[:, None] * direction[None])
-        scale = np.full(n, 0.6)
-    else:  # drift: steady, slower for calm music; no event
-        speed = 0.02 + 0.02 * min(energy, 8.0)
+        scale = np.full(n, 0.5)
+    else:  # drift: slow and steady, slower for calm music; no event (faster drifts read as accents)
+        speed = 0.005 + 0.004 * min(energy, 8.0)
         centre = start[None] + speed * times[:, None] * direction[None]
-        scale = 0.6 + 0.1 * np.sin(2 * np.pi * times / rng.uniform(8, 16))
+        scale = 0.6 + 0.05 * np.sin(2 * np.pi * times / rng.uniform(8, 16))
     centre = 1.0 - np.abs((centre + 1.0) % 4.0 - 2.0)  # bounce inside [-1, 1] (a triangle wave)
     return camera(image, scale, centre)
 
@@ -290,19 +290,24 @@ def main(argv=None) -> int:
     styles = {**TRAIN_PACKAGES, **TEST_PACKAGES}
     folders = fetch([*styles, ART_PACKAGE], Path(args.debs))
 
-    # 1. clips and their beats, a worker per track
-    jobs = []
-    for package, style in styles.items():
-        for track in tracks(folders[package]):
-            split = split_of(package, track)
-            count = args.test_clips_per_track if split == "test" else args.clips_per_track
-            jobs.append((package, style, track, split, count, args.seconds, out))
-    print(f"cutting {len(jobs)} tracks into clips...", file=sys.stderr)
     from tqdm import tqdm
 
-    with ProcessPoolExecutor(args.jobs) as pool:
-        items = [item for clips in tqdm(pool.map(clip_track, jobs), total=len(jobs)) for item in clips]
-    items += medleys(items, args.num_medley, args.seed, args.seconds, args.medley_beats)
+    # 1. clips and their beats, a worker per track (a rerun keeps the clips of meta.json and only
+    # makes the videos that are missing)
+    if (out / "meta.json").is_file():
+        items = [dict(i, music_dir=str(out / "music")) for i in json.loads((out / "meta.json").read_text()).values()]
+        print(f"{len(items)} clips from {out / 'meta.json'}", file=sys.stderr)
+    else:
+        jobs = []
+        for package, style in styles.items():
+            for track in tracks(folders[package]):
+                split = split_of(package, track)
+                count = args.test_clips_per_track if split == "test" else args.clips_per_track
+                jobs.append((package, style, track, split, count, args.seconds, out))
+        print(f"cutting {len(jobs)} tracks into clips...", file=sys.stderr)
+        with ProcessPoolExecutor(args.jobs) as pool:
+            items = [item for clips in tqdm(pool.map(clip_track, jobs), total=len(jobs)) for item in clips]
+        items += medleys(items, args.num_medley, args.seed, args.seconds, args.medley_beats)
 
     # 2. videos whose events and pace follow the music
     sources = {"train": load_sources(Path(args.media), "train"), "test": load_sources(Path(args.media), "test")}
