@@ -1,8 +1,8 @@
 """The offline default model, ``vmas-tiny``, bundled inside the package.
 
-Two tiny pipelines trained here on real drum renders paired with videos cut and flashing on their
-beats (``scripts/build_alignment_set.py``, ``scripts/train_vmas_tiny.py``; results in
-``docs/alignment_results.md``), one per generator backend::
+Two small pipelines trained here on real game soundtracks (orchestral, electronic, rock, ...) paired
+with real footage and game art cut, zoomed and moved on their beats (``scripts/build_music_set.py``,
+``scripts/train_vmas_tiny.py``; results in ``docs/alignment_results.md``), one per generator backend::
 
     vmas_diffusion/assets/vmas-tiny/ar/    VideoToMusicPipeline, AR token LM
     vmas_diffusion/assets/vmas-tiny/ldm/   VideoToMusicPipeline, latent DiT
