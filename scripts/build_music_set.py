@@ -150,19 +150,20 @@ def clip_track(job) -> list[dict]:
                           split=split, beats=[round(float(b), 4) for b in grid.times], tempo=round(grid.tempo, 2),
                           contrast=round(grid.contrast, 3), salience=round(grid.salience, 3),
                           tracker_on_grid=round(grid.tracker_on_grid, 3), trusted=bool(grid.trusted()),
-                          energy=round(len(onsets) / seconds, 3), music_dir=str(out / "music")))
+                          energy=round(len(onsets) / seconds, 3)))
     return items
 
 
-def medleys(items: list[dict], count: int, seed: int, seconds: float, beats=(2, 8)) -> list[dict]:
+def medleys(items: list[dict], music: Path, count: int, seed: int, seconds: float, beats=(2, 8)) -> list[dict]:
     """Training clips that jump to another trusted clip (another tempo, phase, style) every
     ``beats`` beats, cut on both clips' beats: within a window the music's own past does not say
-    where the next beat falls, only the video does (see ``build_alignment_set.medley_plan``)."""
+    where the next beat falls, only the video does (see ``build_alignment_set.medley_plan``). The
+    clips' audio is read from, and the medleys' written to, ``music``."""
     import soundfile as sf
 
     songs = [i for i in items if i["split"] == "train" and i["trusted"] and len(i["beats"]) > beats[1] + 2]
+    energy_of = {song["id"]: song["energy"] for song in songs}
     rng = np.random.default_rng([seed, 3])
-    out = Path(items[0]["music_dir"]) if items else None
     made = []
     for n in range(count if songs else 0):
         segments, total = [], 0.0
@@ -174,15 +175,14 @@ def medleys(items: list[dict], count: int, seed: int, seconds: float, beats=(2, 
             first = int(rng.integers(0, len(grid) - length - 1))
             segments.append((song["id"], float(grid[first]), period, length))
             total += length * period
-        audio, times = assemble_medley(out, segments, seconds)
+        audio, times = assemble_medley(music, segments, seconds)
         uid = f"train_medley{n:04d}"
-        sf.write(str(out / f"{uid}.wav"), audio, SAMPLE_RATE)
-        energy = float(np.mean([next(i["energy"] for i in songs if i["id"] == s[0]) for s in segments]))
+        sf.write(str(music / f"{uid}.wav"), audio, SAMPLE_RATE)
+        energy = float(np.mean([energy_of[s[0]] for s in segments]))
         made.append(dict(id=uid, package="medley", style="medley", track="+".join(s[0] for s in segments), start=0.0,
                          split="train", beats=[round(float(b), 4) for b in times],
                          tempo=round(float(np.mean([60.0 / s[2] for s in segments])), 2), contrast=None,
-                         salience=None, tracker_on_grid=None, trusted=True, energy=round(energy, 3),
-                         music_dir=str(out)))
+                         salience=None, tracker_on_grid=None, trusted=True, energy=round(energy, 3)))
     return made
 
 
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     # 1. clips and their beats, a worker per track (a rerun keeps the clips of meta.json and only
     # makes the videos that are missing)
     if (out / "meta.json").is_file():
-        items = [dict(i, music_dir=str(out / "music")) for i in json.loads((out / "meta.json").read_text()).values()]
+        items = list(json.loads((out / "meta.json").read_text()).values())
         print(f"{len(items)} clips from {out / 'meta.json'}", file=sys.stderr)
     else:
         jobs = []
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
         print(f"cutting {len(jobs)} tracks into clips...", file=sys.stderr)
         with ProcessPoolExecutor(args.jobs) as pool:
             items = [item for clips in tqdm(pool.map(clip_track, jobs), total=len(jobs)) for item in clips]
-        items += medleys(items, args.num_medley, args.seed, args.seconds, args.medley_beats)
+        items += medleys(items, out / "music", args.num_medley, args.seed, args.seconds, args.medley_beats)
 
     # 2. videos whose events and pace follow the music
     sources = {"train": load_sources(Path(args.media), "train"), "test": load_sources(Path(args.media), "test")}
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
                 if item["split"] == split:
                     handle.write(json.dumps({"video": f"videos/{item['id']}.mp4", "audio": f"music/{item['id']}.wav",
                                              "id": item["id"]}) + "\n")
-    (out / "meta.json").write_text(json.dumps({i["id"]: {k: v for k, v in i.items() if k != "music_dir"} for i in items}, indent=1))
+    (out / "meta.json").write_text(json.dumps({i["id"]: i for i in items}, indent=1))
     for split in ("train", "val", "test"):
         chosen = [i for i in items if i["split"] == split]
         hours = len(chosen) * args.seconds / 3600
