@@ -565,7 +565,13 @@ def test_evaluate_real_tiny_pipelines(tmp_path, media):
         assert m["fad"] is not None and np.isfinite(m["fad"])
         assert m["visual.bcs_window"] is not None and m["rtf"] > 0
         assert m["R@1"] is not None and m["video_music"] is not None
+        assert 0.0 <= m["harmonic_share"] <= 1.0 and 0.0 <= m["sustained_pitch"] <= 1.0 and m["onset_density"] >= 0
+        assert m["pace_tempo_rho"] is None  # a rank correlation over 2 clips is not defined
+    # the real music (bigbuckbunny's soundtrack) is the reference of the content rows, kept in the clip cache
+    assert 0.0 < report.results["reference"]["harmonic_share"] <= 1.0
+    assert "| Harmonic share of energy (HPSS) |" in report.markdown
     second = run_evaluation(models, str(manifest), str(tmp_path / "out"), seed=0, num_inference_steps=2,
                             progress=False, plots=False)
     assert [m["metrics"]["generated_this_run"] for m in second.results["models"]] == [0, 0]
     assert _quality(second) == _quality(report)
+    assert second.results["reference"]["harmonic_share"] == report.results["reference"]["harmonic_share"]

@@ -2,9 +2,9 @@
 
 Per clip: its duration, the visual beats of its frames and, when it has real music, that
 music's beats, its tonal content (:mod:`.music_content`), its FAD window embeddings and its
-CLAP embedding. Re-runs (adding a model)
-read it back instead of decoding the video and the music again; the key holds the video and
-audio file stats, the clip times, the analysis settings and the embedders' identities.
+CLAP embedding. Re-runs (adding a model) read it back instead of decoding the video and the
+music again; the key holds the video and audio file stats, the clip times, the analysis
+settings and the embedders' identities.
 """
 
 from __future__ import annotations
