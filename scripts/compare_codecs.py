@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from vmas_diffusion.beats import beat_scores, music_beats
-    from vmas_diffusion.evaluation.music_content import harmonic_share, sustained_pitch_share
+    from vmas_diffusion.evaluation.music_content import tonal_shares
     from vmas_diffusion.media import load_audio
     from vmas_diffusion.models.codecs import build_codec
     from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     for clip in tqdm(held_out, desc="clips"):
         x = wav(clip, args.seconds)
         original = x[0, 0]
-        harmonic, sustained = harmonic_share(original.numpy(), rate), sustained_pitch_share(original.numpy(), rate)
+        harmonic, sustained = tonal_shares(original.numpy(), rate)
         grid = np.asarray(meta[clip]["beats"])
         grid = grid[grid < args.seconds] if meta[clip]["trusted"] else None
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         for name, roundtrip in codecs.items():
             with torch.no_grad():
                 y = roundtrip(x)[0, 0, : original.numel()].float()
-            shares = (harmonic_share(y.numpy(), rate), sustained_pitch_share(y.numpy(), rate))
+            shares = tonal_shares(y.numpy(), rate)
             rows.setdefault(name, []).append(spectral_errors(original, y) + shares + (f1(y.numpy()),))
             if clip == held_out[0]:
                 shown[name] = y.numpy()

@@ -7,6 +7,7 @@ from vmas_diffusion.evaluation.music_content import (
     onset_density,
     pace_correlation,
     sustained_pitch_share,
+    tonal_shares,
 )
 from vmas_diffusion.media import load_audio
 
@@ -33,6 +34,7 @@ def test_held_chords_are_tonal_and_a_drum_loop_is_not(media):
     assert sustained_pitch_share(drums, RATE) < 0.15
     assert harmonic_share(tones, RATE) > 0.95
     assert harmonic_share(drums, RATE) < harmonic_share(tones, RATE) - 0.2
+    assert tonal_shares(drums, RATE) == (harmonic_share(drums, RATE), sustained_pitch_share(drums, RATE))
 
 
 def test_silence_scores_zero():

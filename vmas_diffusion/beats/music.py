@@ -176,7 +176,7 @@ LOW_BAND_HZ = 200.0  # kick and bass: where the beat is louder than the off-beat
 
 
 def beat_grid(audio, sample_rate: int, min_bpm: float = 60.0, max_bpm: float = 190.0,
-              prior_bpm: float = 120.0) -> BeatGrid:
+              prior_bpm: float = 120.0, tracked: MusicBeats | None = None) -> BeatGrid:
     """The beats of a steady clip as a constant-tempo grid whose tempo and phase are checked.
 
     librosa's tracker sometimes doubles or halves the tempo, takes 2/3 or 3/2 of it, or locks onto
@@ -185,9 +185,9 @@ def beat_grid(audio, sample_rate: int, min_bpm: float = 60.0, max_bpm: float = 1
     grid does not win by catching subdivisions). The phase is the one whose grid collects the most
     onset strength, then beat and off-beat are told apart by the low band alone (below 200 Hz,
     kick and bass), where syncopated chords and hats do not count. ``BeatGrid.trusted`` says
-    whether to use it.
+    whether to use it. ``tracked``: :func:`music_beats` of the same audio, when the caller has it.
     """
-    tracked = music_beats(audio, sample_rate)
+    tracked = tracked if tracked is not None else music_beats(audio, sample_rate)
     env = tracked.onset_envelope.astype(np.float64)
     fps = tracked.onset_fps
     empty = BeatGrid(np.zeros(0), 0.0, 0.0, 0.0, 0.0)

@@ -42,11 +42,20 @@ def _magnitude(audio, sample_rate: int) -> np.ndarray:
     return np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))
 
 
+def tonal_shares(audio, sample_rate: int) -> tuple[float, float]:
+    """``(harmonic_share, sustained_pitch_share)`` from one analysis of ``audio``."""
+    magnitude = _magnitude(audio, sample_rate)
+    return _harmonic_share(magnitude), _sustained_pitch_share(magnitude)
+
+
 def harmonic_share(audio, sample_rate: int) -> float:
     """Harmonic energy / (harmonic + percussive energy) of HPSS, in [0, 1]; 0.0 for silence."""
+    return _harmonic_share(_magnitude(audio, sample_rate))
+
+
+def _harmonic_share(magnitude: np.ndarray) -> float:
     import librosa
 
-    magnitude = _magnitude(audio, sample_rate)
     harmonic, percussive = librosa.decompose.hpss(magnitude)
     h, p = float((harmonic**2).sum()), float((percussive**2).sum())
     return h / (h + p) if h + p > 0 else 0.0
@@ -65,7 +74,10 @@ def _run_lengths(mask: np.ndarray) -> np.ndarray:
 
 def sustained_pitch_share(audio, sample_rate: int) -> float:
     """Share of the non-silent frames whose C3-4 kHz energy is mostly sustained tones (module docstring)."""
-    magnitude = _magnitude(audio, sample_rate)
+    return _sustained_pitch_share(_magnitude(audio, sample_rate))
+
+
+def _sustained_pitch_share(magnitude: np.ndarray) -> float:
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / ANALYSIS_RATE)
     band = magnitude[(freqs >= C3_HZ) & (freqs <= TOP_HZ)]
     if band.size == 0:

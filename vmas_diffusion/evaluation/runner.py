@@ -50,7 +50,7 @@ from .dataset import EvalClip, load_eval_set, safe_name
 from .embedders import AudioEmbedder, build_embedder
 from .fad import frechet_audio_distance
 from .metrics import PeakMemory, beat_offsets, cosine, mean_or_none
-from .music_content import harmonic_share, onset_density, pace_correlation, sustained_pitch_share
+from .music_content import onset_density, pace_correlation, tonal_shares
 from .plots import plot_offset_histogram
 from .report import BEAT_KEYS, EvaluationReport, ModelColumn, write_report
 
@@ -164,8 +164,7 @@ class Evaluator:
             audio = np.asarray(audio, dtype=np.float32).reshape(1, -1)
             if audio.shape[-1] > 0:
                 analysis.music = music_beats(audio, c.reference_sample_rate)
-                analysis.harmonic_share = harmonic_share(audio, c.reference_sample_rate)
-                analysis.sustained_pitch = sustained_pitch_share(audio, c.reference_sample_rate)
+                analysis.harmonic_share, analysis.sustained_pitch = tonal_shares(audio, c.reference_sample_rate)
                 analysis.fad_windows, analysis.clap_embedding = self._embed(audio, c.reference_sample_rate)
         return analysis
 
@@ -238,8 +237,7 @@ class Evaluator:
         duration = min(record.duration, ref.duration)
         gen_times = np.asarray(gen_beats.times, dtype=np.float64)
         values: dict[str, Any] = {"clip": ref.clip.id, "generated_beats": int(gen_times.size)}
-        values["harmonic_share"] = harmonic_share(record.audio, record.sample_rate)
-        values["sustained_pitch"] = sustained_pitch_share(record.audio, record.sample_rate)
+        values["harmonic_share"], values["sustained_pitch"] = tonal_shares(record.audio, record.sample_rate)
         values["onset_density"] = onset_density(gen_beats.onsets, record.duration)
         values["tempo"] = float(gen_beats.tempo) if gen_beats.tempo > 0 else None
         values["visual_pace"] = ref.visual_pace
