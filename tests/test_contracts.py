@@ -56,6 +56,22 @@ class GeneratorContract:
         assert out.music_embedding.shape[0] == 2 and out.onset_logits.shape == (2, NUM_FRAMES)
         assert gen.embed_music(target).shape == out.music_embedding.shape
 
+    def test_frame_weights_scale_each_frames_loss(self):
+        gen = self.make()
+        target = self.sample(gen, conditions(2), torch.Generator().manual_seed(0))
+
+        def loss(**extra):
+            batch = {gen.music_key: target, "conditions": conditions(2), "generator": torch.Generator().manual_seed(5)}
+            return sum(gen.forward_train({**batch, **extra}).losses.values())
+
+        plain = loss()
+        torch.testing.assert_close(loss(frame_weight=torch.full((2, NUM_FRAMES), 2.0)), 2 * plain)
+        uneven = torch.ones(2, NUM_FRAMES)
+        uneven[:, : NUM_FRAMES // 2] = 5.0
+        assert not torch.allclose(loss(frame_weight=uneven), 3 * plain)  # not a plain rescaling: per frame
+        with pytest.raises(InputError, match="frame_weight"):
+            loss(frame_weight=torch.ones(2, NUM_FRAMES + 1))
+
     def test_seeded_determinism(self):
         gen = self.make()
         a = self.sample(gen, conditions(1), torch.Generator().manual_seed(3))

@@ -65,6 +65,23 @@ def test_task_sums_weighted_terms(data_dir, backend, gen_loss):
         _task(backend, LossWeights(generation=0, contrastive=0, beat_onset=0, beat_visual=0))(batch)
 
 
+@pytest.mark.parametrize("backend, gen_loss", [("ar", "ce"), ("ldm", "diffusion")])
+def test_onset_emphasis_weights_the_generation_loss_by_the_music_onsets(data_dir, backend, gen_loss):
+    from vmas_diffusion.recipes import LossWeights
+
+    batch = next(iter(ShardDataset(data_dir, batch_size=3)))
+    task = _task(backend, LossWeights(onset_emphasis=3.0))
+    sent = {}
+    forward_train = task.generator.forward_train
+    task.generator.forward_train = lambda b: sent.update(b) or forward_train(b)
+    emphasised = task(batch)[1][gen_loss]
+    torch.testing.assert_close(sent["frame_weight"], 1.0 + 3.0 * batch["onset"])
+    plain = _task(backend)(batch)[1][gen_loss]  # the same weights and per-sample draws, no emphasis
+    assert emphasised > plain  # every weight is >= 1 and the onsets are not all zero
+    with pytest.raises(ConfigError, match="onset_emphasis"):
+        _task(backend, LossWeights(onset_emphasis=-1.0))
+
+
 def test_task_randomness_is_a_function_of_the_samples(data_dir):
     task = _task("ldm")
     batch = next(iter(ShardDataset(data_dir, batch_size=2)))

@@ -15,7 +15,7 @@ from torch import nn
 
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import ConfigError, InputError
-from vmas_diffusion.models.generators.base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
+from vmas_diffusion.models.generators.base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
 from vmas_diffusion.modules.condition_fusion import check_conditions, frame_values
 
 
@@ -70,6 +70,9 @@ class ToyFrameGenerator(ModelMixin, ConfigMixin, MusicGenerator):
         check_conditions(conditions, self.widths, b, "ToyFrameGenerator", time_aligned=self.widths)
         mask = batch.get("mask")
         err = (self._predict(conditions, b, t) - latents).pow(2).mean(1)  # [B, T]
+        weight = frame_weights(batch, b, t, latents.device)
+        if weight is not None:
+            err = err * weight
         loss = err.mean() if mask is None else (err * mask).sum() / mask.sum().clamp(min=1)
         hidden = torch.tanh(self.music_proj(latents.transpose(1, 2)))  # [B, T, H]
         return GeneratorTrainOutput(

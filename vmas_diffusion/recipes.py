@@ -119,6 +119,9 @@ class LossWeights:
     beat_onset: float = 0.5
     #: beat head pulled toward the visual beats
     beat_visual: float = 0.5
+    #: each music frame's generation loss weighted by 1 + onset_emphasis x the real music's onset
+    #: strength there (in [0, 1]): the frames the beat condition predicts count more (0 = plain loss)
+    onset_emphasis: float = 0.0
     #: half-width of the beat tolerance window, in music frames
     beat_tolerance_frames: int = 2
 

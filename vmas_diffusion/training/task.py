@@ -54,7 +54,7 @@ class VideoMusicTask(nn.Module):
         contrastive_head: :class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`, or None (then the
             contrastive weight must be 0).
         weights: the recipe's ``losses`` section (``generation``, ``contrastive``, ``beat_onset``,
-            ``beat_visual``, ``beat_tolerance_frames``).
+            ``beat_visual``, ``beat_tolerance_frames``, ``onset_emphasis``).
         seed: the run's seed, mixed into every per-sample generator.
     """
 
@@ -62,7 +62,7 @@ class VideoMusicTask(nn.Module):
         super().__init__()
         self.w_gen = float(weights.generation)
         self.w_contrastive = float(weights.contrastive)
-        for name in ("generation", "contrastive", "beat_onset", "beat_visual"):
+        for name in ("generation", "contrastive", "beat_onset", "beat_visual", "onset_emphasis"):
             if float(getattr(weights, name)) < 0:
                 raise ConfigError(f"losses.{name} must be >= 0, got {getattr(weights, name)}")
         if self.w_contrastive > 0 and contrastive_head is None:
@@ -78,6 +78,7 @@ class VideoMusicTask(nn.Module):
             tolerance_frames=int(weights.beat_tolerance_frames),
         )
         self.use_beat = float(weights.beat_onset) > 0 or float(weights.beat_visual) > 0
+        self.onset_emphasis = float(weights.onset_emphasis)
         self.seed = int(seed)
         if not getattr(generator, "music_key", ""):
             raise ConfigError(f"{type(generator).__name__} is not a MusicGenerator (it names no music_key)")
@@ -103,12 +104,15 @@ class VideoMusicTask(nn.Module):
                 f"the {self.generator.backend} backend trains on '{self.music_key}', which the data lacks: prepare "
                 f"the data with a codec that offers them"
             )
-        return {
+        out = {
             self.music_key: batch[self.music_key],
             "conditions": {VIDEO: video_out.condition(), BEAT: beat},
             "mask": batch["music_mask"],
             "generator": item_generators(self.seed, batch["uid"], salt),
         }
+        if self.onset_emphasis > 0:
+            out["frame_weight"] = 1.0 + self.onset_emphasis * batch["onset"]
+        return out
 
     # ------------------------------------------------------------------ objective
     def forward(

@@ -52,7 +52,7 @@ from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
 from ...weights import read_safetensors_folder
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
 
 TEXT = "text"
 TOKEN_FUSES = ("cross", "prepend", "none")
@@ -464,6 +464,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         targets = steps.masked_fill(~valid, -100)
         ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), ignore_index=-100, reduction="none")
         ce = ce.view(b, k, s)
+        weight = frame_weights(batch, b, t, codes.device)
+        if weight is not None:
+            ce = ce * weight[:, layout.clamp(min=0)]  # each step's code belongs to one frame
         per_codebook = ce.sum((0, 2)) / valid.sum((0, 2)).clamp(min=1)
 
         if self.config.align_features == "clean":

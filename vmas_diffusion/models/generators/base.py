@@ -22,7 +22,9 @@ scripts never ask which backend they hold (``backend`` is a label for people and
 A training batch is a dict:
 ``music_key`` (``"codes"`` ``[B, K, T]`` long for AR, ``"latents"`` ``[B, D, T]`` for LDM),
 ``"conditions"`` ``dict[str, Condition]``, optional ``"mask"`` ``[B, T]`` bool (valid music frames),
-optional ``"generator"``: a ``torch.Generator`` or one per item for the training draws.
+optional ``"generator"``: a ``torch.Generator`` or one per item for the training draws,
+optional ``"frame_weight"`` ``[B, T]``: how much each music frame's generation loss counts
+(the recipe's ``losses.onset_emphasis``; see :func:`frame_weights`).
 """
 
 from dataclasses import dataclass, field
@@ -134,6 +136,22 @@ def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:
         return torch.cat(items).to(device)
     on = generator.device if generator is not None else device
     return fn(size=size, generator=generator, device=on, **kwargs).to(device)
+
+
+def frame_weights(batch: dict, b: int, t: int, device) -> Optional[torch.Tensor]:
+    """The batch's ``"frame_weight"`` ``[B, T]`` (float, on ``device``), or None when it has none.
+
+    Both backends multiply their per-frame generation loss by it: a weight above 1 on the real
+    music's onsets makes the frames where the visual beats matter count more than the texture
+    between them, which otherwise dominates the loss."""
+    from ...errors import InputError
+
+    weight = batch.get("frame_weight")
+    if weight is None:
+        return None
+    if tuple(weight.shape) != (b, t):
+        raise InputError(f"batch['frame_weight'] must be [B, T] = {(b, t)}, got {tuple(weight.shape)}")
+    return weight.to(device=device, dtype=torch.float32)
 
 
 def pool_frames(hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -51,7 +51,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
 FUSE_MODES = ("cross", "sum", "prepend")
@@ -530,6 +530,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         output, hidden = self._denoise(noisy, timesteps.float(), prepared, mask)
 
         err = (output.float() - target.float()).pow(2).mean(dim=1)  # [B, T]
+        weight = frame_weights(batch, b, t, device)
+        if weight is not None:
+            err = err * weight
         loss = _masked_mean(err, mask)
 
         if cfg.align_features == "clean":
