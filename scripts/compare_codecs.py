@@ -16,8 +16,12 @@ of a held-out split (default ``val``); printed per candidate (mean over clips):
 
 A spectrogram PNG (original and each candidate, one clip) is written to look at.
 
+Each token row comes twice: as the centroids decode, and through the token post-filter fitted
+on ``--post-filter`` train clips (``MelGriffinLimCodec.fit_sharpening``).
+
 Usage: ``python scripts/compare_codecs.py [--quantizers 4x128 4x256 8x256 4x1024 8x256/4]``
-(``KxN`` = K codebooks of N codes, ``/G`` = G band groups).
+(``KxN`` = K codebooks of N codes, ``/G`` = G band groups), or ``--codec FOLDER`` to judge a
+saved codec (the shipped one: ``vmas_diffusion/assets/vmas-tiny/ar/codec``) as it is.
 """
 
 import argparse
@@ -56,6 +60,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-clips", type=int, default=80)
     parser.add_argument("--songs", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--codec", type=Path, default=None,
+                        help="judge this saved mel codec (e.g. vmas_diffusion/assets/vmas-tiny/ar/codec) instead of fitting")
+    parser.add_argument("--post-filter", type=int, default=20, metavar="CLIPS",
+                        help="also each quantizer with its token post-filter fitted on this many train clips (0: not)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / ".cache" / "codec_compare.png"))
     args = parser.parse_args(argv)
@@ -84,20 +92,37 @@ def main(argv=None) -> int:
         audio = load_audio(str(args.data / "music" / f"{clip}.wav"), rate, end=seconds)
         return torch.from_numpy(audio)[None]
 
-    fit_music = [wav(c) for c in clips("train", args.fit_clips)]
+    def token_paths(codec, spec):
+        """The codec's token round trip without and with its token post-filter (``token_sharpening``)."""
+        plain = MelGriffinLimCodec.from_config({**codec.config, "token_sharpening": 0.0})
+        plain.load_state_dict(codec.state_dict())
+        paths = {f"mel + Griffin-Lim, tokens {spec}": lambda x, c=plain: c.decode_tokens(c.tokenize(x))}
+        if codec.config.token_sharpening:
+            name = f"mel + Griffin-Lim, tokens {spec} + post-filter (a={codec.config.token_sharpening:.2f})"
+            paths[name] = lambda x, c=codec: c.decode_tokens(c.tokenize(x))
+        return paths
+
     held_out = clips(args.split, args.songs)
-    codecs = {}
-    for spec in tqdm(args.quantizers, desc="fit quantizers"):
-        k, n, groups = parse_quantizer(spec)
-        codec = MelGriffinLimCodec(n_mels=128, num_codebooks=k, codebook_size=n, num_groups=groups)
-        codec.set_latent_stats(*codec.fit_latent_stats(fit_music))
-        codec.fit_codebooks(fit_music, iters=15, max_frames=60000, seed=args.seed)
-        if not codecs:
-            codecs["mel + Griffin-Lim, latents"] = lambda x, c=codec: c.decode(c.encode(x))
-        codecs[f"mel + Griffin-Lim, tokens {spec}"] = lambda x, c=codec: c.decode_tokens(c.tokenize(x))
-    torch.manual_seed(args.seed)
-    encodec = build_codec(OmegaConf.to_container(load_recipe(str(ROOT / "recipes" / "tiny_ar.yaml")).codec))
-    codecs["tiny EnCodec (untrained), tokens"] = lambda x: encodec.decode_tokens(encodec.tokenize(x))
+    if args.codec:  # a saved codec, judged as it is
+        codec = MelGriffinLimCodec.from_pretrained(str(args.codec)).eval()
+        codecs = {"mel + Griffin-Lim, latents": lambda x, c=codec: c.decode(c.encode(x))}
+        codecs.update(token_paths(codec, f"{codec.num_codebooks}x{codec.cardinality} ({args.codec})"))
+    else:
+        fit_music = [wav(c) for c in clips("train", args.fit_clips)]
+        codecs = {}
+        for spec in tqdm(args.quantizers, desc="fit quantizers"):
+            k, n, groups = parse_quantizer(spec)
+            codec = MelGriffinLimCodec(n_mels=128, num_codebooks=k, codebook_size=n, num_groups=groups)
+            codec.set_latent_stats(*codec.fit_latent_stats(fit_music))
+            codec.fit_codebooks(fit_music, iters=15, max_frames=60000, seed=args.seed)
+            if args.post_filter:
+                codec.fit_sharpening(fit_music[: args.post_filter])
+            if not codecs:
+                codecs["mel + Griffin-Lim, latents"] = lambda x, c=codec: c.decode(c.encode(x))
+            codecs.update(token_paths(codec, spec))
+        torch.manual_seed(args.seed)
+        encodec = build_codec(OmegaConf.to_container(load_recipe(str(ROOT / "recipes" / "tiny_ar.yaml")).codec))
+        codecs["tiny EnCodec (untrained), tokens"] = lambda x: encodec.decode_tokens(encodec.tokenize(x))
 
     rows, shown = {}, {}
     for clip in tqdm(held_out, desc="clips"):

@@ -113,6 +113,35 @@ def test_grouped_codebooks_quantize_each_band_group_on_its_own():
         small_codec(num_codebooks=4, num_groups=3)
 
 
+def test_token_post_filter_puts_back_the_band_contrast_the_centroids_average_away(tmp_path):
+    """fit_sharpening: decoded tokens get the music's own detail across mel bands (chords over
+    clicks: held tones whose peaks k-means blurs), not more; latents and codes are untouched."""
+    chord = sum(tone(f, 2.0) for f in (220.0, 277.2, 329.6, 440.0)) * 0.25
+    music = [clicks(0.25, 2.0) * 0.5 + chord, clicks(0.4, 2.0, offset=0.05) * 0.5 + tone(330.0, 2.0) * 0.4]
+    codec = small_codec(n_mels=64)
+    codec.fit_latent_stats(music)
+    codec.fit_codebooks(music, iters=10)
+    raw = [codec._encode_raw(m) for m in music]
+    plain = [codec._dequantize(codec._quantize(r)) for r in raw]
+    wav = music[1]
+    before = (codec.tokenize(wav), codec.encode(wav), codec.decode_tokens(codec.tokenize(wav)))
+    report = codec.fit_sharpening(music)
+    assert report["token_contrast"] < report["music_contrast"] and report["token_sharpening"] > 0
+    assert codec.config.token_sharpening == report["token_sharpening"]
+    sharpened = [codec._dequantize(codec._quantize(r)) for r in raw]
+    contrast = sum(codec._band_contrast(z) for z in sharpened) / 2
+    assert contrast == pytest.approx(report["music_contrast"], rel=0.02)  # matched, not overshot
+    # the post-filter moves only each frame's detail across bands, not its smooth envelope
+    smooth = [codec._band_smooth(z) for z in plain]
+    assert all(torch.allclose(codec._band_smooth(z), s, atol=0.05 * float(s.abs().max())) for z, s in zip(sharpened, smooth))
+    assert torch.equal(codec.tokenize(wav), before[0]) and torch.equal(codec.encode(wav), before[1])
+    assert not torch.allclose(codec.decode_tokens(before[0]), before[2])
+    codec.save_pretrained(tmp_path)
+    assert MelGriffinLimCodec.from_pretrained(tmp_path).config.token_sharpening == report["token_sharpening"]
+    with pytest.raises(ConfigError, match="token_sharpening"):
+        small_codec(token_sharpening=-1.0)
+
+
 def test_codec_save_load_round_trip(tmp_path):
     codec = small_codec()
     codec.fit_latent_stats([clicks()])
