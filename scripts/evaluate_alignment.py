@@ -151,7 +151,7 @@ def video_group(item: dict) -> str:
     or no beat-locked event at all (the music's beats were not trusted)."""
     if item["video_kind"] == "drift":
         return "no beat events"
-    if item["video_kind"] == "cuts" and item["cut_every"] == 1:
+    if item["video_kind"] == "cuts" and item["event_every"] == 1:
         return "beat cuts"
     return "motion, sparse cuts"
 

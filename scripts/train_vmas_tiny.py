@@ -10,6 +10,9 @@ Steps (each skipped when its output exists, so a rerun continues):
 3. ``train``: ``vmas-diffusion train recipes/vmas_tiny_<backend>.yaml`` (``--backend``);
 4. ``ship``: copy the trained pipeline into ``vmas_diffusion/assets/vmas-tiny/<backend>``.
 
+``restage`` starts a new stage from a trained pipeline (the shipped one by default) with some of its
+generator's settings changed (``--set cond_dropout=0.1``), saved as ``<work>/init_<backend>``.
+
 ``widen`` (AR) turns a trained run's latest pipeline into one whose generator also sees the beat
 condition ``--lookahead`` frames ahead (:meth:`ARTokenLM.with_beat_lookahead`, same outputs until
 fine-tuned), saved to ``<work>/widened_ar``: the start of the shipped AR's last stage.
@@ -29,6 +32,7 @@ import argparse
 import json
 import shutil
 import sys
+from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +64,14 @@ def fit(args) -> None:
     mean, std = codec.fit_latent_stats(training_music(args.data))
     report = codec.fit_codebooks(training_music(args.data), iters=30, seed=args.seed, progress=True)
     print(f"codec fitted: residual RMSE per codebook {['%.3f' % e for e in report['rmse']]}", file=sys.stderr)
+    print(f"codec token post-filter: {codec.fit_sharpening(islice(training_music(args.data), args.post_filter))}",
+          file=sys.stderr)
     for backend in ("ar", "ldm"):
         torch.manual_seed(args.seed)
         pipe = VideoToMusicPipeline.from_recipe(recipe(backend))
         pipe.codec.load_state_dict(codec.state_dict())
         pipe.codec.set_latent_stats(mean, std)
+        pipe.codec.register_to_config(token_sharpening=codec.config.token_sharpening)
         pipe.save_pretrained(str(args.work / f"init_{backend}"))
 
 
@@ -124,6 +131,29 @@ def widen(args) -> None:
     print(f"widened {source} to beat_lookahead={args.lookahead} -> {args.work / 'widened_ar'}", file=sys.stderr)
 
 
+def restage(args) -> None:
+    """The start of a new stage: a trained pipeline (``--source``, default the shipped one) with the
+    generator settings of ``--set key=value`` changed (e.g. ``cond_dropout=0.1``), saved as
+    ``<work>/init_<backend>``, which ``prepare`` and ``train`` start from."""
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+
+    source = args.source or ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
+    pipe = VideoToMusicPipeline.from_pretrained(str(source))
+    changes = {}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        if key not in pipe.generator.config or key.startswith("_"):
+            fail(f"restage: the {pipe.backend} generator has no setting {key!r}")
+        changes[key] = type(pipe.generator.config[key])(json.loads(value))
+    pipe.generator.register_to_config(**changes)
+    if args.post_filter:
+        fitted = pipe.codec.fit_sharpening(islice(training_music(args.data), args.post_filter))
+        print(f"codec token post-filter: {fitted}", file=sys.stderr)
+    target = args.work / f"init_{args.backend}"
+    pipe.save_pretrained(str(target))
+    print(f"{source} with {changes} -> {target}", file=sys.stderr)
+
+
 #: components stored in float16 when shipped (loading casts them back to float32); the codec stays
 #: float32: its k-means centroids decide which code is nearest
 HALF_COMPONENTS = ("generator", "video_encoder", "contrastive_head")
@@ -173,7 +203,7 @@ def ship(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train the bundled vmas-tiny pipelines")
-    parser.add_argument("step", choices=("fit", "prepare", "train", "widen", "ship"))
+    parser.add_argument("step", choices=("fit", "restage", "prepare", "train", "widen", "ship"))
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides (train step)")
     parser.add_argument("--backend", choices=("ar", "ldm"), default="ar")
     parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "music_set",
@@ -188,9 +218,13 @@ def main(argv=None) -> int:
                         help="ship: store the generator, video encoder and contrastive head in float16 and print how far "
                              "the music moves (off by default: the AR's sampled music diverges, the LDM's moves ~5%%)")
     parser.add_argument("--lookahead", type=int, default=10, help="widen: beat frames each AR step sees ahead")
+    parser.add_argument("--source", type=Path, default=None, help="restage: the pipeline to start from (default the shipped one)")
+    parser.add_argument("--post-filter", type=int, default=60, metavar="CLIPS",
+                        help="fit, restage: fit the codec's token post-filter on this many training clips (restage: 0 keeps it)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="restage: generator settings to change")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may follow the options
     args.work.mkdir(parents=True, exist_ok=True)
-    {"fit": fit, "prepare": prepare, "train": train, "widen": widen, "ship": ship}[args.step](args)
+    {"fit": fit, "restage": restage, "prepare": prepare, "train": train, "widen": widen, "ship": ship}[args.step](args)
     return 0
 
 
