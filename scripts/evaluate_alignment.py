@@ -140,8 +140,9 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
                 video_emb.append(pipe.embed_video(frames, fps=fps))
                 wav = load_audio(str(clip["audio"]), pipe.sample_rate, start=t0, end=t0 + args.window)
                 music_emb.append(pipe.embed_music(wav, pipe.sample_rate))
-    table["retrieval"] = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
-    table["retrieval"]["pairs"] = len(video_emb)
+    if video_emb:  # --retrieval-seconds shorter than a window: no retrieval rows
+        table["retrieval"] = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
+        table["retrieval"]["pairs"] = len(video_emb)
     table["guidance"], table["sampling"] = guidance, sampling
     return table
 
@@ -171,6 +172,8 @@ def markdown(results: dict) -> str:
                              f"{r['count']} |")
     lines += ["", "| backend | pairs | R@1 | chance@1 | R@5 | chance@5 |", "|---|---|---|---|---|---|"]
     for name, table in results.items():
+        if "retrieval" not in table:
+            continue
         r = table["retrieval"]
         lines.append(f"| {name} | {r['pairs']} | {r['R@1']:.3f} | {r['chance@1']:.3f} | {r['R@5']:.3f} | {r['chance@5']:.3f} |")
     return "\n".join(lines)
