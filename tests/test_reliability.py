@@ -167,6 +167,26 @@ def test_python_limits_are_checked_before_any_allocation(pipe, three_hour_claim)
     for bad in (0, -1, float("nan"), "600", True):
         with pytest.raises(InputError, match="max_music_seconds"):
             pipe(video=frames, fps=8, max_music_seconds=bad)
+    with pytest.raises(InputError, match=r"10000000 waveforms of 1 s\) is 1e\+07 s"):  # the limit counts every waveform
+        pipe(video=frames, fps=8, duration=1, num_waveforms_per_video=10**7)
+    with pytest.raises(InputError, match="max_video_seconds"):
+        pipe.embed_video(frames, fps=1e-6)
+    with pytest.raises(InputError, match="less than one sample"):
+        pipe(video=frames, fps=8, duration=1e-9)
+
+
+def test_frames_shorter_than_one_encoder_frame_still_give_music(pipe):
+    out = pipe(video=_frames(2), fps=1e9, duration=0.25, generator=torch.Generator().manual_seed(0))
+    assert out.audios.shape == (1, 1, pipe.sample_rate // 4)
+
+
+def test_ldm_runaway_steps_and_overflowing_guidance(tmp_path):
+    ldm = VideoToMusicPipeline.from_recipe(str(ROOT / "recipes" / "tiny_ldm.yaml"))
+    ldm.set_progress_bar_config(disable=True)
+    with pytest.raises(InputError, match="at most the scheduler's 1000 training steps"):
+        ldm(video=_frames(8), fps=8, num_inference_steps=10**9)  # was a 7.5 GB timestep array
+    with pytest.raises(InputError, match="NaN or infinite samples"):
+        ldm(video=_frames(8), fps=8, num_inference_steps=2, guidance_scale=1e308)
 
 
 def test_limits_can_be_lifted(pipe, media_dir):

@@ -58,9 +58,10 @@ def _over(seconds: float, limit: Optional[float], what: str, name: str, advice: 
         )
 
 
-def check_music_seconds(seconds: float, limit: Optional[float]) -> None:
-    """Raise InputError when ``seconds`` of music are more than ``limit`` allows."""
-    _over(seconds, limit, "the music asked", "max_music_seconds", "ask for a shorter `duration`")
+def check_music_seconds(seconds: float, limit: Optional[float], waveforms: int = 1) -> None:
+    """Raise InputError when ``waveforms`` pieces of ``seconds`` each are more music than ``limit`` allows."""
+    what = "the music asked" if waveforms == 1 else f"the music asked ({waveforms} waveforms of {seconds:.6g} s)"
+    _over(seconds * waveforms, limit, what, "max_music_seconds", "ask for a shorter `duration` or fewer waveforms")
 
 
 def check_video_seconds(seconds: float, limit: Optional[float], what: str = "the video") -> None:
@@ -74,9 +75,9 @@ def video_seconds(info) -> float:
     return max(float(info.duration), info.num_frames / info.fps)
 
 
-def check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds) -> None:
-    """Refuse, before anything is decoded, a video longer than ``max_video_seconds`` or music longer
-    than ``max_music_seconds`` (``duration``, or the longest video's when None).
+def check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, waveforms: int = 1) -> None:
+    """Refuse, before anything is decoded, a video longer than ``max_video_seconds`` or more music
+    than ``max_music_seconds``: ``waveforms`` pieces of ``duration`` (the longest video's when None).
 
     ``videos`` are paths (probed: header and first frame only) or ``(T, H, W, 3)`` frame arrays at ``fps``.
     """
@@ -96,4 +97,4 @@ def check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds) -
             seconds = count / float(fps)
             check_video_seconds(seconds, max_video_seconds, f"the video given as frames ({count} at fps={fps:g})")
         lengths.append(seconds)
-    check_music_seconds(duration if duration is not None else max(lengths, default=0.0), max_music_seconds)
+    check_music_seconds(duration if duration is not None else max(lengths, default=0.0), max_music_seconds, waveforms)

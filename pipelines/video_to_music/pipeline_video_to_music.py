@@ -185,16 +185,14 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
         if self.generator.needs_scheduler and self.scheduler is None:
             raise ConfigError(f"the {self.backend} backend needs a `scheduler` component")
+        most = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
+        if num_inference_steps is not None and most is not None and num_inference_steps > most:
+            raise InputError(f"`num_inference_steps` must be at most the scheduler's {most} training steps, "
+                             f"got {num_inference_steps}")
         videos = video if isinstance(video, (list, tuple)) else [video]
         if video is not None and not videos:
             raise InputError("`video` is an empty list: give at least one video")
-        for item in videos if video is not None else []:
-            if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
-                raise InputError("`fps` is required when `video` is an array of frames")
-            if not isinstance(item, (str, Path, np.ndarray, torch.Tensor)):
-                raise InputError(f"each video must be a path or a (T, H, W, 3) uint8 array, got {type(item).__name__}")
-        if fps is not None and not (_is_number(fps) and math.isfinite(fps) and fps > 0):
-            raise InputError(f"`fps` must be a positive number of frames per second, got {fps!r}")
+        _check_videos(videos if video is not None else [], fps)
         _check_generator_arg(generator)
 
     def prepare_video(self, video: VideoInput, fps: Optional[float]) -> _PreparedVideo:
@@ -215,6 +213,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         # resample by time, as load_video does for files: frame k at k / target_fps
         times = np.arange(int(math.ceil(duration * target_fps - 1e-6))) / target_fps
         index = np.minimum(np.floor(times * fps + 1e-6).astype(int), frames.shape[0] - 1)
+        if index.size == 0:  # frames shorter than one encoder frame: the first one stands for them
+            index = np.zeros(1, int)
         return _PreparedVideo(_resize_frames(frames, index, size), duration)
 
     def encode_video(self, prepared: List[_PreparedVideo], video_embeds=None):
@@ -258,11 +258,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
         return self.contrastive_head
 
     @torch.no_grad()
-    def embed_video(self, video: VideoInput, fps: Optional[float] = None) -> torch.Tensor:
-        """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval."""
+    def embed_video(self, video: VideoInput, fps: Optional[float] = None,
+                    max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS) -> torch.Tensor:
+        """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval.
+
+        ``max_video_seconds`` bounds the video read, as in ``__call__``.
+        """
         head = self._contrastive_head()
-        if isinstance(video, (np.ndarray, torch.Tensor)) and fps is None:
-            raise InputError("`fps` is required when `video` is an array of frames")
+        _check_videos([video], fps)
+        check_lengths([video], fps, None, None, max_video_seconds)
         prepared = self.prepare_video(video, fps)
         frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
         return head.embed_video(self.video_encoder(frames).pooled)[0]
@@ -318,7 +322,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             video_embeds: a ``VideoEncoderOutput``, a Condition or a ``[B, T, D]`` tensor at the encoder's
                 frame rate (``video_encoder.config.fps``, ``D = video_encoder.config.hidden_dim``), to skip
                 the video encoder.
-            max_music_seconds: the longest music this call may write (default 1800 s); None lifts the limit.
+            max_music_seconds: the most music this call may write, all waveforms together (default 1800 s);
+                None lifts the limit.
             max_video_seconds: the longest video this call may read, as its header or frame count claims
                 (default 1800 s); None lifts the limit. Both are checked before anything is decoded
                 (:mod:`vmas_diffusion.limits`).
@@ -328,13 +333,18 @@ class VideoToMusicPipeline(DiffusionPipeline):
         self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps,
                           generator)
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
-        check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds)
+        batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
+        check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
 
         # 2. load the video(s), find visual beats, encode
         prepared = [self.prepare_video(v, fps) for v in videos]
         video_condition, beat_condition, analyses = self.encode_video(prepared, video_embeds)
         if duration is None:
             duration = max(p.duration for p in prepared)
+        num_samples = int(round(duration * self.sample_rate))
+        if num_samples < 1:
+            raise InputError(f"{duration:.3g} s of music is less than one sample at {self.sample_rate} Hz: "
+                             "ask for a longer `duration`")
         conditions = {
             VIDEO: video_condition.repeat_interleave(num_waveforms_per_video),
             BEAT: beat_condition.repeat_interleave(num_waveforms_per_video),
@@ -351,10 +361,12 @@ class VideoToMusicPipeline(DiffusionPipeline):
         )
 
         # 6. trim to the asked duration and return
-        num_samples = int(round(duration * self.sample_rate))
         if audio.shape[-1] < num_samples:
             audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
         audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
+        if not torch.isfinite(audio).all():  # e.g. a guidance scale so large that the sampling overflows
+            raise InputError(f"the {self.backend} generator produced NaN or infinite samples "
+                             f"(guidance_scale={guidance_scale:g}; a smaller one, or other weights, avoid it)")
         audios = audio.numpy() if output_type == "np" else audio
         beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
         one = len(analyses) == 1
@@ -384,6 +396,23 @@ def _as_condition(video_embeds, device, frame_rate: float, dim: int) -> Conditio
     if condition.frame_rate is None:
         raise InputError("`video_embeds` is a Condition without a frame_rate: set the Hz of its time axis")
     return condition.to(device)
+
+
+def _check_videos(videos: list, fps) -> None:
+    """Each video is a path or frames; frames need a positive number ``fps``."""
+    for item in videos:
+        if not isinstance(item, (str, Path, np.ndarray, torch.Tensor)):
+            raise InputError(f"each video must be a path or a (T, H, W, 3) uint8 array, got {type(item).__name__}")
+        if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
+            raise InputError("`fps` is required when `video` is an array of frames")
+    if fps is not None and not (_is_number(fps) and math.isfinite(fps) and fps > 0):
+        raise InputError(f"`fps` must be a positive number of frames per second, got {fps!r}")
+
+
+def _embeds_batch(video_embeds) -> int:
+    """Videos in ``video_embeds`` (1 when it cannot tell: the conversion checks it later)."""
+    tensor = getattr(video_embeds, "tensor", getattr(video_embeds, "hidden", video_embeds))
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() == 3 else 1
 
 
 def _is_number(value) -> bool:
