@@ -167,8 +167,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ steps of __call__
 
-    def check_inputs(self, video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps,
-                     generator=None):
+    def check_inputs(self, video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps):
         if video is None and video_embeds is None:
             raise InputError("give `video` (a path or frames) or `video_embeds`")
         if video_embeds is not None and video is None and duration is None:
@@ -193,7 +192,6 @@ class VideoToMusicPipeline(DiffusionPipeline):
         if video is not None and not videos:
             raise InputError("`video` is an empty list: give at least one video")
         _check_videos(videos if video is not None else [], fps)
-        _check_generator_arg(generator)
 
     def prepare_video(self, video: VideoInput, fps: Optional[float]) -> _PreparedVideo:
         """A path or a ``(T, H, W, 3)`` uint8 array -> frames at the encoder's fps and size."""
@@ -330,8 +328,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
-        self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps,
-                          generator)
+        self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps)
+        _check_generator_arg(generator)
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
         batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
         check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
@@ -425,9 +423,10 @@ def _is_int(value) -> bool:
 
 
 def _check_generator_arg(generator) -> None:
-    """None, a torch.Generator, or a list of them (one per waveform); a seed int is a common slip."""
-    items = generator if isinstance(generator, (list, tuple)) else [generator]
-    if generator is None or all(isinstance(g, torch.Generator) for g in items) and items:
+    """None, a torch.Generator, or a list with one per waveform (None items draw from the global RNG)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and generator and all(g is None or isinstance(g, torch.Generator) for g in generator):
         return
     raise InputError(
         f"`generator` must be a torch.Generator or a list of them, got {generator!r} "
