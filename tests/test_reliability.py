@@ -186,6 +186,8 @@ def test_ldm_runaway_steps_and_overflowing_guidance(tmp_path):
     ldm.set_progress_bar_config(disable=True)
     with pytest.raises(InputError, match="at most the scheduler's 1000 training steps"):
         ldm(video=_frames(8), fps=8, num_inference_steps=10**9)  # was a 7.5 GB timestep array
+    with pytest.raises(InputError, match="the ldm generator takes no 'top_k'"):
+        ldm(video=_frames(8), fps=8, top_k=50)
     with pytest.raises(InputError, match="NaN or infinite samples"):
         ldm(video=_frames(8), fps=8, num_inference_steps=2, guidance_scale=1e308)
 
@@ -260,6 +262,7 @@ def test_resizing_once_per_frame_equals_resizing_every_pick(pipe):
         (dict(video="FRAMES", fps=8, top_p=float("nan")), "top_p"),
         (dict(video="FRAMES", fps=8, top_k=2.5), "top_k"),
         (dict(video="FRAMES", fps=8, temperature=float("inf")), "finite"),
+        (dict(video="FRAMES", fps=8, temprature=0.5), "takes no 'temprature'; its options are: temperature, top_k, top_p"),
         (lambda d: dict(video_embeds=torch.zeros(1, 8, d + 1), duration=1), "D="),
         (lambda d: dict(video_embeds=torch.zeros(1, 0, d), duration=1), "B, T > 0"),
         (lambda d: dict(video_embeds=torch.zeros(1, 8, d, dtype=torch.long), duration=1), "float"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from typing import Optional
 
 from .errors import InputError
@@ -30,7 +31,7 @@ def check_limit(value, name: str) -> Optional[float]:
     """A limit argument: a positive number of seconds, or None / inf for no limit."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"`{name}` must be a positive number of seconds or None (no limit), got {value!r}")
     if math.isnan(value) or value <= 0:
         raise InputError(f"`{name}` must be a positive number of seconds or None (no limit), got {value!r}")

@@ -6,6 +6,7 @@ video encoder -> named conditions ``{"video", "beat"}`` -> the generator's ``gen
 """
 
 import importlib
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -330,6 +331,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         # 1. check inputs
         self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps)
         _check_generator_arg(generator)
+        _check_generation_kwargs(self.generator, generation_kwargs)
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
         batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
         check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
@@ -405,6 +407,23 @@ def _check_videos(videos: list, fps) -> None:
             raise InputError("`fps` is required when `video` is an array of frames")
     if fps is not None and not (_is_number(fps) and math.isfinite(fps) and fps > 0):
         raise InputError(f"`fps` must be a positive number of frames per second, got {fps!r}")
+
+
+#: what the pipeline itself passes to ``generate``: not for ``generation_kwargs``
+_PIPELINE_ARGS = {"self", "conditions", "num_frames", "guidance_scale", "generator", "progress_bar", "scheduler",
+                  "num_inference_steps"}
+
+
+def _check_generation_kwargs(model, kwargs: dict) -> None:
+    """Names ``model.generate`` does not take raise InputError listing those it does (a typo is no traceback)."""
+    params = inspect.signature(model.generate).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = sorted(set(params) - _PIPELINE_ARGS)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise InputError(f"the {model.backend} generator takes no {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(known) or 'none'}")
 
 
 def _embeds_batch(video_embeds) -> int:
