@@ -25,7 +25,7 @@ from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMAS
 from vmas_diffusion.limits import MAX_MUSIC_SECONDS, MAX_VIDEO_SECONDS, check_lengths
 from vmas_diffusion.media import load_video, resample
 from vmas_diffusion.media._common import audio_to_numpy
-from vmas_diffusion.media.audio import check_sample_rate
+from vmas_diffusion.media.audio import _check_sample_rate
 from vmas_diffusion.models.codecs import MusicCodec
 from vmas_diffusion.models.generators import MusicGenerator
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
@@ -278,7 +278,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         depends on the music alone.
         """
         head = self._contrastive_head()
-        rate = check_sample_rate(sample_rate)
+        rate = _check_sample_rate(sample_rate)
         audio = audio_to_numpy(wav, "music")  # float32 (C, S), finite, with samples
         if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
             audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)

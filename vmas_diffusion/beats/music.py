@@ -19,7 +19,7 @@ from scipy.stats import theilslopes
 from vmas_diffusion.beats.envelope import resample_envelope
 from vmas_diffusion.errors import InputError
 from vmas_diffusion.media._common import audio_to_numpy
-from vmas_diffusion.media.audio import check_sample_rate, resample
+from vmas_diffusion.media.audio import _check_sample_rate, resample
 
 ANALYSIS_RATE = 22050
 HOP_LENGTH = 256
@@ -45,7 +45,7 @@ class MusicBeats:
 
 
 def _mono(audio, sample_rate) -> tuple[np.ndarray, int]:
-    rate = check_sample_rate(sample_rate)
+    rate = _check_sample_rate(sample_rate)
     mono = audio_to_numpy(audio).mean(axis=0, keepdims=True)
     return resample(mono, rate, ANALYSIS_RATE)[0], ANALYSIS_RATE
 
@@ -122,7 +122,7 @@ def onset_envelope(audio, sample_rate: int, frame_rate: float, num_frames: int |
         raise InputError(f"frame_rate must be positive, got {frame_rate!r}")
     data = audio_to_numpy(audio)
     if num_frames is None:
-        num_frames = math.ceil(data.shape[1] / check_sample_rate(sample_rate) * frame_rate - 1e-9)
+        num_frames = math.ceil(data.shape[1] / _check_sample_rate(sample_rate) * frame_rate - 1e-9)
     # analyse at least 4x finer than the target grid, so resampling only ever merges neighbours
     hop = max(1, min(HOP_LENGTH, int(ANALYSIS_RATE // (4 * frame_rate))))
     env, fps = onset_strength(data, sample_rate, hop)

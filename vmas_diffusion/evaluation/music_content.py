@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..media._common import audio_to_numpy
-from ..media.audio import check_sample_rate, resample
+from ..media.audio import _check_sample_rate, resample
 
 ANALYSIS_RATE = 16000
 N_FFT = 2048  # 128 ms: 7.8 Hz bins, fine enough to hold a note's partial in one bin
@@ -38,7 +38,7 @@ def _magnitude(audio, sample_rate: int) -> np.ndarray:
     import librosa
 
     mono = audio_to_numpy(audio).mean(axis=0, keepdims=True)
-    y = resample(mono, check_sample_rate(sample_rate), ANALYSIS_RATE)[0]
+    y = resample(mono, _check_sample_rate(sample_rate), ANALYSIS_RATE)[0]
     return np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))
 
 

@@ -19,7 +19,7 @@ from vmas_diffusion.errors import AudioDecodeError, InputError, MediaExportError
 from vmas_diffusion.media._common import audio_to_numpy, check_rate, check_window, existing_file, open_with_stream
 
 
-def check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
+def _check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
     rate = check_rate(sample_rate, name)
     if rate != int(rate) or rate > 1_000_000:
         raise InputError(f"{name} must be a whole number of Hz up to 1 MHz, got {sample_rate!r}")
@@ -114,7 +114,7 @@ def load_audio(
         AudioDecodeError: missing, empty, corrupt file; no audio stream; nothing in the window.
         InputError: bad sample rate or window.
     """
-    rate = check_sample_rate(sample_rate)
+    rate = _check_sample_rate(sample_rate)
     t0, t1 = check_window(start, end)
     p = existing_file(path, AudioDecodeError, "audio")
     read = _read_soundfile(p, t0, t1)
@@ -135,7 +135,7 @@ def save_audio(path, audio, sample_rate: int, subtype: str = "PCM_16") -> str:
     atomically (:mod:`vmas_diffusion.atomic`): after any error nothing is left at ``path``.
     Returns the path as str.
     """
-    rate = check_sample_rate(sample_rate)
+    rate = _check_sample_rate(sample_rate)
     data = audio_to_numpy(audio)
     p = Path(path)
     if subtype.startswith("PCM"):

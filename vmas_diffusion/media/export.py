@@ -18,7 +18,7 @@ import numpy as np
 from vmas_diffusion.atomic import atomic_path
 from vmas_diffusion.errors import InputError, MediaExportError
 from vmas_diffusion.media._common import audio_to_numpy, check_rate
-from vmas_diffusion.media.audio import check_sample_rate, num_samples, resample
+from vmas_diffusion.media.audio import _check_sample_rate, num_samples, resample
 from vmas_diffusion.media.video import probe_video
 
 # Rates the AAC bitstream can signal; other rates are resampled to 48 kHz first.
@@ -168,7 +168,7 @@ def export_to_video_with_audio(
         InputError: bad audio, frames, fps or sample rate.
         MediaExportError: the output cannot be written.
     """
-    rate_in = check_sample_rate(sample_rate)
+    rate_in = _check_sample_rate(sample_rate)
     out = Path(out_path)
     if not out.suffix:
         raise InputError(f"out_path {out} needs a container suffix such as .mp4")
