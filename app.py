@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse
 import logging
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -370,10 +371,23 @@ def handle_request(video_path, model, backend, steps, guidance, seed, *, models,
         r = generate(video_path, settings, pipes, out_dir, limits, progress)
         return r.video_path, r.audio_path, r.plot_path, f"**Done.** {r.message}"
     except VMASError as exc:
-        return None, None, None, f"**Cannot generate:** {exc}"
+        return None, None, None, f"**Cannot generate:** {public_message(str(exc), video_path, out_root)}"
     except Exception as exc:  # the page must survive anything a user can upload
         logger.exception("generation failed")
-        return None, None, None, f"**Cannot generate: internal error** ({type(exc).__name__}): {exc}"
+        reason = public_message(str(exc), video_path, out_root)
+        return None, None, None, f"**Cannot generate: internal error** ({type(exc).__name__}): {reason}"
+
+
+# a POSIX path of two or more parts, or a Windows one; group 1 is its last part
+_SERVER_PATH = re.compile(r"(?:/[^\s/\\:'\"()\[\],;]+)+/([^\s/\\:'\"()\[\],;]+)|[A-Za-z]:\\(?:[^\s\\:'\"]+\\)*([^\s\\:'\"]+)")
+
+
+def public_message(text: str, *paths) -> str:
+    """``text`` without server paths (upload and output folders, library sources): each path
+    becomes its last part, so the page names the user's file and never where it is kept."""
+    for path in sorted((str(p) for p in paths if p), key=len, reverse=True):
+        text = text.replace(path, Path(path).name)
+    return _SERVER_PATH.sub(lambda m: m.group(1) or m.group(2), text)
 
 
 # ---------------------------------------------------------------------------- page

@@ -5,15 +5,39 @@ line on stderr and exit code 2; progress bars go to stderr too.
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from . import defaults
 from .errors import InputError, VMASError
+from .limits import MAX_MUSIC_SECONDS, MAX_VIDEO_SECONDS, parse_limit
 
 EXIT_USAGE = 2
 BACKENDS = defaults.BACKENDS  # the bundled models' backends, what --backend picks among
+
+
+def seed(text: str) -> int:
+    """argparse type of --seed: what torch.Generator.manual_seed takes, 0 .. 2**64 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"the seed must be a whole number from 0 to 2**64 - 1, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type of --duration: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a duration must be a positive number of seconds, got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,12 +68,14 @@ def load_pipeline(model: Optional[str], backend: Optional[str] = None):
 def cmd_generate(args) -> int:
     import torch
 
-    from .media import export_to_video_with_audio, probe_video, save_audio
+    from .limits import check_lengths
+    from .media import export_to_video_with_audio, save_audio
 
     out = Path(args.output)
     if out.suffix.lower() not in (".mp4", ".wav"):
         raise InputError(f"output {out} must end in .mp4 or .wav")
-    probe_video(args.video)  # a bad video fails here, before a model is loaded
+    limits = dict(max_music_seconds=args.max_music_seconds, max_video_seconds=args.max_video_seconds)
+    check_lengths([args.video], None, args.duration, **limits)  # a bad or too long video fails before a model loads
     pipe = load_pipeline(args.model, args.backend)
     result = pipe(
         video=args.video,
@@ -57,6 +83,7 @@ def cmd_generate(args) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
+        **limits,
     )
     if out.suffix.lower() == ".mp4":
         export_to_video_with_audio(args.video, result.audios[0], result.sample_rate, str(out))
@@ -142,20 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="pipeline folder, Hub id, recipe .yaml (random weights) or bundled name "
                                      "(default: the bundled vmas-tiny)")
     gen.add_argument("--backend", choices=BACKENDS, help="generator backend the model must have")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
+    gen.add_argument("--seed", type=seed, default=0, help="random seed, 0 .. 2**64 - 1")
+    gen.add_argument("--duration", type=seconds, help="seconds of music (default: the video's duration)")
     gen.add_argument("--steps", type=int, help="diffusion steps (LDM backend)")
     gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    gen.add_argument("--max-music-seconds", type=parse_limit, default=MAX_MUSIC_SECONDS, metavar="S",
+                     help=f"refuse to write more music than this (default {MAX_MUSIC_SECONDS:g} s; 'none' lifts it)")
+    gen.add_argument("--max-video-seconds", type=parse_limit, default=MAX_VIDEO_SECONDS, metavar="S",
+                     help=f"refuse a video longer than this, by its header or frame count (default "
+                          f"{MAX_VIDEO_SECONDS:g} s; 'none' lifts it)")
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
     ev.add_argument("--model", action="append", required=True, help="pipeline folder (repeat for an ablation table)")
     ev.add_argument("--data", required=True, help="folder of videos or a JSON Lines manifest")
     ev.add_argument("--out", default="eval_out", help="folder for the JSON table, plots and the cache")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--steps", type=int)
     ev.add_argument("--guidance", type=float, default=3.0)
-    ev.add_argument("--duration", type=float)
+    ev.add_argument("--duration", type=seconds)
     ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")
     ev.add_argument("--max-videos", type=int)
@@ -167,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--video", help="another video instead of the bundled clip")
     demo.add_argument("--model", help="pipeline folder or bundled name (default: vmas-tiny)")
     demo.add_argument("--backend", choices=BACKENDS, help="bundled backend (default ar)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
                                                      "backend aligns best with: 6)")
     demo.set_defaults(run=cmd_demo)

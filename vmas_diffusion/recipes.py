@@ -8,6 +8,7 @@ cardinality, latent size, frame rate, condition width) are derived, not repeated
 recipe may omit them, and a recipe that states them inconsistently is rejected.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -157,12 +158,26 @@ def load_recipe(recipe: RecipeLike, overrides: Optional[list] = None) -> DictCon
         else:
             user = OmegaConf.create(recipe) if isinstance(recipe, dict) else recipe
         merged = OmegaConf.merge(OmegaConf.structured(Recipe), user, OmegaConf.from_dotlist(list(overrides or [])))
-        OmegaConf.to_container(merged, throw_on_missing=True)
+        plain = OmegaConf.to_container(merged, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{where}: {_first_line(err)}") from err
     except (OSError, ValueError, yaml.YAMLError) as err:  # unreadable file, YAML syntax error
         raise ConfigError(f"{where}: {_first_line(err)}") from err
+    for key, value in _leaves(plain):
+        if isinstance(value, float) and not math.isfinite(value):  # no setting means anything at nan or inf
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value}")
     return merged
+
+
+def _leaves(node, prefix: str = ""):
+    """``(dotted key, value)`` of every leaf of a nested dict / list."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, (dict, list)):
+            yield from _leaves(value, name)
+        else:
+            yield name, value
 
 
 def _read_yaml_with_base(path: Path, seen: tuple) -> DictConfig:

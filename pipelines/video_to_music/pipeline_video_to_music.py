@@ -6,6 +6,7 @@ video encoder -> named conditions ``{"video", "beat"}`` -> the generator's ``gen
 """
 
 import importlib
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from diffusers.utils import BaseOutput
 from vmas_diffusion.beats import VisualBeats, visual_beats
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
+from vmas_diffusion.limits import MAX_MUSIC_SECONDS, MAX_VIDEO_SECONDS, check_lengths
 from vmas_diffusion.media import load_video, resample
+from vmas_diffusion.media._common import audio_to_numpy
+from vmas_diffusion.media.audio import _check_sample_rate
 from vmas_diffusion.models.codecs import MusicCodec
 from vmas_diffusion.models.generators import MusicGenerator
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
@@ -169,22 +173,26 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError("give `video` (a path or frames) or `video_embeds`")
         if video_embeds is not None and video is None and duration is None:
             raise InputError("`duration` is required when only `video_embeds` are given")
-        if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+        if duration is not None and not (_is_number(duration) and math.isfinite(duration) and duration > 0):
             raise InputError(f"`duration` must be a positive number of seconds, got {duration!r}")
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+        if not (_is_number(guidance_scale) and math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise InputError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}")
-        if not (isinstance(num_waveforms_per_video, int) and num_waveforms_per_video >= 1):
+        if not (_is_int(num_waveforms_per_video) and num_waveforms_per_video >= 1):
             raise InputError(f"`num_waveforms_per_video` must be an integer >= 1, got {num_waveforms_per_video!r}")
         if output_type not in ("np", "pt"):
             raise InputError(f"`output_type` must be 'np' or 'pt', got {output_type!r}")
-        if num_inference_steps is not None and not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
+        if num_inference_steps is not None and not (_is_int(num_inference_steps) and num_inference_steps >= 1):
             raise InputError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
         if self.generator.needs_scheduler and self.scheduler is None:
             raise ConfigError(f"the {self.backend} backend needs a `scheduler` component")
+        most = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
+        if num_inference_steps is not None and most is not None and num_inference_steps > most:
+            raise InputError(f"`num_inference_steps` must be at most the scheduler's {most} training steps, "
+                             f"got {num_inference_steps}")
         videos = video if isinstance(video, (list, tuple)) else [video]
-        for item in videos if video is not None else []:
-            if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
-                raise InputError("`fps` is required when `video` is an array of frames")
+        if video is not None and not videos:
+            raise InputError("`video` is an empty list: give at least one video")
+        _check_videos(videos if video is not None else [], fps)
 
     def prepare_video(self, video: VideoInput, fps: Optional[float]) -> _PreparedVideo:
         """A path or a ``(T, H, W, 3)`` uint8 array -> frames at the encoder's fps and size."""
@@ -198,15 +206,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError(f"video frames must be a non-empty (T, H, W, 3) array, got shape {frames.shape}")
         if frames.dtype != np.uint8:
             raise InputError(f"video frames must be uint8, got {frames.dtype}")
-        if not (math.isfinite(fps) and fps > 0):
-            raise InputError(f"`fps` must be positive, got {fps!r}")
+        if not (_is_number(fps) and math.isfinite(fps) and fps > 0):
+            raise InputError(f"`fps` must be a positive number of frames per second, got {fps!r}")
         duration = frames.shape[0] / float(fps)
         # resample by time, as load_video does for files: frame k at k / target_fps
         times = np.arange(int(math.ceil(duration * target_fps - 1e-6))) / target_fps
         index = np.minimum(np.floor(times * fps + 1e-6).astype(int), frames.shape[0] - 1)
-        picked = torch.from_numpy(np.ascontiguousarray(frames[index])).permute(0, 3, 1, 2).float()
-        resized = F.interpolate(picked, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return _PreparedVideo(resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), duration)
+        if index.size == 0:  # frames shorter than one encoder frame: the first one stands for them
+            index = np.zeros(1, int)
+        return _PreparedVideo(_resize_frames(frames, index, size), duration)
 
     def encode_video(self, prepared: List[_PreparedVideo], video_embeds=None):
         """Frames -> ``(video Condition, beat Condition, VisualBeats per video)``; ``video_embeds`` skips the
@@ -231,7 +239,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
             output = self.video_encoder(frames.to(device), mask=mask.to(device))
             video_condition = output.condition()
         else:
-            video_condition = _as_condition(video_embeds, device)
+            video_condition = _as_condition(video_embeds, device, fps, int(self.video_encoder.config.hidden_dim))
         if not prepared:  # embeddings only: no frames, so no visual beats
             b, t = video_condition.mask.shape
             empty = torch.zeros(b, t, dtype=torch.bool, device=device)
@@ -249,11 +257,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
         return self.contrastive_head
 
     @torch.no_grad()
-    def embed_video(self, video: VideoInput, fps: Optional[float] = None) -> torch.Tensor:
-        """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval."""
+    def embed_video(self, video: VideoInput, fps: Optional[float] = None,
+                    max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS) -> torch.Tensor:
+        """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval.
+
+        ``max_video_seconds`` bounds the video read, as in ``__call__``.
+        """
         head = self._contrastive_head()
-        if isinstance(video, (np.ndarray, torch.Tensor)) and fps is None:
-            raise InputError("`fps` is required when `video` is an array of frames")
+        _check_videos([video], fps)
+        check_lengths([video], fps, None, None, max_video_seconds)
         prepared = self.prepare_video(video, fps)
         frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
         return head.embed_video(self.video_encoder(frames).pooled)[0]
@@ -266,13 +278,11 @@ class VideoToMusicPipeline(DiffusionPipeline):
         depends on the music alone.
         """
         head = self._contrastive_head()
-        audio = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, dtype=np.float32)
-        audio = audio[None] if audio.ndim == 1 else audio
-        if audio.ndim != 2 or audio.shape[-1] == 0:
-            raise InputError(f"music must be (C, S) or (S,) with samples, got shape {audio.shape}")
+        rate = _check_sample_rate(sample_rate)
+        audio = audio_to_numpy(wav, "music")  # float32 (C, S), finite, with samples
         if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
             audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
-        audio = resample(audio.astype(np.float32), int(sample_rate), self.sample_rate)
+        audio = resample(audio, rate, self.sample_rate)
         wav_t = torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device)
         target = self.generator.encode_music(self.codec, wav_t)
         return head.embed_music(self.generator.embed_music(target))[0]
@@ -292,6 +302,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         video_embeds=None,
+        max_music_seconds: Optional[float] = MAX_MUSIC_SECONDS,
+        max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS,
         **generation_kwargs,
     ):
         """Write music for ``video``.
@@ -307,18 +319,32 @@ class VideoToMusicPipeline(DiffusionPipeline):
                 the same items run one by one).
             output_type: ``"np"`` or ``"pt"``.
             video_embeds: a ``VideoEncoderOutput``, a Condition or a ``[B, T, D]`` tensor at the encoder's
-                frame rate, to skip the video encoder.
+                frame rate (``video_encoder.config.fps``, ``D = video_encoder.config.hidden_dim``), to skip
+                the video encoder.
+            max_music_seconds: the most music this call may write, all waveforms together (default 1800 s);
+                None lifts the limit.
+            max_video_seconds: the longest video this call may read, as its header or frame count claims
+                (default 1800 s); None lifts the limit. Both are checked before anything is decoded
+                (:mod:`vmas_diffusion.limits`).
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
         self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps)
+        _check_generator_arg(generator)
+        _check_generation_kwargs(self.generator, generation_kwargs)
+        videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
+        batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
+        check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
 
         # 2. load the video(s), find visual beats, encode
-        videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
         prepared = [self.prepare_video(v, fps) for v in videos]
         video_condition, beat_condition, analyses = self.encode_video(prepared, video_embeds)
         if duration is None:
             duration = max(p.duration for p in prepared)
+        num_samples = int(round(duration * self.sample_rate))
+        if num_samples < 1:
+            raise InputError(f"{duration:.3g} s of music is less than one sample at {self.sample_rate} Hz: "
+                             "ask for a longer `duration`")
         conditions = {
             VIDEO: video_condition.repeat_interleave(num_waveforms_per_video),
             BEAT: beat_condition.repeat_interleave(num_waveforms_per_video),
@@ -335,10 +361,12 @@ class VideoToMusicPipeline(DiffusionPipeline):
         )
 
         # 6. trim to the asked duration and return
-        num_samples = int(round(duration * self.sample_rate))
         if audio.shape[-1] < num_samples:
             audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
         audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
+        if not torch.isfinite(audio).all():  # e.g. a guidance scale so large that the sampling overflows
+            raise InputError(f"the {self.backend} generator produced NaN or infinite samples "
+                             f"(guidance_scale={guidance_scale:g}; a smaller one, or other weights, avoid it)")
         audios = audio.numpy() if output_type == "np" else audio
         beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
         one = len(analyses) == 1
@@ -351,15 +379,98 @@ class VideoToMusicPipeline(DiffusionPipeline):
         )
 
 
-def _as_condition(video_embeds, device) -> Condition:
+def _as_condition(video_embeds, device, frame_rate: float, dim: int) -> Condition:
+    """``video_embeds`` as the video Condition; a bare ``[B, T, D]`` tensor is at the encoder's ``frame_rate``."""
     if isinstance(video_embeds, Condition):
-        return video_embeds.to(device)
-    if hasattr(video_embeds, "condition"):
-        return video_embeds.condition().to(device)
-    if isinstance(video_embeds, torch.Tensor) and video_embeds.dim() == 3:
+        condition = video_embeds
+    elif hasattr(video_embeds, "condition"):
+        condition = video_embeds.condition()
+    elif isinstance(video_embeds, torch.Tensor) and video_embeds.dim() == 3 and video_embeds.is_floating_point():
         mask = torch.ones(video_embeds.shape[:2], dtype=torch.bool)
-        return Condition(video_embeds, mask, None).to(device)
-    raise InputError("`video_embeds` must be a VideoEncoderOutput, a Condition or a [B, T, D] tensor")
+        condition = Condition(video_embeds, mask, frame_rate)
+    else:
+        raise InputError("`video_embeds` must be a VideoEncoderOutput, a Condition or a float [B, T, D] tensor")
+    b, t, d = condition.tensor.shape
+    if d != dim or t == 0 or b == 0:
+        raise InputError(f"`video_embeds` must be [B, T, D={dim}] with B, T > 0, got {tuple(condition.tensor.shape)}")
+    if condition.frame_rate is None:
+        raise InputError("`video_embeds` is a Condition without a frame_rate: set the Hz of its time axis")
+    return condition.to(device)
+
+
+def _check_videos(videos: list, fps) -> None:
+    """Each video is a path or frames; frames need a positive number ``fps``."""
+    for item in videos:
+        if not isinstance(item, (str, Path, np.ndarray, torch.Tensor)):
+            raise InputError(f"each video must be a path or a (T, H, W, 3) uint8 array, got {type(item).__name__}")
+        if isinstance(item, (np.ndarray, torch.Tensor)) and fps is None:
+            raise InputError("`fps` is required when `video` is an array of frames")
+    if fps is not None and not (_is_number(fps) and math.isfinite(fps) and fps > 0):
+        raise InputError(f"`fps` must be a positive number of frames per second, got {fps!r}")
+
+
+#: what the pipeline itself passes to ``generate``: not for ``generation_kwargs``
+_PIPELINE_ARGS = {"self", "conditions", "num_frames", "guidance_scale", "generator", "progress_bar", "scheduler",
+                  "num_inference_steps"}
+
+
+def _check_generation_kwargs(model, kwargs: dict) -> None:
+    """Names ``model.generate`` does not take raise InputError listing those it does (a typo is no traceback)."""
+    params = inspect.signature(model.generate).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = sorted(set(params) - _PIPELINE_ARGS)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise InputError(f"the {model.backend} generator takes no {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(known) or 'none'}")
+
+
+def _embeds_batch(video_embeds) -> int:
+    """Videos in ``video_embeds`` (1 when it cannot tell: the conversion checks it later)."""
+    tensor = getattr(video_embeds, "tensor", getattr(video_embeds, "hidden", video_embeds))
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() == 3 else 1
+
+
+def _is_number(value) -> bool:
+    """A real number, not a bool or a string (``fps="8"`` is a mistake worth naming)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_generator_arg(generator) -> None:
+    """None, a torch.Generator, or a list with one per waveform (None items draw from the global RNG)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and generator and all(g is None or isinstance(g, torch.Generator) for g in generator):
+        return
+    raise InputError(
+        f"`generator` must be a torch.Generator or a list of them, got {generator!r} "
+        "(for a seed, pass torch.Generator().manual_seed(seed))"
+    )
+
+
+#: frames resized per interpolate call: bounds the float copy of full-size frames
+_RESIZE_BYTES = 64 << 20
+
+
+def _resize_frames(frames: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
+    """``frames[index]`` resized to ``size x size``, uint8 ``(len(index), size, size, 3)``.
+
+    Each source frame used is resized once, a chunk at a time, and only the small frames are
+    repeated: memory follows the output's size, not the input's resolution times repeats.
+    """
+    used, inverse = np.unique(index, return_inverse=True)
+    small = np.empty((used.size, size, size, 3), np.uint8)
+    step = max(1, _RESIZE_BYTES // (4 * int(np.prod(frames.shape[1:]))))
+    for s in range(0, used.size, step):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[used[s : s + step]])).permute(0, 3, 1, 2).float()
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        small[s : s + step] = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return small if used.size == index.size else small[inverse.reshape(-1)]
 
 
 #: the components every saved pipeline has, and what each must be

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmas_diffusion.atomic import atomic_path
 from vmas_diffusion.beats.metrics import beat_scores
 from vmas_diffusion.beats.music import MusicBeats, music_beats
 from vmas_diffusion.beats.visual import VisualBeats
@@ -79,8 +80,8 @@ def plot_alignment(
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     out = Path(out_path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
     except (OSError, ValueError) as exc:
         raise MediaExportError(f"cannot write plot {out}: {exc}") from exc
     return os.fspath(out)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
+from .. import atomic
 from ..errors import InputError
 
 KEYS = ("video", "audio", "start", "end", "id")
@@ -91,15 +92,20 @@ def read_manifest(path: Union[str, Path]) -> List[ManifestItem]:
         raise InputError(f"manifest {path} does not exist or is not a file")
     items: List[ManifestItem] = []
     seen = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            item = parse_manifest_line(text, path.parent, number, f"manifest {path}")
-            if item is None:
-                continue
-            if item.id in seen:
-                raise InputError(f"manifest {path} line {number}: id {item.id!r} already used on line {seen[item.id]}")
-            seen[item.id] = number
-            items.append(item)
+    try:  # streamed: a large binary file given by mistake fails at its first undecodable chunk
+        with open(path, encoding="utf-8") as handle:
+            for number, text in enumerate(handle, start=1):
+                item = parse_manifest_line(text, path.parent, number, f"manifest {path}")
+                if item is None:
+                    continue
+                if item.id in seen:
+                    raise InputError(f"manifest {path} line {number}: id {item.id!r} already used on line {seen[item.id]}")
+                seen[item.id] = number
+                items.append(item)
+    except UnicodeDecodeError:
+        raise InputError(f"manifest {path} is not a UTF-8 text file: give a JSON Lines file, one clip per line") from None
+    except OSError as err:
+        raise InputError(f"cannot read manifest {path}: {err.strerror or err}") from None
     if not items:
         raise InputError(f"manifest {path} lists no clips")
     return items
@@ -113,5 +119,5 @@ def write_manifest(path: Union[str, Path], entries: List[dict]) -> Path:
         unknown = set(entry) - set(KEYS)
         if unknown:
             raise InputError(f"manifest entry has unknown key(s) {sorted(unknown)}")
-    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
+    atomic.write_text(path, "".join(json.dumps(entry) + "\n" for entry in entries))
     return path

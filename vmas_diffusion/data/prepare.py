@@ -253,8 +253,8 @@ def prepare_dataset(
         other settings (resuming must not mix two kinds of samples).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the manifest: a bad one leaves no folder behind
     info = {
         "options": asdict(options),
         "sample_rate": int(codec.sample_rate),

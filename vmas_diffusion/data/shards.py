@@ -13,7 +13,6 @@ straight to one sample (:func:`read_sample`) or stream a whole shard (:func:`ite
 
 import io
 import json
-import os
 import tarfile
 import time
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .. import atomic
+from ..atomic import commit
 from ..errors import InputError
 
 INDEX_NAME = "index.json"
@@ -70,7 +71,7 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         self.name = SHARD_PATTERN.format(number)
         self.final = self.out_dir / self.name
-        self.tmp = self.out_dir / (self.name + ".tmp")
+        self.tmp = self.out_dir / (self.name + ".tmp")  # prepare drops leftovers of a kill by this name
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
         self.keys: List[str] = []
@@ -90,16 +91,20 @@ class ShardWriter:
 
     def close(self) -> List[SampleRef]:
         """Finish the shard: flush, fsync, rename to the final name; returns its sample references."""
-        self._tar.close()
-        with open(self.tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.tmp, self.final)
+        try:
+            self._tar.close()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        commit(self.tmp, self.final)
         return shard_refs(self.final, self.metas)
 
     def abort(self) -> None:
         """Drop the unfinished shard."""
-        self._tar.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self._tar.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
@@ -132,10 +137,7 @@ def write_index(out_dir: Union[str, Path], refs: List[SampleRef], info: dict) ->
             {"shard": r.shard, "key": r.key, "offset": r.offset, "size": r.size, "meta": r.meta} for r in refs
         ],
     }
-    tmp = out_dir / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, out_dir / INDEX_NAME)
-    return out_dir / INDEX_NAME
+    return atomic.write_text(out_dir / INDEX_NAME, json.dumps(payload, indent=1))
 
 
 def read_index(data_dir: Union[str, Path], allow_empty: bool = False) -> Tuple[List[SampleRef], dict]:

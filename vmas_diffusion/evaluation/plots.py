@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vmas_diffusion.atomic import atomic_path
+
 
 def plot_offset_histogram(
     out_path: str | Path, offsets: np.ndarray, title: str, tolerance: float = 0.1, max_offset: float = 1.0
@@ -45,6 +47,9 @@ def plot_offset_histogram(
     ax.set_ylabel("beats")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out_path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out_path

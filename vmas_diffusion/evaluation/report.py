@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import atomic
+
 BEAT_KEYS = ("bcs_window", "bhs_window", "f1_window", "bcs_bins", "bhs_bins", "f1_bins")
 BEAT_LABELS = {
     "bcs_window": "BCS (window)",
@@ -163,8 +165,8 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "evaluation.json"
     md_path = out_dir / "evaluation.md"
-    json_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    md_path.write_text(markdown)
+    atomic.write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    atomic.write_text(md_path, markdown)
     return EvaluationReport(
         markdown=markdown,
         json_path=str(json_path),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import av
@@ -86,6 +87,8 @@ def error_text(exc: BaseException) -> str:
     text = text.splitlines()[0]
     if "Error: " in text:  # decord: "[time] .../video_reader.cc:486: Error: av_read_frame failed ..."
         text = text.split("Error: ", 1)[1]
+    # decord's other messages: "[18:09:02] /github/workspace/src/video/video_reader.cc:270: [/path] reason"
+    text = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*(\[[^\]]*\]\s*)?", "", text)
     return text[:300]
 
 

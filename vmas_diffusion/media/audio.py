@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from vmas_diffusion.atomic import atomic_path
 from vmas_diffusion.errors import AudioDecodeError, InputError, MediaExportError
 from vmas_diffusion.media._common import audio_to_numpy, check_rate, check_window, existing_file, open_with_stream
 
@@ -130,7 +131,9 @@ def save_audio(path, audio, sample_rate: int, subtype: str = "PCM_16") -> str:
     """Write ``(C, S)`` or ``(S,)`` float audio (numpy or torch, in [-1, 1]) with soundfile.
 
     The format follows the suffix (``.wav``, ``.flac``, ``.ogg``); samples are clipped to
-    [-1, 1] for integer subtypes. Missing parent folders are created. Returns the path as str.
+    [-1, 1] for integer subtypes. Missing parent folders are created. The file appears
+    atomically (:mod:`vmas_diffusion.atomic`): after any error nothing is left at ``path``.
+    Returns the path as str.
     """
     rate = _check_sample_rate(sample_rate)
     data = audio_to_numpy(audio)
@@ -138,8 +141,8 @@ def save_audio(path, audio, sample_rate: int, subtype: str = "PCM_16") -> str:
     if subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(p), data.T, rate, subtype=subtype)
+        with atomic_path(p) as tmp:
+            sf.write(str(tmp), data.T, rate, subtype=subtype)  # the temporary name keeps the suffix: same format
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         raise MediaExportError(f"cannot write audio file {p}: {exc}") from exc
     return os.fspath(p)

@@ -15,6 +15,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from vmas_diffusion.atomic import atomic_path
 from vmas_diffusion.errors import InputError, MediaExportError
 from vmas_diffusion.media._common import audio_to_numpy, check_rate
 from vmas_diffusion.media.audio import _check_sample_rate, num_samples, resample
@@ -156,8 +157,8 @@ def export_to_video_with_audio(
         out_path: the file to write (``.mp4``, ``.mov``, ``.mkv``); parent folders are created.
         fps: frame rate of array input; ignored for a path.
 
-    The music is trimmed or zero-padded to the video's duration. The file appears atomically:
-    it is written next to ``out_path`` and renamed when complete.
+    The music is trimmed or zero-padded to the video's duration. The file appears atomically
+    (:mod:`vmas_diffusion.atomic`): it is written next to ``out_path``, synced and renamed when complete.
 
     Returns:
         ``out_path`` as str.
@@ -171,7 +172,6 @@ def export_to_video_with_audio(
     out = Path(out_path)
     if not out.suffix:
         raise InputError(f"out_path {out} needs a container suffix such as .mp4")
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
 
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
@@ -186,21 +186,18 @@ def export_to_video_with_audio(
     music, aac_rate = _prepare_audio(audio, rate_in, num_samples(length, rate_in))
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if frames is None:
-            try:
-                _copy_video(info.path, str(tmp), music, aac_rate)
-            except _CopyRefused:
-                vfps = Fraction(info.fps).limit_denominator(100_000)
-                _encode_frames(_decoded_frames(info.path), vfps, info.height, info.width, str(tmp), music, aac_rate)
-        else:
-            vfps = Fraction(float(fps)).limit_denominator(100_000)
-            _encode_frames(iter(frames), vfps, frames.shape[1], frames.shape[2], str(tmp), music, aac_rate)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            if frames is None:
+                try:
+                    _copy_video(info.path, str(tmp), music, aac_rate)
+                except _CopyRefused:
+                    tmp.unlink(missing_ok=True)
+                    vfps = Fraction(info.fps).limit_denominator(100_000)
+                    _encode_frames(_decoded_frames(info.path), vfps, info.height, info.width, str(tmp), music, aac_rate)
+            else:
+                vfps = Fraction(float(fps)).limit_denominator(100_000)
+                _encode_frames(iter(frames), vfps, frames.shape[1], frames.shape[2], str(tmp), music, aac_rate)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise MediaExportError(f"cannot write {out}: {reason}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return os.fspath(out)

@@ -250,9 +250,19 @@ class _DecordReader:
         return out[inverse]
 
 
+def _open_decord(path: str, size) -> _DecordReader | None:
+    """A decord reader, or None where decord refuses a file that PyAV opened (probe_video did):
+    animated GIFs ("broken metadata"), AV1 in Matroska, ... PyAV then decodes it, or says why not."""
+    try:
+        reader = _DecordReader(path, size)
+    except VideoDecodeError:
+        return None
+    return reader if reader.resizes_correctly(size) else None
+
+
 def _load_decord(info: VideoInfo, fps, t0, t1, size, max_frames) -> VideoClip:
-    reader = _DecordReader(info.path, size)
-    if not reader.resizes_correctly(size):
+    reader = _open_decord(info.path, size)
+    if reader is None:
         return _load_pyav(info, fps, t0, t1, size, max_frames)
     if fps is None:
         idx = np.nonzero((reader.pts >= t0 - 1e-6) & (reader.pts < t1 - 1e-6))[0]
@@ -261,7 +271,10 @@ def _load_decord(info: VideoInfo, fps, t0, t1, size, max_frames) -> VideoClip:
     else:
         idx = select_frames(reader.pts, target_times(t0, t1, fps))
     _check_count(idx.size, max_frames, info.path)
-    frames = reader.frames(idx)
+    try:
+        frames = reader.frames(idx)
+    except VideoDecodeError:  # decord stopped mid-file: PyAV decodes what is there or names the damage
+        return _load_pyav(info, fps, t0, t1, size, max_frames)
     return VideoClip(frames, reader.pts[idx], fps or info.fps, t1 - t0, info.path)
 
 
@@ -354,8 +367,8 @@ def load_video(
         start, end: optional window in seconds (``end`` is clipped to the video's duration).
         size: resize to ``(size, size)`` for an int, ``(height, width)`` for a pair; None keeps it.
         max_frames: raise :class:`InputError` instead of decoding more frames than this.
-        backend: ``"decord"`` (default, fast random access; PyAV when decord is not installed)
-            or ``"pyav"`` (sequential decode).
+        backend: ``"decord"`` (default, fast random access; PyAV when decord is not installed or
+            refuses the file, e.g. an animated GIF or AV1) or ``"pyav"`` (sequential decode).
 
     Returns:
         A :class:`VideoClip` with ``frames`` uint8 ``(T, H, W, 3)`` and the real ``timestamps``.
@@ -407,8 +420,8 @@ def iter_video_chunks(
     n_chunks = max(1, math.ceil((t1 - t0) / chunk_seconds - 1e-9))
     bounds = [(t0 + c * chunk_seconds, min(t1, t0 + (c + 1) * chunk_seconds)) for c in range(n_chunks)]
 
-    reader = _DecordReader(info.path, hw) if backend == "decord" and _have_decord() else None
-    if reader is not None and reader.resizes_correctly(hw):
+    reader = _open_decord(info.path, hw) if backend == "decord" and _have_decord() else None
+    if reader is not None:
         if fps is None:
             all_idx = np.nonzero((reader.pts >= t0 - 1e-6) & (reader.pts < t1 - 1e-6))[0]
             all_times = reader.pts[all_idx]

@@ -35,6 +35,8 @@ windowed continuation past ``max_duration``: after each window the last
 """
 
 import json
+import math
+import numbers
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -565,9 +567,12 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             num_frames = None
         if num_frames is None or num_frames < 1:
             raise InputError(f"ARTokenLM.generate: num_frames must be a positive int, got {num_frames!r}")
-        if guidance_scale < 0 or top_k < 0 or not 0 <= top_p <= 1 or temperature < 0:
+        values = (guidance_scale, top_k, top_p, temperature)
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values) or not (
+            guidance_scale >= 0 and top_k >= 0 and 0 <= top_p <= 1 and temperature >= 0 and top_k == int(top_k)
+        ):  # written so that NaN fails too
             raise InputError(
-                "ARTokenLM.generate: need guidance_scale >= 0, top_k >= 0, 0 <= top_p <= 1, temperature >= 0 "
+                "ARTokenLM.generate: need finite numbers guidance_scale >= 0, whole top_k >= 0, 0 <= top_p <= 1, temperature >= 0 "
                 f"(got {guidance_scale}, {top_k}, {top_p}, {temperature})"
             )
         conds, batch_size = self._conditions(conditions, None)
