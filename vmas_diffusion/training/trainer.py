@@ -128,8 +128,11 @@ class Trainer:
         components = build_training_components(cfg, load_pipeline=_load_pipeline)
         self.codec = components["codec"].requires_grad_(False).eval()
         self.components = components
+        # several processes: each loss is normalised by its global count of elements (see task.py)
+        mean = (lambda x: acc.reduce(x, reduction="mean")) if acc.num_processes > 1 else None  # noqa: E731
         self.task = VideoMusicTask(
-            components["video_encoder"], components["generator"], components["contrastive_head"], cfg.losses, seed=t.seed
+            components["video_encoder"], components["generator"], components["contrastive_head"], cfg.losses, seed=t.seed,
+            mean_over_processes=mean,
         )
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.task, t.weight_decay), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon
