@@ -417,8 +417,8 @@ def test_two_cpu_processes_match_one_process(tmp_path_factory, tmp_path, backend
 
     The losses are normalised by the global count of valid frames (not a mean of per-process means) and
     every random draw, dropout masks included, comes from the sample's own seed, whatever its batch's
-    padding: the per-step losses and the weights after 3 steps agree within float noise (before: losses
-    1.7e-3 apart at step 1, weights 2.9e-3). ~30 s alone on 2 cores.
+    padding: the per-step losses and the weights after 3 steps agree within float noise (here 2e-7 and
+    1.2e-7; before: losses 1.7e-3 (AR) / 2.7e-2 (LDM) relative apart, weights 2.9e-3). ~30 s alone on 2 cores.
     """
     data_dir = make_synthetic_data(tmp_path_factory.mktemp("uneven"), seconds=UNEVEN_SECONDS)
     losses_one, losses_two, a, b, first = two_vs_one(tmp_path, data_dir, backend)
