@@ -121,18 +121,23 @@ def tiny_recipe(backend: str, out_dir, data_dir, **train) -> dict:
     return recipe
 
 
-def make_synthetic_data(folder: Path, num_samples: int = 6, seconds: float = 0.5) -> Path:
-    """A prepared folder of random windows shaped like the tiny codec's (50 Hz, 4 x 64 codes, 16-d latents) at 8 fps."""
+def make_synthetic_data(folder: Path, num_samples: int = 6, seconds=0.5) -> Path:
+    """A prepared folder of random windows shaped like the tiny codec's (50 Hz, 4 x 64 codes, 16-d latents) at 8 fps.
+
+    ``seconds``: every window's length, or one length per sample (windows of unequal length).
+    """
     from vmas_diffusion.data import ShardWriter
     from vmas_diffusion.data.shards import write_index
 
+    lengths = list(seconds) if isinstance(seconds, (list, tuple)) else [seconds] * num_samples
+    num_samples = len(lengths)
     gen = torch.Generator().manual_seed(0)
-    tv, tm = int(8 * seconds), int(50 * seconds)
     refs = []
-    for number in range(num_samples // 2):
+    for number in range((num_samples + 1) // 2):
         writer = ShardWriter(folder, number)
-        for j in range(2):
+        for j in range(min(2, num_samples - 2 * number)):
             key = f"s{number}_{j}"
+            tv, tm = int(8 * lengths[2 * number + j]), int(50 * lengths[2 * number + j])
             onset = torch.zeros(tm)
             onset[torch.randint(0, tm, (3,), generator=gen)] = 1.0
             tensors = {

@@ -63,7 +63,8 @@ class Condition:
         """Linearly resample the time axis to ``num_frames`` frames at ``frame_rate`` Hz.
 
         Frame ``i`` of the result sits at time ``i / frame_rate``; values outside the
-        source's span are zero and masked out. Requires a time-aligned condition.
+        source's valid span (past its end, or between a valid and an invalid frame) are zero and
+        masked out. Requires a time-aligned condition.
         """
         if self.frame_rate is None:
             raise InputError("cannot resample a condition without a frame_rate")
@@ -75,6 +76,8 @@ class Condition:
         w = (pos - lo.float()).clamp(0, 1).to(self.tensor.dtype)[None, :, None]
         out = self.tensor[:, lo] * (1 - w) + self.tensor[:, hi] * w
         inside = (pos <= (t - 1) + 1e-6)[None, :]
-        mask = self.mask[:, lo] & inside
+        # a frame between a valid and an invalid source frame is invalid, as past the end of an unpadded
+        # source: so an item's result does not depend on the padding its batch adds
+        mask = self.mask[:, lo] & (self.mask[:, hi] | (w[..., 0] == 0)) & inside
         out = out * mask[..., None].to(out.dtype)
         return Condition(out, mask, frame_rate)

@@ -142,6 +142,17 @@ class BeatAlignmentLoss(nn.Module):
                 terms["beat_visual"] = self.visual_weight * (1.0 - corr).mean()
         return terms
 
+    def counts(self, aligned: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """How many elements each term of :meth:`forward` averages (detached): ``beat_onset`` the valid
+        frames of ``mask [B, T]``, ``beat_visual`` the aligned items. Training on several processes
+        weighs each process's terms by them (see :mod:`vmas_diffusion.training.task`)."""
+        out = {}
+        if self.onset_weight > 0:
+            out["beat_onset"] = mask.bool().sum().float()
+        if self.visual_weight > 0:
+            out["beat_visual"] = aligned.bool().sum().float()
+        return out
+
 
 def resample_envelope(
     envelope: torch.Tensor, src_rate: float, dst_rate: float, num_frames: Optional[int] = None

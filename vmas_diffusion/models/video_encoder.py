@@ -50,6 +50,7 @@ from torch import nn
 
 from ..conditions import Condition
 from ..errors import ConfigError, InputError
+from ..modules.item_randomness import ItemDropout
 from ..modules.transformer import Attention, FeedForward, sinusoidal_embedding
 from .frame_backbones import BACKBONES, TransformersFrameBackbone, build_frame_backbone, resize_frames
 
@@ -102,7 +103,7 @@ class LocalGlobalLayer(nn.Module):
             self.mem_attn = Attention(dim, num_heads)
             self.mem_norm2 = nn.LayerNorm(dim)
             self.mem_ff = FeedForward(dim, ff_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = ItemDropout(dropout)  # per-sample masks in training (see item_randomness)
 
     def update_memory(self, mem: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, spans: List[Tuple[int, int]]) -> torch.Tensor:
         """``mem [B, M, D]`` attends to itself and the valid frames of ``h [B, Tp, D]``, chunk by chunk.
@@ -179,8 +180,8 @@ class LocalGlobalLayer(nn.Module):
         weights = torch.softmax((q @ k.transpose(-1, -2)) * hd**-0.5 + attn_bias, dim=-1)
         out = weights @ v  # [B*nq, H, W, hd]
         out = self.attn.out_proj(out.transpose(1, 2).reshape(b, end - start, d))
-        y = h[:, start:end] + self.dropout(out)
-        y = y + self.dropout(self.ff(self.norm2(y)))
+        y = h[:, start:end] + self.dropout(out, offset=start)  # offset: masks do not depend on the chunking
+        y = y + self.dropout(self.ff(self.norm2(y)), offset=start)
         return y.masked_fill(~mask[:, start:end, None], 0.0)  # not a product: 0 * NaN would stay NaN
 
 

@@ -12,11 +12,21 @@ Layout of ``<output_dir>/checkpoints/step-00000120/``::
     rng_<rank>.safetensors    every process's RNG states as tensors (torch CPU and CUDA, numpy, random)
     pipeline/                 VideoToMusicPipeline.save_pretrained output (safetensors + JSON configs)
 
+    manifest.json             written last: every other file's size; a folder whose files do not match
+                              it is not a checkpoint
+
 Nothing is pickled, so loading never runs code (DDP and single-process runs; under DeepSpeed / FSDP
-the sharded optimizer state is Accelerate's own, whose files are ``torch.save`` pickles). A checkpoint is first written to
-``.tmp-step-...`` and renamed into place when complete (a rename is atomic on one file system), so a
-run killed at any moment leaves either the previous checkpoints or the new one, never a half one;
-:func:`latest_checkpoint` ignores temporary folders and the next save removes them.
+the sharded optimizer state is Accelerate's own, whose files are ``torch.save`` pickles).
+
+Atomic. A checkpoint is written to ``.tmp-step-N``, every file fsynced, the manifest last; then it
+is renamed into place (a rename is atomic on one file system). Saving a step that already has a
+checkpoint (a re-run after ``--resume-from`` an older one) renames the old folder away to
+``.old-step-N`` first, renames the new one in, and only then deletes the old one; pruned
+checkpoints are renamed to ``.del-step-N`` before they are deleted. So a run killed at any moment
+leaves every ``step-N`` folder either complete or absent: :func:`latest_checkpoint` lists complete
+folders only (manifest checked), and :func:`recover` (run before resuming and before each save)
+finishes an interrupted replacement (the new folder if complete, else the old one back) and removes
+leftovers.
 """
 
 import json
@@ -38,25 +48,144 @@ from ..weights import load_state_dict_checked, read_weights
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # being written
+OLD_PREFIX = ".old-"  # replaced by a new save of the same step, deleted once the new one is in place
+DEL_PREFIX = ".del-"  # pruned, being deleted
+MANIFEST = "manifest.json"
+#: what a checkpoint written before manifests needs (the model and optimizer either as files or under accelerate/)
+_LEGACY_FILES = ("trainer_state.json", "scheduler.json")
 
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_problem(folder: Path, legacy: bool = True) -> Optional[str]:
+    """Why ``folder`` is not a complete checkpoint (None when it is): its manifest is missing or a file
+    it lists is missing or has another size. ``legacy``: accept a folder written before manifests by its files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    manifest = folder / MANIFEST
+    if not manifest.is_file() and not legacy:
+        return f"{folder} has no {MANIFEST} (unfinished)"
+    if not manifest.is_file():
+        # written before manifests existed: complete when its files are there (never the case mid-write:
+        # the old code renamed a finished folder into place too)
+        if not all((folder / name).is_file() for name in _LEGACY_FILES):
+            return f"{folder} has no {MANIFEST} (an unfinished or partly deleted checkpoint)"
+        if not (folder / "accelerate").is_dir() and not all(
+            (folder / n).is_file() for n in ("model.safetensors", "optimizer.safetensors", "optimizer.json")
+        ):
+            return f"{folder} lacks its model or optimizer files"
+        return None
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{folder / MANIFEST} is unreadable ({err})"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, the manifest says {size}"
+    return None
+
+
 def list_checkpoints(root: Path) -> List[Path]:
-    """Finished checkpoints under ``root``, oldest first."""
+    """Complete checkpoints under ``root``, oldest first (unfinished and partly deleted folders are left out)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found) if checkpoint_problem(p) is None]
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(folder: Path, prefix: str, on_phase=None) -> None:
+    """Rename ``folder`` to ``<prefix><name>`` (atomic), then delete it: a kill never leaves it half there."""
+    gone = folder.with_name(prefix + folder.name)
+    if gone.exists():
+        shutil.rmtree(gone)
+    os.replace(folder, gone)
+    _fsync_dir(folder.parent)
+    if on_phase is not None:
+        on_phase(f"removing {prefix}", gone)
+    shutil.rmtree(gone)
+
+
+def _install(tmp: Path, final: Path, on_phase=None) -> None:
+    """Put the complete folder ``tmp`` in place of ``final``: an existing ``final`` is renamed away to
+    ``.old-<name>`` first and deleted last, so at every moment ``final`` is complete or absent."""
+    old = final.with_name(OLD_PREFIX + final.name)
+    if final.exists():  # the same step saved twice (a re-run after --resume-from an older checkpoint)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        _fsync_dir(final.parent)
+        if on_phase is not None:
+            on_phase("old renamed away", old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if on_phase is not None:
+        on_phase("renamed in", final)
+    if old.exists():
+        if on_phase is not None:
+            on_phase("removing old", old)
+        shutil.rmtree(old)
+
+
+def recover(root: Path) -> None:
+    """Finish or undo what a killed save left under ``root`` (main process only, before reading it).
+
+    A complete ``.tmp-step-N`` (manifest written) is the newest save of step N: it is installed. An
+    ``.old-step-N`` goes back when ``step-N`` is not complete and is deleted otherwise. Everything else
+    temporary, and ``step-N`` folders that are not complete, are deleted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for tmp in sorted(root.glob(f"{TMP_PREFIX}step-*")):
+        final = root / tmp.name[len(TMP_PREFIX) :]
+        if STEP_DIR.match(final.name) and checkpoint_problem(tmp, legacy=False) is None:
+            _install(tmp, final)
+            logger.warning("installed %s, saved completely by a run killed before renaming it", final)
+        else:
+            shutil.rmtree(tmp)
+    for old in sorted(root.glob(f"{OLD_PREFIX}step-*")):
+        final = root / old.name[len(OLD_PREFIX) :]
+        if checkpoint_problem(final) is not None and checkpoint_problem(old) is None:
+            if final.exists():
+                _remove(final, DEL_PREFIX)
+            os.replace(old, final)
+            _fsync_dir(root)
+            logger.warning("restored %s, which a killed save was replacing", final)
+        else:
+            shutil.rmtree(old)
+    for leftover in root.glob(f"{DEL_PREFIX}*"):
+        shutil.rmtree(leftover)
+    for folder in root.iterdir():
+        if folder.is_dir() and STEP_DIR.match(folder.name) and checkpoint_problem(folder) is not None:
+            logger.warning("removing the incomplete checkpoint %s (%s)", folder, checkpoint_problem(folder))
+            _remove(folder, DEL_PREFIX)
 
 
 # ------------------------------------------------------------------------------------------- tensors
@@ -178,9 +307,9 @@ class CheckpointManager:
         tmp = self.root / f"{TMP_PREFIX}{step_dir_name(step)}"
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"{TMP_PREFIX}*"):  # left by a run killed while saving
-                shutil.rmtree(stale, ignore_errors=True)
+            recover(self.root)  # what a run killed while saving left
             tmp.mkdir()
+            self.on_phase("started", tmp)
         accelerator.wait_for_everyone()
         _save_tensors(tmp / f"rng_{accelerator.process_index}.safetensors", rng_state_tensors())
         if sharded:
@@ -200,25 +329,41 @@ class CheckpointManager:
                 shadow = ema_state.pop("shadow_params")
                 _save_tensors(tmp / "ema.safetensors", {f"shadow.{i}": t for i, t in enumerate(shadow)})
                 _write_json(tmp / "ema.json", _jsonable(ema_state))
+            self.on_phase("model written", tmp)
             if export_pipeline is not None:
                 export_pipeline(tmp / "pipeline")
-            _write_json(tmp / "trainer_state.json", trainer_state)  # written last: marks the folder complete
-            for path in tmp.rglob("*"):
+            _write_json(tmp / "trainer_state.json", trainer_state)
+            self.on_phase("files written", tmp)
+            sizes = {}
+            for path in sorted(tmp.rglob("*")):
                 if path.is_file():
                     with open(path, "rb") as handle:
                         os.fsync(handle.fileno())
-            if final.exists():  # the same step saved twice (re-run after a resume): replace
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in list_checkpoints(self.root)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                    sizes[path.relative_to(tmp).as_posix()] = path.stat().st_size
+            for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}):
+                _fsync_dir(folder)
+            self.on_phase("files synced", tmp)
+            _write_json(tmp / MANIFEST, {"files": sizes})  # last: marks the folder complete
+            with open(tmp / MANIFEST, "rb") as handle:
+                os.fsync(handle.fileno())
+            _fsync_dir(tmp)
+            self.on_phase("complete", tmp)
+            _install(tmp, final, self.on_phase)
+            for pruned in list_checkpoints(self.root)[: -self.keep]:
+                _remove(pruned, DEL_PREFIX, self.on_phase)
         accelerator.wait_for_everyone()
         return final
+
+    def on_phase(self, phase: str, folder: Path) -> None:
+        """Called at each phase of a save (main process); tests kill the run here."""
 
     @staticmethod
     def load(accelerator, folder: Path, task, optimizer, scheduler, ema=None) -> dict:
         """Restore a checkpoint into live objects (every process); returns its ``trainer_state``."""
         folder = Path(folder)
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            raise CheckpointError(f"{folder} is not a complete training checkpoint: {problem}")
         state = _read_json(folder / "trainer_state.json")
         if (folder / "accelerate").is_dir():  # written by a DeepSpeed / FSDP run (see save)
             accelerator.load_state(str(folder / "accelerate"))

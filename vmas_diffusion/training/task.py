@@ -8,14 +8,23 @@ with ``BeatAlignmentLoss(onset_weight=w_beat_onset, visual_weight=w_beat_visual)
 skips its term (not computed, not returned).
 
 Per-sample randomness. Every sample carries ``uid`` (see :mod:`vmas_diffusion.data.dataset`); the
-randomness of a step (condition dropout, diffusion timesteps and noise, dropout layers) is drawn
-from generators seeded by ``(seed, uid)``, never from the process's running RNG. So a step is a pure
-function of the weights and the batch: a resumed run repeats an unbroken one exactly, and since the
-generators draw from one ``torch.Generator`` per item, a sample gets the same noise and dropout
-decision on whatever process and in whatever batch it lands.
+randomness of a step (condition dropout, diffusion timesteps and noise) is drawn from generators
+seeded by ``(seed, uid)``, and the dropout layers' masks
+(:class:`~vmas_diffusion.modules.item_randomness.ItemDropout`) from a hash of ``(seed, uid)``, never
+from the process's running RNG. So a step is a pure function of the weights and the batch: a resumed
+run repeats an unbroken one exactly, and a sample gets the same noise and dropout masks on whatever
+process and in whatever batch it lands (padding included).
+
+Several processes. Each loss is a mean over elements (valid music frames for the generator's loss
+and ``beat_onset``, aligned items for ``beat_visual``, items for the contrastive loss). A process
+holding ``n_r`` of the global ``N`` elements returns its mean times ``n_r / (N / W)``
+(``mean_over_processes`` gives ``N / W``: one collective per step), so the processes' average,
+which is what DDP's gradient averaging and the logged loss take, is the mean over the global
+batch's elements: the one-process objective, whatever the windows' lengths. On one process the
+factor is exactly 1.
 """
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,21 +32,12 @@ import torch.nn as nn
 from ..conditions import BEAT, VIDEO, Condition
 from ..errors import ConfigError, InputError
 from ..losses import BeatAlignmentLoss, InfoNCELoss, resample_envelope
+from ..modules.item_randomness import mix_seed, per_item_dropout
 
-_MASK64 = (1 << 63) - 1
+__all__ = ["VideoMusicTask", "item_generators", "mix_seed", "batch_to_device", "conditions_for_generation"]
 
-
-def mix_seed(*values: int) -> int:
-    """Deterministic 63-bit mix of integers (splitmix64 steps); independent of process and platform."""
-    state = 0x9E3779B97F4A7C15
-    for value in values:
-        state = (state ^ (int(value) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        state = z ^ (z >> 31)
-    return state & _MASK64
+#: salt of the dropout masks' seeds, apart from the generators' draws
+_DROPOUT_SALT = 2
 
 
 def item_generators(seed: int, uids: torch.Tensor, salt: int = 0) -> List[torch.Generator]:
@@ -56,10 +56,16 @@ class VideoMusicTask(nn.Module):
         weights: the recipe's ``losses`` section (``generation``, ``contrastive``, ``beat_onset``,
             ``beat_visual``, ``beat_tolerance_frames``, ``onset_emphasis``).
         seed: the run's seed, mixed into every per-sample generator.
+        mean_over_processes: ``[n] float64 -> [n]``, the mean of a tensor over the training processes
+            (the trainer passes Accelerate's ``reduce(..., "mean")``); None: one process.
     """
 
-    def __init__(self, video_encoder, generator, contrastive_head, weights, seed: int = 0):
+    def __init__(
+        self, video_encoder, generator, contrastive_head, weights, seed: int = 0,
+        mean_over_processes: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):  # fmt: skip
         super().__init__()
+        self.mean_over_processes = mean_over_processes
         self.w_gen = float(weights.generation)
         self.w_contrastive = float(weights.contrastive)
         for name in ("generation", "contrastive", "beat_onset", "beat_visual", "onset_emphasis"):
@@ -125,32 +131,57 @@ class VideoMusicTask(nn.Module):
         uids = batch["uid"]
         device = uids.device
         devices = [device] if device.type == "cuda" else []
-        # dropout layers and any draw the generator makes from the global RNG: seeded by this batch's samples
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(mix_seed(self.seed, salt, 1, *uids.tolist()))
+        # dropout masks: per sample (ItemDropout); any draw from the global RNG: seeded by this batch's samples
+        dropout_seeds = [mix_seed(self.seed, salt, _DROPOUT_SALT, u) for u in uids.tolist()]
+        with torch.random.fork_rng(devices=devices), per_item_dropout(dropout_seeds):
+            torch.manual_seed(mix_seed(self.seed, salt, 1, *uids.tolist()))  # any other draw: same on a resume
             video_out, beat = self.encode_video(batch)
             out = self.generator.forward_train(self.generator_batch(batch, video_out, beat, salt))
-        terms: Dict[str, torch.Tensor] = {}
+        losses = dict(out.losses)  # every value a mean over the elements its count names
+        counts = dict(out.loss_counts)
         metrics: Dict[str, torch.Tensor] = {}
-        if self.w_gen > 0:
-            for name, value in out.losses.items():
-                terms[name] = self.w_gen * value
-        else:
-            metrics.update({name: value.detach() for name, value in out.losses.items()})
         if self.contrastive_head is not None:
             result = self.contrastive_loss(*self.contrastive_head(video_out.pooled, out.music_embedding))
-            terms["contrastive"] = self.w_contrastive * result["contrastive"]
+            losses["contrastive"] = result["contrastive"]
             metrics["logit_scale"] = result["logit_scale"]
             metrics["contrastive_accuracy"] = result["contrastive_accuracy"]
         if self.use_beat:
             music_rate = float(self.generator.config.frame_rate)
             onset = batch["onset"]
-            envelope = resample_envelope(batch["visual_envelope"], float(video_out.frame_rate), music_rate, onset.shape[-1])
-            terms.update(self.beat_loss(out.onset_logits, onset, envelope.to(onset), batch["aligned"], batch["music_mask"]))
+            # each item's own frames, so the envelope near its end does not depend on the batch's padding
+            envelope = torch.stack([
+                resample_envelope(env[: int(n)], float(video_out.frame_rate), music_rate, onset.shape[-1])
+                for env, n in zip(batch["visual_envelope"], batch["video_mask"].sum(1).tolist())
+            ])  # fmt: skip
+            losses.update(self.beat_loss(out.onset_logits, onset, envelope.to(onset), batch["aligned"], batch["music_mask"]))
+            counts.update(self.beat_loss.counts(batch["aligned"], batch["music_mask"]))
+        losses = self._global_means(losses, counts, len(uids))
+        terms: Dict[str, torch.Tensor] = {}
+        for name, value in losses.items():
+            if name in out.losses:
+                if self.w_gen > 0:
+                    terms[name] = self.w_gen * value
+                else:
+                    metrics[name] = value.detach()
+            elif name == "contrastive":
+                terms[name] = self.w_contrastive * value
+            else:
+                terms[name] = value  # the beat terms come weighted
         if not terms:
             raise ConfigError("every loss weight is 0: nothing to train")
         total = torch.stack([t.float() for t in terms.values()]).sum()
         return total, terms, metrics
+
+    def _global_means(self, losses: Dict[str, torch.Tensor], counts: Dict[str, torch.Tensor], items: int) -> Dict[str, torch.Tensor]:
+        """Each process's means scaled so that their average over processes is the global batch's mean
+        (module docstring); unchanged on one process. A loss without a count averages the items."""
+        if self.mean_over_processes is None or not losses:
+            return losses
+        device = next(iter(losses.values())).device
+        local = torch.stack([torch.as_tensor(counts.get(name, items), dtype=torch.float64).to(device) for name in losses])
+        mean = self.mean_over_processes(local.clone())
+        factor = torch.where(mean > 0, local / mean.clamp(min=1e-300), torch.zeros_like(local))
+        return {name: value * factor[i].to(value.dtype) for i, (name, value) in enumerate(losses.items())}
 
 
 def batch_to_device(batch: Dict[str, torch.Tensor], device) -> Dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ..building import build_training_components
 from ..errors import CheckpointError, ConfigError
 from ..recipes import RecipeLike, load_recipe
-from .checkpoints import CheckpointManager, latest_checkpoint
+from .checkpoints import CheckpointManager, checkpoint_problem, latest_checkpoint, recover
 from .task import VideoMusicTask, batch_to_device, conditions_for_generation, item_generators
 from .trackers import make_trackers
 
@@ -128,8 +128,11 @@ class Trainer:
         components = build_training_components(cfg, load_pipeline=_load_pipeline)
         self.codec = components["codec"].requires_grad_(False).eval()
         self.components = components
+        # several processes: each loss is normalised by its global count of elements (see task.py)
+        mean = (lambda x: acc.reduce(x, reduction="mean")) if acc.num_processes > 1 else None  # noqa: E731
         self.task = VideoMusicTask(
-            components["video_encoder"], components["generator"], components["contrastive_head"], cfg.losses, seed=t.seed
+            components["video_encoder"], components["generator"], components["contrastive_head"], cfg.losses, seed=t.seed,
+            mean_over_processes=mean,
         )
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.task, t.weight_decay), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon
@@ -160,12 +163,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _resume(self, resume: str) -> None:
+        if resume == "auto":
+            if self.accelerator.is_main_process:
+                recover(self.checkpoints.root)  # finish or undo a save that a kill interrupted
+            self.accelerator.wait_for_everyone()
         folder = latest_checkpoint(self.checkpoints.root) if resume == "auto" else Path(resume)
         if folder is None:
             logger.info("no checkpoint under %s: starting from step 0", self.checkpoints.root)
             return
-        if not (folder / "trainer_state.json").is_file():
-            raise CheckpointError(f"{folder} is not a finished training checkpoint (no trainer_state.json)")
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            raise CheckpointError(f"{folder} is not a finished training checkpoint: {problem}")
         state = CheckpointManager.load(self.accelerator, folder, self.task, self.optimizer, self.lr_scheduler, self.ema)
         world = self.accelerator.num_processes
         if state.get("world_size") != world or state.get("batch_size") != self.cfg.train.batch_size:

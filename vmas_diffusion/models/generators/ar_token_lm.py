@@ -52,6 +52,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
+from ...modules.item_randomness import ItemDropout
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
 from ...weights import read_safetensors_folder
 from .base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
@@ -127,7 +128,7 @@ class ARDecoderLayer(nn.Module):
             self.cross_attn = Attention(dim, num_heads)
         self.final_layer_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = ItemDropout(dropout)  # per-sample masks in training (see item_randomness)
 
     def forward(
         self,
@@ -434,7 +435,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         ``batch``: ``"codes"`` ``[B, K, T]`` long; ``"conditions"`` ``dict[str, Condition]``; optional
         ``"mask"`` ``[B, T]`` bool (True = real music frame); optional ``"generator"`` (one, or one per
         item) for the condition-dropout draws. Returns ``losses={"ce": mean over codebooks
-        of the per-codebook CE}``, ``music_embedding [B, H]`` (masked mean over frames of the hidden
+        of the per-codebook CE}`` (``loss_counts``: the valid frames), ``music_embedding [B, H]`` (masked mean over frames of the hidden
         states), ``onset_logits [B, T]`` (beat head at the step that predicts each frame's first code,
         i.e. the pattern's delay undone) and ``ce_per_codebook [K]``.
         """
@@ -456,7 +457,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             conds = {name: cond.drop_items(drop) for name, cond in conds.items()}
 
         pattern = self.codebook_pattern
-        steps, inputs = self._teacher_forcing(codes)
+        # padded frames read as the special token, as past the end of an unpadded item: with a delay
+        # pattern the last frames' later codebooks see earlier codebooks' next frames as input
+        steps, inputs = self._teacher_forcing(codes.masked_fill(~mask[:, None, :], self.special_id))
         s = steps.shape[2]
         hidden = self._hidden(inputs, self.fuse_conditions(conds, s, 0, b))  # [B, S, H]
         logits = self._logits(hidden)  # [B, K, S, V]
@@ -478,6 +481,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         frame_hidden = hidden[:, pattern.first_step_of_frame(t, codes.device)]  # [B, T, H]
         return ARTrainOutput(
             losses={"ce": per_codebook.mean()},
+            # each frame is one target per codebook, so every codebook's mean is over the valid frames
+            loss_counts={"ce": valid.sum().detach() / k},
             music_embedding=pool_frames(frame_hidden, mask),
             onset_logits=self.beat_head(frame_hidden).squeeze(-1),
             ce_per_codebook=per_codebook.detach(),

@@ -10,7 +10,8 @@ scripts never ask which backend they hold (``backend`` is a label for people and
   (AR: codes ``[B, K, T]``; LDM: normalised latents ``[B, D, T]``), and :meth:`codec_config`
   checks the codec offers that form and says what the generator must agree on with it;
 * ``forward_train(batch) -> GeneratorTrainOutput``: the backend's own generation losses
-  (cross-entropy for AR, diffusion loss for LDM) plus what the alignment losses need:
+  (cross-entropy for AR, diffusion loss for LDM; each a mean, with the count it averages over in
+  ``loss_counts``) plus what the alignment losses need:
   a pooled music embedding and per-frame onset logits from the beat head;
 * ``generate(conditions, num_frames, ...)`` with the backend's own sampling defaults, and the one
   generate-and-decode path, :meth:`generate_audio`, that the pipeline, training validation and
@@ -41,6 +42,10 @@ class GeneratorTrainOutput:
     music_embedding: Optional[torch.Tensor] = None
     #: ``[B, T]`` beat-head logits of a music onset per music frame
     onset_logits: Optional[torch.Tensor] = None
+    #: per loss, how many elements its value averages (e.g. valid frames), a detached scalar: training on
+    #: several processes weighs each process's value by it, so the objective is the mean over the global
+    #: batch's elements, as on one process. A loss without a count averages the batch's items.
+    loss_counts: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MusicGenerator:
@@ -152,6 +157,22 @@ def frame_weights(batch: dict, b: int, t: int, device) -> Optional[torch.Tensor]
     if tuple(weight.shape) != (b, t):
         raise InputError(f"batch['frame_weight'] must be [B, T] = {(b, t)}, got {tuple(weight.shape)}")
     return weight.to(device=device, dtype=torch.float32)
+
+
+def draw_items_normal(size, generator=None, device=None, time_dim: int = -1) -> torch.Tensor:
+    """Standard normal noise of ``size`` (batch first), drawn as :func:`draw_items` draws, whose values on
+    the first ``n`` steps of ``time_dim`` do not depend on how long that axis is (the batch's padding).
+
+    Uniforms are drawn time-first (a generator fills a tensor in order, so a longer axis only appends)
+    and turned into normals by Box-Muller; ``torch.randn`` transforms blocks of 16 values and redraws
+    its tail, which ties every value to the total size.
+    """
+    size = list(size)
+    time_dim = time_dim % len(size)
+    moved = [size[0], size[time_dim]] + [n for i, n in enumerate(size) if i not in (0, time_dim)]
+    u = draw_items(torch.rand, moved + [2], generator, device)
+    normal = torch.sqrt(-2.0 * torch.log1p(-u[..., 0])) * torch.cos(2.0 * torch.pi * u[..., 1])
+    return normal.movedim(1, time_dim)
 
 
 def pool_frames(hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

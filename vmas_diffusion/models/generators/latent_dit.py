@@ -51,7 +51,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
+from .base import GeneratorTrainOutput, MusicGenerator, draw_items, draw_items_normal, frame_weights, pool_frames
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
 FUSE_MODES = ("cross", "sum", "prepend")
@@ -484,8 +484,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
 
         Optional ``batch["mask"] [B, T]`` (True = real music frame) and
         ``batch["generator"]`` (a ``torch.Generator`` for timesteps, noise and condition
-        dropout). Returns ``losses={"diffusion": masked MSE}``, ``music_embedding [B, H]``
-        (masked mean of hidden states) and ``onset_logits [B, T]`` (beat head).
+        dropout). Returns ``losses={"diffusion": masked MSE}`` (``loss_counts``: the valid frames),
+        ``music_embedding [B, H]`` (masked mean of hidden states) and ``onset_logits [B, T]`` (beat head).
         """
         if not isinstance(batch, dict) or "latents" not in batch or "conditions" not in batch:
             keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
@@ -507,25 +507,27 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         def draw(fn, size, **kwargs):  # one generator, or one per item (see draw_items)
             return draw_items(fn, size, gen, device, **kwargs)
 
-        noise = draw(torch.randn, latents.shape).to(latents.dtype)
         cfg = self.config
         sched = self.noise_scheduler
+        # one draw per item first, the noise (its size follows the batch's padding) last: so every
+        # item's draws come out the same in any batch
+        index = draw(torch.randint, (b,), low=0, high=cfg.num_train_timesteps)
+        cond_in = conditions
+        if self.training and cfg.cond_dropout > 0 and conditions:
+            drop = draw(torch.rand, (b,)) < cfg.cond_dropout
+            cond_in = {name: cond.drop_items(drop) for name, cond in conditions.items()}
+        noise = draw_items_normal(latents.shape, gen, device).to(latents.dtype)
         if cfg.prediction_type == "flow":
-            index = draw(torch.randint, (b,), low=0, high=cfg.num_train_timesteps)
             sigma = sched.sigmas[index.cpu()].to(device=device, dtype=latents.dtype)
             timesteps = sched.timesteps[index.cpu()].to(device)
             s = sigma[:, None, None]
             noisy = (1 - s) * latents + s * noise
             target = noise - latents
         else:
-            timesteps = draw(torch.randint, (b,), low=0, high=cfg.num_train_timesteps)
+            timesteps = index
             noisy = sched.add_noise(latents, noise, timesteps)
             target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
 
-        cond_in = conditions
-        if self.training and cfg.cond_dropout > 0 and conditions:
-            drop = draw(torch.rand, (b,)) < cfg.cond_dropout
-            cond_in = {name: cond.drop_items(drop) for name, cond in conditions.items()}
         prepared = self.fuse_conditions(cond_in, t)
         output, hidden = self._denoise(noisy, timesteps.float(), prepared, mask)
 
@@ -539,7 +541,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             hidden = self._clean_hidden(latents, self.null_conditions(conditions), mask)
         onset_logits = self.beat_head(hidden).squeeze(-1)
         return GeneratorTrainOutput(
-            losses={"diffusion": loss}, music_embedding=pool_frames(hidden, mask), onset_logits=onset_logits
+            losses={"diffusion": loss},
+            music_embedding=pool_frames(hidden, mask),
+            onset_logits=onset_logits,
+            loss_counts={"diffusion": torch.tensor(float(b * t), device=device) if mask is None else mask.sum()},
         )
 
     def _clean_hidden(self, latents: torch.Tensor, conditions: Dict[str, Condition], mask=None) -> torch.Tensor:
