@@ -76,11 +76,11 @@ def _check_train_spec(cfg) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
     resolve_mixed_precision(t.mixed_precision)
-    from ..data.shards import read_index
+    from ..data.sources import read_folders
 
     for folder in (cfg.data.train_dir, cfg.data.val_dir):
         if folder is not None:
-            read_index(folder)  # a missing or empty data folder fails before any model is built
+            read_folders(folder)  # a missing or empty data folder fails before any model is built
 
 
 def _load_pipeline(folder):
