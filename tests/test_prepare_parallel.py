@@ -42,18 +42,19 @@ def _samples(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def prepared(media, tmp_path_factory):
+    """The manifest prepared by one process (the CLI) and as the two shares of a 2-process job, run here
+    one after the other (the real processes: the slow test below)."""
     from vmas_diffusion.cli import main
 
     root = tmp_path_factory.mktemp("parallel")
     manifest = _manifest(media, root)
-    common = ["--recipe", RECIPE, "--no-progress"]
-    assert main(["prepare", str(manifest), *WINDOWS, "--out", str(root / "one"), *common]) == 0
-    assert main(["prepare", str(manifest), *WINDOWS, "--out", str(root / "two"), "--num-workers", "2", *common]) == 0
+    assert main(["prepare", str(manifest), *WINDOWS, "--out", str(root / "one"), "--recipe", RECIPE, "--no-progress"]) == 0
+    for rank in (0, 1):
+        prepare_parallel(manifest, root / "two", RECIPE, WINDOWS, progress=False, rank=rank, world_size=2)
     return dict(root=root, manifest=manifest, one=root / "one", two=root / "two")
 
 
-def test_two_processes_write_the_samples_of_one(prepared):
-    one, two = prepared["one"], prepared["two"]
+def _assert_same_samples_as_one(one: Path, two: Path) -> None:
     assert sorted(p.name for p in two.iterdir()) == ["part-00000", "part-00001"]
     single = _samples(one)
     parts = [_samples(two / name) for name in ("part-00000", "part-00001")]
@@ -62,6 +63,20 @@ def test_two_processes_write_the_samples_of_one(prepared):
     # each process took every other manifest item: bbb, bbb_mid, bbb_early / silent (failed), bbb_end
     assert {key.split("_w")[0] for key in parts[1]} == {"00000003_bbb_end"}
     assert "silent" in (two / "part-00001" / "errors.jsonl").read_text()
+
+
+def test_two_shares_write_the_samples_of_one(prepared):
+    _assert_same_samples_as_one(prepared["one"], prepared["two"])
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_samples_of_one(prepared, tmp_path):
+    """`--num-workers 2`: two spawned processes, each building its own codec (~2 min on a shared 2-core machine)."""
+    from vmas_diffusion.cli import main
+
+    args = [str(prepared["manifest"]), *WINDOWS, "--out", str(tmp_path / "two"), "--num-workers", "2", "--recipe", RECIPE]
+    assert main(["prepare", *args, "--no-progress"]) == 0
+    _assert_same_samples_as_one(prepared["one"], tmp_path / "two")
 
 
 def test_training_reads_the_parts_as_one_folder(prepared):
