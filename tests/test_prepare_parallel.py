@@ -126,7 +126,7 @@ def test_remote_folders_through_fsspec(prepared):
         if path.is_file():
             memory.pipe(f"/vmas/{path.relative_to(two).as_posix()}", path.read_bytes())
     _, expected = None, sorted(b["codes"].numpy().tobytes() for b in ShardDataset(two, batch_size=1, shuffle=False, num_batches=5))
-    for url in ("memory://vmas", f"file://{two}"):
+    for url in ("memory://vmas", f"file://{two}", "memory://vmas/part-*"):
         for split in ("sample", "shard"):
             dataset = ShardDataset(url, batch_size=1, shuffle=False, num_batches=5, split=split)
             assert len(dataset.folders) == 2 and all(f.remote for f in dataset.folders)

@@ -29,6 +29,16 @@ PART_GLOB = "part-*"
 DataSpec = Union[str, Path, Sequence[Union[str, Path]]]
 
 
+def _filesystem(url: str):
+    """``(fsspec file system, path in it)`` of a URL."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:  # an unknown protocol or its package missing
+        raise InputError(f"cannot read {url} through fsspec: {err}") from err
+
+
 class ShardFolder:
     """One prepared folder, local (a path) or remote (an fsspec URL)."""
 
@@ -36,12 +46,7 @@ class ShardFolder:
         self.location = str(location)
         self.remote = "://" in self.location
         if self.remote:
-            import fsspec
-
-            try:
-                self.fs, self.root = fsspec.core.url_to_fs(self.location)
-            except (ImportError, ValueError) as err:  # an unknown protocol or its package missing
-                raise InputError(f"cannot read {self.location} through fsspec: {err}") from err
+            self.fs, self.root = _filesystem(self.location)
         else:
             self.fs, self.root = None, self.location
 
@@ -89,15 +94,24 @@ def _split(spec: DataSpec) -> List[str]:
     raise InputError(f"data folders must be a path, a URL, a glob or a list of them, got {type(spec).__name__}")
 
 
+def _glob(pattern: str) -> List[ShardFolder]:
+    """The folders a local or fsspec glob matches, sorted."""
+    if "://" in pattern:
+        fs, path = _filesystem(pattern)
+        matches = [fs.unstrip_protocol(m) for m in sorted(fs.glob(path)) if fs.isdir(m)]
+    else:
+        matches = [m for m in sorted(glob.glob(pattern)) if Path(m).is_dir()]
+    if not matches:
+        raise InputError(f"data folder pattern {pattern} matches nothing")
+    return [ShardFolder(m) for m in matches]
+
+
 def shard_folders(spec: DataSpec) -> List[ShardFolder]:
     """The prepared folders ``spec`` names (see the module docstring), each holding an ``index.json``."""
     folders: List[ShardFolder] = []
     for entry in _split(spec):
-        if "://" not in entry and glob.has_magic(entry):
-            matches = sorted(glob.glob(entry))
-            if not matches:
-                raise InputError(f"data folder pattern {entry} matches nothing")
-            candidates = [ShardFolder(m) for m in matches if Path(m).is_dir()]
+        if glob.has_magic(entry.split("://", 1)[-1]):
+            candidates = _glob(entry)
         else:
             candidates = [ShardFolder(entry)]
         for folder in candidates:
