@@ -184,3 +184,26 @@ def test_iter_shard_reads_an_open_file(prepared):
     from_file = [(key, meta) for key, _, meta in iter_shard(io.BytesIO(shard.read_bytes()))]
     assert from_path == from_file and len(from_path) == 2
     assert torch.equal(next(iter_shard(shard))[1]["codes"], next(iter_shard(io.BytesIO(shard.read_bytes())))[1]["codes"])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_prepares_a_share_per_process(prepared, tmp_path):
+    """`accelerate launch` with 2 processes: each reads its RANK / WORLD_SIZE and writes its part (~2 min)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "vmas_diffusion.cli", "prepare", str(prepared["manifest"]), *WINDOWS, "--out", str(tmp_path / "two"),
+        "--recipe", RECIPE, "--no-progress",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_samples_as_one(prepared["one"], tmp_path / "two")
