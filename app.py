@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -221,41 +220,16 @@ def _load_pipeline(model: str, backend: Optional[str]):
 # ---------------------------------------------------------------------------- progress
 
 
-class ProgressRelay:
-    """A tqdm stand-in for ``pipe.progress_bar``: each ``update`` reports ``(done, total)`` to ``report``.
+def step_reporter(report: Callable[[int, int], None]):
+    """A diffusers ``callback_on_step_end`` that tells ``report(done, total)`` after each sampling step
+    (``total``: ``pipe.num_timesteps``, the call's steps over all windows); it changes no tensor."""
 
-    The generators use their bar as ``with progress_bar(total=N) as bar: ... bar.update(1)``.
-    """
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        total = max(int(pipe.num_timesteps), step + 1)
+        report(step + 1, total)
+        return callback_kwargs
 
-    def __init__(self, report: Callable[[int, int], None], total: int):
-        self.report, self.total, self.n = report, int(total), 0
-        self.report(0, self.total)
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self.report(min(self.n, self.total), self.total)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "ProgressRelay":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@contextmanager
-def progress_to(pipe, report: Optional[Callable[[int, int], None]]):
-    """Route ``pipe``'s progress bar to ``report(done, total)`` inside the block, then restore it."""
-    if report is None:
-        yield pipe
-        return
-    pipe.progress_bar = lambda iterable=None, total=None: ProgressRelay(report, total)  # shadows the method
-    try:
-        yield pipe
-    finally:
-        del pipe.progress_bar
+    return on_step_end
 
 
 # ---------------------------------------------------------------------------- generation
@@ -332,13 +306,15 @@ def generate(
     def step(done: int, total: int) -> None:
         tell(0.05 + 0.85 * done / max(total, 1), f"generating music ({pipe.backend}) {done}/{total}")
 
-    with progress_to(pipe, step if progress is not None else None):
-        result = pipe(
-            video=str(video_path),
-            num_inference_steps=settings.steps,  # a generator without diffusion steps ignores it
-            guidance_scale=settings.guidance_scale,
-            generator=torch.Generator().manual_seed(settings.seed),
-        )
+    result = pipe(
+        video=str(video_path),
+        num_inference_steps=settings.steps,  # a generator without diffusion steps ignores it
+        guidance_scale=settings.guidance_scale,
+        generator=torch.Generator().manual_seed(settings.seed),
+        # a backend with no sampling steps (none bundled) reports no step
+        callback_on_step_end=step_reporter(step) if progress is not None and pipe.generator.callback_tensor_inputs else None,
+        callback_on_step_end_tensor_inputs=[],  # progress only: no tensor is handed over
+    )
     audio, rate = result.audios[0], result.sample_rate
 
     tell(0.9, "muxing the music into the video")

@@ -215,15 +215,14 @@ def test_pipeline_cache_keeps_the_recent_ones_and_checks_the_backend():
     assert cache.get("vmas-tiny", "ar").backend == "ar" and loads[-1] == ("vmas-tiny", "ar")
 
 
-def test_progress_relay_feeds_the_callback():
+def test_step_reporter_reports_done_of_the_pipelines_total():
     calls = []
-    pipe = types.SimpleNamespace()
-    with vmas_app.progress_to(pipe, lambda done, total: calls.append((done, total))):
-        with pipe.progress_bar(total=3) as bar:
-            for _ in range(4):  # one more than the total: reports stay capped
-                bar.update(1)
-    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3), (3, 3)]
-    assert not hasattr(pipe, "progress_bar")
+    pipe = types.SimpleNamespace(num_timesteps=3)
+    on_step_end = vmas_app.step_reporter(lambda done, total: calls.append((done, total)))
+    tensors = {"latents": object()}
+    for step in range(3):
+        assert on_step_end(pipe, step, 999 - step, tensors) is tensors  # hands the tensors back unchanged
+    assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
 # ---------------------------------------------------------------------------- generation
@@ -255,7 +254,7 @@ def test_generate_writes_a_video_with_music_the_audio_and_the_plot(pipes, tmp_pa
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     steps = [d for _, d in reports if d.startswith("generating music (ldm)")]
     assert steps and steps[-1].split()[-1].split("/")[0] == steps[-1].split("/")[-1]  # reached done == total
-    assert "progress_bar" not in vars(pipes.get(LDM))  # the pipeline's own bar is back
+    assert "progress_bar" not in vars(pipes.get(LDM))  # progress came through the step callback, nothing patched
 
 
 def test_generate_is_seeded(pipes, tmp_path):

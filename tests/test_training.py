@@ -217,10 +217,11 @@ def test_checkpoint_layout_and_exported_pipeline(tmp_path, data_dir, backend):
     kept = list_checkpoints(run / "checkpoints")
     assert [p.name for p in kept] == ["step-00000003"] and result.last_checkpoint == kept[0]
     files = [p for p in kept[0].rglob("*") if p.is_file()]
-    assert files and all(p.suffix in (".safetensors", ".json") for p in files), files  # nothing pickled
+    assert files and all(p.suffix in (".safetensors", ".json", ".md") for p in files), files  # nothing pickled
     assert not list((run / "checkpoints").glob(".tmp-*"))
     pipe = VideoToMusicPipeline.from_pretrained(str(kept[0] / "pipeline"))
     assert pipe.backend == backend
+    assert "3 optimiser steps of 2 windows" in pipe.model_card["training_data"] and str(data_dir) in pipe.model_card["training_data"]
     # the exported generator holds the EMA weights
     ema = load_file(str(kept[0] / "ema.safetensors"))
     gen_params = list(pipe.generator.parameters())

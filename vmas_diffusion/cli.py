@@ -124,14 +124,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .data import prepare_from_recipe
+    from .data.prepare import prepare_parallel
 
-    report = prepare_from_recipe(
-        args.manifest, args.out, args.recipe, args.overrides, progress=not args.no_progress, retry_failed=args.retry_failed
+    reports = prepare_parallel(
+        args.manifest, args.out, args.recipe, args.overrides, num_workers=args.num_workers,
+        progress=not args.no_progress, retry_failed=args.retry_failed,
     )
-    print(report.summary(), file=sys.stderr)
-    if report.failures:
-        print(f"skipped clips are listed in {Path(args.out) / 'errors.jsonl'}", file=sys.stderr)
+    for report in reports:
+        print(report.summary(), file=sys.stderr)
+        if report.failures:
+            print(f"skipped clips are listed in {report.out_dir / 'errors.jsonl'}", file=sys.stderr)
     return 0
 
 
@@ -213,13 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(run=cmd_train)
 
-    pr = sub.add_parser("prepare", help="decode, window, encode and shard the clips of a JSON Lines manifest")
+    pr = sub.add_parser("prepare", help="decode, window, encode and shard the clips of a JSON Lines manifest "
+                                        "(also under `accelerate launch -m vmas_diffusion.cli prepare ...`)")
     pr.add_argument("manifest", help="JSON Lines manifest (video, optional audio/start/end/id per line)")
     pr.add_argument("--out", required=True, help="dataset folder (resumable: rerun to continue)")
     pr.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes" / "small_ar.yaml"),
                     help="recipe whose codec, video encoder and data section are used (default recipes/small_ar.yaml)")
     pr.add_argument("overrides", nargs="*", help="key=value recipe overrides right after the manifest, e.g. data.window_seconds=10")
     pr.add_argument("--retry-failed", action="store_true", help="on a rerun, try the clips that failed before again")
+    pr.add_argument("--num-workers", type=int, default=1,
+                    help="processes on this machine, each a share of the manifest in OUT/part-NNNNN (under "
+                         "`accelerate launch -m vmas_diffusion.cli prepare`, per launched process)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(run=cmd_prepare)
     return parser

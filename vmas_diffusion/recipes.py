@@ -92,10 +92,10 @@ class TrainSpec:
 class DataSpec:
     """The ``data`` section: where the prepared shards are and how windows are cut by ``prepare``."""
 
-    #: folder written by `vmas-diffusion prepare`
-    train_dir: Optional[str] = None
-    #: validation folder; null = the first batches of train_dir in order
-    val_dir: Optional[str] = None
+    #: folder written by `vmas-diffusion prepare`, or several: a list, a glob, fsspec URLs (data/sources.py)
+    train_dir: Any = None
+    #: validation folder(s), as train_dir; null = the first batches of train_dir in order
+    val_dir: Any = None
     #: "sample" (exact global order, any number of processes) or "shard" (whole shards per process)
     split: str = "sample"
     shuffle: bool = True

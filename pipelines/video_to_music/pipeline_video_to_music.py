@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from vmas_diffusion.media._common import audio_to_numpy
 from vmas_diffusion.media.audio import _check_sample_rate
 from vmas_diffusion.models.codecs import MusicCodec
 from vmas_diffusion.models.generators import MusicGenerator
+from vmas_diffusion.models.generators.base import onload
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
@@ -70,10 +71,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
     generator that samples with one, e.g. the LDM's diffusers scheduler; None for AR) and the optional
     ``contrastive_head`` (:class:`~vmas_diffusion.models.contrastive_head.ContrastiveHead`, used for
     retrieval embeddings).
+
+    ``model_card``: the facts (training data, measured alignment, licence...) ``save_pretrained``
+    writes into the folder's README.md (:mod:`vmas_diffusion.model_card`); ``from_pretrained``
+    reads them back. None for a pipeline built here.
     """
 
     model_cpu_offload_seq = "video_encoder->generator->codec"
     _optional_components = ["scheduler", "contrastive_head"]
+    model_card: Optional[dict] = None
 
     def __init__(self, video_encoder, generator, codec, scheduler=None, contrastive_head=None):
         super().__init__()
@@ -114,6 +120,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         A folder that is not a saved VideoToMusicPipeline raises CheckpointError naming what is wrong.
         The bundled names ``"vmas-tiny"``, ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"`` load the offline
         default model shipped in the package (:mod:`vmas_diffusion.defaults`).
+        ``torch_dtype`` (or ``dtype``): a ``torch.dtype`` for every component, or a dict by component
+        name with a ``"default"``, e.g. ``{"codec": torch.float32, "default": torch.bfloat16}``
+        (docs/architecture.md: what lower precision changes).
         """
         from vmas_diffusion.defaults import resolve_model
 
@@ -136,6 +145,10 @@ class VideoToMusicPipeline(DiffusionPipeline):
         for name, entry in index.items():
             if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("vmas_diffusion."):
                 importlib.import_module(entry[0])
+        if "torch_dtype" in kwargs:  # diffusers >= 0.36 names it `dtype`; both load each component in it
+            if "dtype" in kwargs:
+                raise InputError("give `torch_dtype` or `dtype`, not both")
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
         if kwargs.get("use_safetensors") is False:
             raise CheckpointError("VideoToMusicPipeline loads safetensors weights only")
         kwargs["use_safetensors"] = True
@@ -148,7 +161,88 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise CheckpointError(f"cannot load a VideoToMusicPipeline from {pretrained_model_name_or_path}: {first}") from err
         if not isinstance(pipe, VideoToMusicPipeline):
             raise CheckpointError(f"{pretrained_model_name_or_path} holds a {type(pipe).__name__}, not a VideoToMusicPipeline")
+        from vmas_diffusion.model_card import read_model_card
+
+        pipe.model_card = read_model_card(path) if path.exists() else None
         return pipe
+
+    def save_pretrained(self, save_directory, *args, model_card: Optional[dict] = None, push_to_hub: bool = False, **kwargs):
+        """diffusers' ``save_pretrained``, plus the model card ``README.md`` (:mod:`vmas_diffusion.model_card`)
+        written from ``model_card`` (default: the pipeline's own :attr:`model_card`), pushed with the
+        folder when ``push_to_hub``."""
+        from vmas_diffusion.model_card import check_model_card, write_model_card
+
+        card = check_model_card(self.model_card if model_card is None else model_card)
+        hub = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id") if key in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_model_card(save_directory, self, card)
+        if push_to_hub:  # as diffusers pushes, with this card instead of its empty one
+            from huggingface_hub import create_repo
+
+            repo_id = hub.get("repo_id", Path(str(save_directory)).name)
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")).repo_id
+            self._upload_folder(save_directory, repo_id, token=hub.get("token"), commit_message=hub.get("commit_message"),
+                                create_pr=hub.get("create_pr", False))
+
+    def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device=None):
+        """diffusers' model CPU offload: each component sits on the CPU and moves to the execution device
+        only while it is used (the generator's sampling and the codec's decoding included, see
+        :func:`~vmas_diffusion.models.generators.base.onload`). With no accelerator the execution device
+        is the CPU, where it changes nothing (diffusers would refuse)."""
+        if device is None:
+            from diffusers.utils.torch_utils import get_device
+
+            device = get_device()  # "cuda", "xpu", "mps"... or "cpu"
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    # ------------------------------------------------------------------ diffusers-style step control
+
+    @property
+    def _callback_tensor_inputs(self) -> List[str]:
+        """The tensors ``callback_on_step_end_tensor_inputs`` may name: the generator's
+        (``["latents"]`` for the LDM, ``["tokens"]`` for the AR)."""
+        return list(self.generator.callback_tensor_inputs)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Sampling steps of the last (or running) call, over all windows: what a step callback counts to."""
+        return getattr(self, "_num_timesteps", 0)
+
+    def _sized_progress_bar(self, total: int):
+        """``self.progress_bar`` (set_progress_bar_config applies), noting the call's step count first."""
+        self._num_timesteps = int(total)
+        return self.progress_bar(total=total)
+
+    def _step_callback(self, callback_on_step_end, tensor_inputs) -> Optional[Callable]:
+        """The generator's per-step callback for diffusers' ``callback_on_step_end(pipe, step, timestep,
+        callback_kwargs)``: ``callback_kwargs`` holds the tensors named in ``tensor_inputs`` (default: all the
+        backend has), and a returned dict replaces any of them. None when there is no callback."""
+        if callback_on_step_end is None and tensor_inputs is None:
+            return None
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback_on_step_end.tensor_inputs
+        allowed = self._callback_tensor_inputs
+        names = list(allowed if tensor_inputs is None else tensor_inputs)
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise InputError(f"`callback_on_step_end_tensor_inputs` {unknown} are not tensors of the {self.backend} "
+                             f"backend's steps; it has {allowed}")
+        if callback_on_step_end is None:
+            return None
+        if not callable(callback_on_step_end):
+            raise InputError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}")
+        if not allowed:
+            raise ConfigError(f"the {self.backend} backend has no sampling steps to call back from")
+
+        def callback(step: int, timestep, tensors: Dict[str, torch.Tensor]):
+            returned = callback_on_step_end(self, step, timestep, {name: tensors[name] for name in names})
+            if returned is not None and not isinstance(returned, dict):
+                raise InputError(f"`callback_on_step_end` must return a dict (or None), got {type(returned).__name__}")
+            return returned
+
+        return callback
 
     def with_generator(self, generator, scheduler=None) -> "VideoToMusicPipeline":
         """The same pipeline with another generator backend, sharing encoder, codec and contrastive head.
@@ -268,7 +362,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         check_lengths([video], fps, None, None, max_video_seconds)
         prepared = self.prepare_video(video, fps)
         frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
-        return head.embed_video(self.video_encoder(frames).pooled)[0]
+        pooled = self.video_encoder(frames).pooled
+        onload(head)
+        return head.embed_video(pooled)[0]
 
     @torch.no_grad()
     def embed_music(self, wav, sample_rate: int) -> torch.Tensor:
@@ -284,8 +380,12 @@ class VideoToMusicPipeline(DiffusionPipeline):
             audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
         audio = resample(audio, rate, self.sample_rate)
         wav_t = torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device)
+        onload(self.codec)
         target = self.generator.encode_music(self.codec, wav_t)
-        return head.embed_music(self.generator.embed_music(target))[0]
+        onload(self.generator)
+        music = self.generator.embed_music(target)
+        onload(head)
+        return head.embed_music(music)[0]
 
     # ------------------------------------------------------------------ __call__
 
@@ -304,6 +404,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         video_embeds=None,
         max_music_seconds: Optional[float] = MAX_MUSIC_SECONDS,
         max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS,
+        latents: Optional[torch.Tensor] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
         **generation_kwargs,
     ):
         """Write music for ``video``.
@@ -326,6 +429,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
             max_video_seconds: the longest video this call may read, as its header or frame count claims
                 (default 1800 s); None lifts the limit. Both are checked before anything is decoded
                 (:mod:`vmas_diffusion.limits`).
+            latents: the initial noise of a latent backend (LDM), ``[B, latent_dim, frames]`` with
+                ``frames = ceil(duration * codec.frame_rate)``, instead of drawing it from ``generator``:
+                the output then depends on it alone (deterministic samplers). A token backend raises InputError.
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` called after every
+                sampling step (LDM: each denoising step; AR: each token step), as in diffusers;
+                ``step`` counts over all windows up to ``pipe.num_timesteps``. A returned dict replaces
+                the tensors it names (same shape and dtype).
+            callback_on_step_end_tensor_inputs: the tensors put in ``callback_kwargs``, among
+                ``pipe._callback_tensor_inputs`` (``["latents"]`` LDM, ``["tokens"]`` AR); default all.
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
@@ -335,6 +447,13 @@ class VideoToMusicPipeline(DiffusionPipeline):
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
         batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
         check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
+        step_callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if step_callback is not None:
+            generation_kwargs["callback"] = step_callback
+        if latents is not None:
+            if "latents" not in inspect.signature(self.generator.generate).parameters:
+                raise InputError(f"`latents` are the initial noise of a latent backend; the {self.backend} backend samples without them")
+            generation_kwargs["latents"] = latents
 
         # 2. load the video(s), find visual beats, encode
         prepared = [self.prepare_video(v, fps) for v in videos]
@@ -357,7 +476,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         num_frames = max(1, int(math.ceil(duration * self.codec.frame_rate)))
         audio = self.generator.generate_audio(
             self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
+            guidance_scale=guidance_scale, generator=generator, progress_bar=self._sized_progress_bar, **generation_kwargs,
         )
 
         # 6. trim to the asked duration and return

@@ -21,13 +21,13 @@ dropout, diffusion noise) in training, so that randomness does not depend on whe
 """
 
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, InputError
-from .shards import iter_shard, read_index, read_sample
+from .sources import DataSpec, read_folders
 
 SPLITS = ("sample", "shard")
 #: tensors of a sample whose first axis is video time / last axis is music time
@@ -90,7 +90,8 @@ class ShardDataset(IterableDataset):
     """Batches from a prepared folder for one process of a (possibly multi-machine) job.
 
     Args:
-        data_dir: folder written by ``vmas-diffusion prepare``.
+        data_dir: folder written by ``vmas-diffusion prepare``, or several: a list, a glob, fsspec URLs
+            (:mod:`vmas_diffusion.data.sources`); their samples are indexed in the order given.
         batch_size: samples per batch on this process.
         rank, world_size: this process's place in the job (``accelerator.process_index`` / ``num_processes``).
         seed: shuffling seed (epoch ``e`` uses ``seed + e``).
@@ -102,7 +103,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        data_dir: Union[str, Path],
+        data_dir: DataSpec,
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
@@ -117,14 +118,18 @@ class ShardDataset(IterableDataset):
             raise ConfigError(f"data split must be one of {SPLITS}, got {split!r}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"bad batch_size={batch_size}, rank={rank}, world_size={world_size}")
-        self.data_dir = Path(data_dir)
-        self.refs, self.info = read_index(self.data_dir)
+        self.data_dir = data_dir if isinstance(data_dir, (str, Path)) else ", ".join(map(str, data_dir))
+        self.folders, per_folder, self.info = read_folders(data_dir)
+        self.refs = [ref for refs in per_folder for ref in refs]
+        #: the folder of each sample (its index into self.folders)
+        self.folder_of = [f for f, refs in enumerate(per_folder) for _ in refs]
         self.batch_size = int(batch_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed, self.shuffle, self.split = int(seed), bool(shuffle), split
         self.start_batch = int(start_batch)
         self.num_batches = num_batches
-        self.shards = sorted({r.shard for r in self.refs})
+        #: (folder, shard name) of every shard
+        self.shards = sorted({(f, r.shard) for f, r in zip(self.folder_of, self.refs)})
 
     @property
     def num_samples(self) -> int:
@@ -143,7 +148,7 @@ class ShardDataset(IterableDataset):
         return _perm(count, self.seed + epoch) if self.shuffle else list(range(count))
 
     def _load(self, index: int, epoch: int) -> Dict[str, torch.Tensor]:
-        sample = read_sample(self.data_dir, self.refs[index])
+        sample = self.folders[self.folder_of[index]].read_sample(self.refs[index])
         sample["uid"] = epoch * len(self.refs) + index
         return sample
 
@@ -190,17 +195,18 @@ class ShardDataset(IterableDataset):
         skip = (self.start_batch + worker) // num_workers
         remaining = None if self.num_batches is None else len(range(worker, self.num_batches, num_workers))
         slot = self.rank * num_workers + role
-        position = {(r.shard, r.key): i for i, r in enumerate(self.refs)}
+        position = {(f, r.shard, r.key): i for i, (f, r) in enumerate(zip(self.folder_of, self.refs))}
         epoch = 0
         buffer: List[Dict[str, torch.Tensor]] = []
         while remaining is None or remaining > 0:
             shards = [self.shards[i] for i in self._order(len(self.shards), epoch)]
-            for shard in shards[slot::slots]:
-                items = list(iter_shard(self.data_dir / shard))
-                order = _perm(len(items), self.seed + epoch * 1_000_003 + hash_text(shard)) if self.shuffle else range(len(items))
+            for folder, shard in shards[slot::slots]:
+                items = list(self.folders[folder].iter_shard(shard))
+                salt = hash_text(shard) + 7919 * folder  # the parts of a parallel prepare share shard names
+                order = _perm(len(items), self.seed + epoch * 1_000_003 + salt) if self.shuffle else range(len(items))
                 for i in order:
                     key, tensors, _ = items[i]
-                    tensors["uid"] = epoch * len(self.refs) + position[(shard, key)]
+                    tensors["uid"] = epoch * len(self.refs) + position[(folder, shard, key)]
                     buffer.append(tensors)
                     if len(buffer) < self.batch_size:
                         continue

@@ -23,10 +23,19 @@ Bad clips (missing, corrupt, no audio, too short) are skipped and logged to ``er
 without stopping. Work is resumable: shards are renamed into place only when complete and
 ``progress.jsonl`` records an item as done only once its shard is; a rerun skips what is done,
 drops any ``*.tar.tmp`` left by an interruption and continues with the next shard number.
+
+Preparation scales out over processes and machines (:func:`prepare_parallel`, ``--num-workers``,
+``accelerate launch``): process ``rank`` of ``world_size`` takes the manifest items whose position
+``i`` has ``i % world_size == rank`` and writes its own folder ``OUT/part-RRRRR/`` (shards, index,
+progress, errors), so no two processes write one file. Sample keys and contents do not depend on
+the split: ``W`` processes write the samples one process would, only spread over ``W`` folders,
+which training reads as one (:mod:`vmas_diffusion.data.sources`). Each process resumes from its
+own folder and skips what any process recorded as done, so a rerun may use another split.
 """
 
 import json
 import logging
+import os
 import re
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -40,6 +49,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, InputError, MediaError
 from .manifest import ManifestItem, read_manifest
 from .shards import SampleRef, ShardWriter, read_index, write_index
+from .sources import PART_GLOB, PART_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +245,8 @@ def prepare_dataset(
     progress: bool = True,
     item_callback: Optional[Callable[[ManifestItem, str], None]] = None,
     retry_failed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> PrepareReport:
     """Decode, window, encode and shard every clip of ``manifest`` into ``out_dir``.
 
@@ -247,12 +259,17 @@ def prepare_dataset(
         progress: show a tqdm bar.
         item_callback: called after each clip with ``(item, "done" | "failed")``.
         retry_failed: on a rerun, try the clips that failed before again (default: they stay skipped).
+        rank, world_size: this process's share of the manifest (module docstring); with
+            ``world_size > 1`` it writes ``out_dir/part-{rank:05d}``.
 
     Returns:
         a :class:`PrepareReport`. Raises :class:`InputError` if the folder was prepared with
         other settings (resuming must not mix two kinds of samples).
     """
-    out_dir = Path(out_dir)
+    if not (isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ConfigError(f"prepare: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    root = Path(out_dir)
+    out_dir = root / PART_PATTERN.format(rank) if world_size > 1 else root
     items = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the manifest: a bad one leaves no folder behind
     info = {
@@ -276,10 +293,14 @@ def prepare_dataset(
         stale.unlink()
     numbers = [int(p.name[6:12]) for p in out_dir.glob("shard-*.tar")]
     next_number = max(numbers) + 1 if numbers else 0
-    done = _load_progress(out_dir)
+    done = {}  # what any process recorded, under this split or an earlier one; done wins over failed
+    for folder in [root, *sorted(p for p in root.glob(PART_GLOB) if p.is_dir())]:
+        for key, entry in _load_progress(folder).items():
+            if key not in done or entry.get("status") == "done":
+                done[key] = entry
     if retry_failed:
         done = {key: entry for key, entry in done.items() if entry.get("status") == "done"}
-    report = PrepareReport(out_dir=out_dir, num_items=len(items))
+    report = PrepareReport(out_dir=out_dir, num_items=len(range(rank, len(items), world_size)))
     encode = WindowEncoder(codec, options, video_encoder)
     from ..media import probe_video
 
@@ -301,6 +322,8 @@ def prepare_dataset(
     bar = tqdm(items, desc="prepare", unit="clip", disable=not progress)
     try:
         for ordinal, item in enumerate(bar):
+            if ordinal % world_size != rank:
+                continue  # another process's share
             if item.id in done:
                 report.num_skipped += 1
                 continue
@@ -375,6 +398,8 @@ def prepare_from_recipe(
     overrides: Optional[Sequence[str]] = None,
     progress: bool = True,
     retry_failed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> PrepareReport:
     """Build the recipe's codec and video encoder and prepare ``manifest`` with its ``data`` section.
 
@@ -386,8 +411,11 @@ def prepare_from_recipe(
     from ..recipes import load_recipe
 
     cfg = load_recipe(recipe, list(overrides or []))
-    # the codec training will use
-    components = build_training_components(cfg, with_generator=False, load_pipeline=VideoToMusicPipeline.from_pretrained)
+    # the codec training will use; seeded, so that a recipe's randomly initialised codec (tests) is the
+    # same in every process of a parallel prepare
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.train.seed))
+        components = build_training_components(cfg, with_generator=False, load_pipeline=VideoToMusicPipeline.from_pretrained)
     enc = components["video_encoder"]
     options = prepare_options(cfg, enc)
     if options.video_input == "features" and not getattr(enc, "backbone_frozen", False):
@@ -396,8 +424,60 @@ def prepare_from_recipe(
             "(use a clip/hiera backbone or freeze_backbone: true, or video_input: frames)"
         )
     return prepare_dataset(
-        manifest, out_dir, components["codec"], options, video_encoder=enc, progress=progress, retry_failed=retry_failed
+        manifest, out_dir, components["codec"], options, video_encoder=enc, progress=progress, retry_failed=retry_failed,
+        rank=rank, world_size=world_size,
     )
+
+
+def launcher_share() -> tuple:
+    """``(rank, world_size)`` of this process under ``accelerate launch`` / ``torchrun`` (their ``RANK`` and
+    ``WORLD_SIZE``), ``(0, 1)`` when run alone."""
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError as err:
+        raise ConfigError(f"RANK / WORLD_SIZE must be integers: {err}") from err
+    return rank, world
+
+
+def _prepare_worker(threads: int, kwargs: dict) -> PrepareReport:
+    torch.set_num_threads(threads)  # the machine's cores split between the workers
+    return prepare_from_recipe(**kwargs)
+
+
+def prepare_parallel(
+    manifest: Union[str, Path],
+    out_dir: Union[str, Path],
+    recipe,
+    overrides: Optional[Sequence[str]] = None,
+    num_workers: int = 1,
+    progress: bool = True,
+    retry_failed: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> List[PrepareReport]:
+    """:func:`prepare_from_recipe` over ``num_workers`` processes of this machine, each a share of the
+    manifest; under a launcher with ``W`` processes (``rank``/``world_size``, default
+    :func:`launcher_share`) worker ``r`` of process ``R`` is share ``R * num_workers + r`` of
+    ``W * num_workers``. Returns the report of each share this process ran (the first shows the bar)."""
+    if rank is None or world_size is None:
+        rank, world_size = launcher_share()
+    if not (isinstance(num_workers, int) and num_workers >= 1):
+        raise ConfigError(f"prepare: num_workers must be an integer >= 1, got {num_workers!r}")
+    common = dict(manifest=manifest, out_dir=out_dir, recipe=recipe, overrides=list(overrides or []),
+                  retry_failed=retry_failed, world_size=world_size * num_workers)
+    if num_workers == 1:
+        return [prepare_from_recipe(**common, rank=rank, progress=progress)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, torch.get_num_threads() // num_workers)
+    context = multiprocessing.get_context("spawn")  # no forked torch or decoder state
+    with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_prepare_worker, threads, dict(common, rank=rank * num_workers + r, progress=progress and r == 0))
+            for r in range(num_workers)
+        ]
+        return [future.result() for future in futures]
 
 
 def prepare_options(cfg, video_encoder) -> PrepareOptions:

@@ -146,8 +146,14 @@ def read_index(data_dir: Union[str, Path], allow_empty: bool = False) -> Tuple[L
     path = data_dir / INDEX_NAME
     if not path.is_file():
         raise InputError(f"data folder {data_dir} has no {INDEX_NAME}: run `vmas-diffusion prepare MANIFEST --out {data_dir}`")
+    return parse_index(path.read_text(encoding="utf-8"), data_dir, allow_empty)
+
+
+def parse_index(text: str, data_dir, allow_empty: bool = False) -> Tuple[List[SampleRef], dict]:
+    """:func:`read_index` of an ``index.json``'s text (read from any file system) of folder ``data_dir``."""
+    path = f"{data_dir}/{INDEX_NAME}"
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(text)
         refs = [SampleRef(s["shard"], s["key"], int(s["offset"]), int(s["size"]), s.get("meta", {})) for s in payload["samples"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path} is not a vmas shard index: {err}") from err
@@ -159,17 +165,24 @@ def read_index(data_dir: Union[str, Path], allow_empty: bool = False) -> Tuple[L
 def read_sample(data_dir: Union[str, Path], ref: SampleRef) -> Dict[str, torch.Tensor]:
     """Seek to one sample's safetensors member and decode it."""
     with open(Path(data_dir) / ref.shard, "rb") as handle:
-        handle.seek(ref.offset)
-        data = handle.read(ref.size)
+        return read_member(handle, ref)
+
+
+def read_member(handle, ref: SampleRef) -> Dict[str, torch.Tensor]:
+    """One sample's tensors from its open shard file ``handle`` (local or remote, seekable)."""
+    handle.seek(ref.offset)
+    data = handle.read(ref.size)
     if len(data) != ref.size:
         raise InputError(f"shard {ref.shard} is truncated at sample {ref.key}")
     return decode_sample(data)
 
 
-def iter_shard(path: Union[str, Path]) -> Iterator[Tuple[str, Dict[str, torch.Tensor], dict]]:
-    """Stream a shard front to back (no seeking): yields ``(key, tensors, meta)``."""
+def iter_shard(path) -> Iterator[Tuple[str, Dict[str, torch.Tensor], dict]]:
+    """Stream a shard front to back (no seeking): yields ``(key, tensors, meta)``; ``path`` may also be an
+    open binary file (a remote one, say)."""
     pending: Dict[str, dict] = {}
-    with tarfile.open(path, "r|") as tar:
+    opened = {"name": path} if isinstance(path, (str, Path)) else {"fileobj": path}
+    with tarfile.open(mode="r|", **opened) as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             data = tar.extractfile(member).read()

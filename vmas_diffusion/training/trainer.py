@@ -76,11 +76,11 @@ def _check_train_spec(cfg) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
     resolve_mixed_precision(t.mixed_precision)
-    from ..data.shards import read_index
+    from ..data.sources import read_folders
 
     for folder in (cfg.data.train_dir, cfg.data.val_dir):
         if folder is not None:
-            read_index(folder)  # a missing or empty data folder fails before any model is built
+            read_folders(folder)  # a missing or empty data folder fails before any model is built
 
 
 def _load_pipeline(folder):
@@ -368,7 +368,24 @@ class Trainer:
             scheduler=self.components["scheduler"],
             contrastive_head=self.components["contrastive_head"],
         )
-        pipe.save_pretrained(str(folder), safe_serialization=True)
+        pipe.save_pretrained(str(folder), safe_serialization=True, model_card=self._model_card())
+
+    def _model_card(self) -> dict:
+        """What the exported pipeline's model card can say from the run itself (vmas_diffusion.model_card)."""
+        cfg, t = self.cfg, self.cfg.train
+        data = cfg.data.train_dir
+        data = ", ".join(map(str, data)) if not isinstance(data, str) else data
+        card = {
+            "name": f"{cfg.name} (step {self.step})",
+            "training_data": f"Recipe `{cfg.name}`: {self.step} optimiser steps of {t.batch_size} windows x "
+            f"{self.accelerator.num_processes} process(es) x {t.gradient_accumulation_steps} accumulation step(s) "
+            f"from the shards in `{data}` ({cfg.data.window_seconds:g} s windows).",
+            "alignment": "Not measured by training: run `vmas-diffusion evaluate` or `scripts/evaluate_alignment.py` "
+            "and save the pipeline again with `model_card={..., 'alignment': TABLE}`.",
+        }
+        if t.init_from:
+            card["base_model"] = str(t.init_from)
+        return card
 
     def save(self) -> Path:
         state = {

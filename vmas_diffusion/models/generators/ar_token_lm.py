@@ -55,7 +55,7 @@ from ...modules.condition_fusion import FusedConditions, check_conditions, frame
 from ...modules.item_randomness import ItemDropout
 from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
 from ...weights import read_safetensors_folder
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items, frame_weights, pool_frames
+from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, frame_weights, pool_frames
 
 TEXT = "text"
 TOKEN_FUSES = ("cross", "prepend", "none")
@@ -171,6 +171,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
 
     backend = "ar"
     music_key = "codes"
+    callback_tensor_inputs = ("tokens",)
 
     @register_to_config
     def __init__(
@@ -556,6 +557,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         temperature: float = 1.0,
         generator: GeneratorArg = None,
         progress_bar: Optional[Callable] = None,
+        callback: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample codes ``[B, K, num_frames]`` (ids in ``[0, cardinality)``).
 
@@ -565,6 +567,12 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         ``torch.Generator`` or one per item (see :meth:`_item_generators`). ``progress_bar``: a
         factory like ``DiffusionPipeline.progress_bar`` (``total=`` -> tqdm); tqdm when None.
         Music longer than ``max_duration`` is generated in windows (:meth:`plan_windows`).
+        ``callback``: ``callback(step, timestep, {"tokens": [B, K, S]}) -> dict | None`` after every
+        token step (:class:`~vmas_diffusion.models.generators.base.StepEnd`); ``timestep`` is the
+        step's position ``s`` in its window and ``"tokens"`` the window's interleaved steps
+        (pattern layout, the special id where nothing is sampled yet). A returned ``"tokens"``
+        replaces them: what it puts at ``s`` is the next step's input, and later positions not yet
+        sampled are sampled over (earlier ones are already read into the cache).
         """
         try:
             num_frames = operator.index(num_frames)
@@ -599,11 +607,12 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         heads = torch.cat([h.weight for h in self.lm_heads])  # [K * V, H]
         out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
         with progress_bar(total=total) as bar:
+            step_end = StepEnd(bar, callback)
             for start, length, prompt_len in plan:
                 prompt = out[:, :, start : start + prompt_len] if prompt_len else None
                 out[:, :, start : start + length] = self._generate_window(
                     conds, batch_size, length, start, prompt, guidance_scale if use_cfg else None,
-                    sampling, generators, table, heads, bar,
+                    sampling, generators, table, heads, step_end,
                 )  # fmt: skip
         return out
 
@@ -623,7 +632,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         generators: List[Optional[torch.Generator]],
         table: torch.Tensor,
         heads: torch.Tensor,
-        bar,
+        step_end: StepEnd,
     ) -> torch.Tensor:
         """Codes ``[B, K, num_frames]`` of one window whose first ``prompt.shape[2]`` frames are ``prompt``."""
         b, k, device = batch_size, self.config.num_codebooks, self.device
@@ -676,7 +685,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         for s in range(first, s_total):
             sampled = sample_from_logits(logits.flatten(0, 1), uniforms[:, s].flatten(), **sampling).view(b, k)
             steps[:, :, s] = torch.where(to_sample[:, s], sampled, steps[:, :, s])
-            bar.update(1)
+            returned = step_end(s, {"tokens": steps})["tokens"]
+            if returned is not steps:  # the callback replaced them
+                self._check_codes(returned, "the step callback's tokens", allow_special=True)
+                steps = returned
             if s + 1 < s_total:
                 logits = step_logits(steps[:, :, s : s + 1], positions[s + 1 : s + 2], with_prefix=False)
         return pattern.deinterleave(steps, num_frames)

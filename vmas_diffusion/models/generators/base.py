@@ -29,7 +29,7 @@ optional ``"frame_weight"`` ``[B, T]``: how much each music frame's generation l
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -58,6 +58,9 @@ class MusicGenerator:
     #: steps of a scheduler-driven sampler when the caller gives none; None: sampling takes no steps
     #: and no scheduler (``num_inference_steps`` is ignored)
     default_inference_steps: Optional[int] = None
+    #: the tensors ``generate`` hands its per-step ``callback`` (:class:`StepEnd`), e.g. ``("latents",)``;
+    #: empty: the backend has no sampling steps to call back from
+    callback_tensor_inputs: Tuple[str, ...] = ()
 
     @property
     def needs_scheduler(self) -> bool:
@@ -115,12 +118,56 @@ class MusicGenerator:
 
         The one generate-and-decode path (pipeline, training validation, evaluation). ``scheduler``
         and ``num_inference_steps`` reach a scheduler-driven backend only (its own defaults when None);
-        ``sampling`` holds backend options such as the AR's ``top_k`` / ``temperature``.
+        ``sampling`` holds backend options such as the AR's ``top_k`` / ``temperature``, and
+        ``callback`` (``callback(step, timestep, tensors) -> dict | None``, see :class:`StepEnd`) for a
+        backend with :attr:`callback_tensor_inputs`.
         """
         kwargs = dict(sampling, guidance_scale=guidance_scale, generator=generator, progress_bar=progress_bar)
+        onload(self)
         if self.needs_scheduler:
             kwargs.update(scheduler=scheduler, num_inference_steps=num_inference_steps or self.default_inference_steps)
-        return self.decode_music(codec, self.generate(conditions, num_frames, **kwargs))
+        target = self.generate(conditions, num_frames, **kwargs)
+        onload(codec)  # under model CPU offload the codec comes to the execution device only now
+        return self.decode_music(codec, target)
+
+
+def onload(module) -> None:
+    """Put ``module`` on its execution device under a pipeline's model CPU offload before a call that is
+    not its ``forward`` (``generate``, ``decode``...): accelerate's offload hook moves a model only when its
+    ``forward`` runs (and sends the previous model of the chain back to the CPU). No hook: nothing to do."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None:
+        hook.pre_forward(module)
+
+
+class StepEnd:
+    """The end of one sampling step of a ``generate`` call: advances the progress bar and runs the
+    caller's ``callback(step, timestep, tensors) -> dict | None``.
+
+    ``step`` counts every step of the call (over all windows), ``tensors`` are the backend's
+    :attr:`MusicGenerator.callback_tensor_inputs` as they stand after the step; a returned dict
+    replaces any of them (same shape and dtype), as diffusers' ``callback_on_step_end`` does.
+    """
+
+    def __init__(self, bar, callback: Optional[Callable] = None):
+        self.bar, self.callback, self.step = bar, callback, 0
+
+    def __call__(self, timestep, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        from ...errors import InputError
+
+        self.bar.update(1)
+        step, self.step = self.step, self.step + 1
+        if self.callback is None:
+            return tensors
+        returned = self.callback(step, timestep, dict(tensors)) or {}
+        for name, value in returned.items():
+            if name not in tensors:
+                raise InputError(f"the step callback returned {name!r}; it may replace only {sorted(tensors)}")
+            old = tensors[name]
+            if not isinstance(value, torch.Tensor) or value.shape != old.shape or value.dtype != old.dtype:
+                got = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise InputError(f"the step callback's {name!r} must keep shape {tuple(old.shape)} and {old.dtype}, got {got}")
+        return {**tensors, **{name: value.to(tensors[name].device) for name, value in returned.items()}}
 
 
 def draw_items(fn, size, generator=None, device=None, **kwargs) -> torch.Tensor:

@@ -51,7 +51,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import ConfigError, InputError
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
-from .base import GeneratorTrainOutput, MusicGenerator, draw_items, draw_items_normal, frame_weights, pool_frames
+from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, draw_items_normal, frame_weights, pool_frames
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
 FUSE_MODES = ("cross", "sum", "prepend")
@@ -142,6 +142,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     backend = "ldm"
     music_key = "latents"
     default_inference_steps = 25
+    callback_tensor_inputs = ("latents",)
 
     @register_to_config
     def __init__(
@@ -648,26 +649,32 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         cfg: bool,
         generator: GeneratorArg,
         known: Optional[torch.Tensor],
-        bar,
+        step_end: StepEnd,
+        noise: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Run the denoising loop for one window ``shape = (B, D, T)``; the first
-        ``known.shape[-1]`` frames are in-painted from ``known``."""
+        ``known.shape[-1]`` frames are in-painted from ``known``. ``noise``: the window's initial
+        noise (drawn from ``generator`` when None), then also the in-painting noise of ``known``."""
         device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
         scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        given = noise is not None
+        sample = noise.to(device, dtype) if given else randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         sample = sample * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
         k = 0 if known is None else known.shape[-1]
         for i, t in enumerate(scheduler.timesteps):
-            if k:
-                noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
-                sample = torch.cat([self._noise_to(scheduler, known, noise, t), sample[..., k:]], dim=-1)
+            if k:  # given latents fix the in-painting noise too, so the output depends on them alone
+                if given:
+                    fresh = noise[..., :k].to(device, dtype)
+                else:
+                    fresh = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
+                sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
             output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance_scale, cfg)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
-            bar.update(1)
+            sample = step_end(t, {"latents": sample})["latents"]
         if k:
             sample = torch.cat([known, sample[..., k:]], dim=-1)
         return sample
@@ -683,6 +690,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         generator: GeneratorArg = None,
         progress_bar: Optional[Callable] = None,
         batch_size: Optional[int] = None,
+        latents: Optional[torch.Tensor] = None,
+        callback: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample normalised latents ``[B, latent_dim, num_frames]``.
 
@@ -698,6 +707,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             generator: a ``torch.Generator`` or a list of ``B`` (one per item, so a batch
                 equals the single runs).
             progress_bar: ``callable(total=N) -> tqdm``, e.g. a pipeline's ``progress_bar``.
+            latents: the initial noise ``[B, latent_dim, num_frames]`` instead of drawing it from
+                ``generator`` (one window: the same output as a generator that draws this noise).
+                Each window starts from its frames of it, and past the first window the overlap is
+                in-painted with its frames of it too, so the output depends on ``latents`` alone
+                (with a deterministic scheduler such as the default DPM-Solver++).
+            callback: ``callback(step, timestep, {"latents": [B, D, window]}) -> dict | None`` after
+                every denoising step (:class:`~vmas_diffusion.models.generators.base.StepEnd`); a
+                returned ``"latents"`` replaces the window's current sample.
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
@@ -719,6 +736,11 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         else:
             self._check_scheduler(scheduler)
 
+        expected = (batch, self.config.latent_dim, num_frames)
+        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected):
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
+                             f"{self.config.frame_rate:g} Hz), got {got}")
         cfg = bool(conditions) and guidance_scale != 1.0
         cond_in = self._cfg_conditions(conditions) if cfg else conditions
         windows = self.plan_windows(num_frames)
@@ -727,8 +749,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             progress_bar(total=total) if progress_bar is not None else tqdm(total=total, desc="LatentDiT", leave=False)
         )
         device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
-        latents = torch.zeros(batch, self.config.latent_dim, num_frames, device=device, dtype=dtype)
+        noise, latents = latents, torch.zeros(batch, self.config.latent_dim, num_frames, device=device, dtype=dtype)
         with bar:
+            step_end = StepEnd(bar, callback)
             for start, length, known in windows:
                 prepared = self.fuse_conditions(cond_in, length, start)
                 known_latents = latents[..., start : start + known] if known else None
@@ -741,7 +764,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     cfg,
                     generator,
                     known_latents,
-                    bar,
+                    step_end,
+                    None if noise is None else noise[..., start : start + length],
                 )
         return latents
 
