@@ -207,6 +207,34 @@ def test_cfg_scale_one_is_the_conditional_branch():
     torch.testing.assert_close(model.guided_output(x, t, conds, guidance_scale=0.0), uncond)
 
 
+def test_beat_guidance_is_a_third_branch_without_the_beat():
+    """null + g (no_beat - null) + g_beat (cond - no_beat): equal to plain CFG when g_beat = g, to the
+    conditional branch when both are 1, and off without a beat condition."""
+    model = dummy_ldm_generator()
+    conds = make_conditions(batch=1)
+
+    def sample(conditions=conds, **kwargs):
+        return model.generate(conditions, 30, num_inference_steps=3, generator=gen(0), **kwargs)
+
+    plain = sample(guidance_scale=3.0)
+    torch.testing.assert_close(sample(guidance_scale=3.0, beat_guidance_scale=3.0), plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sample(guidance_scale=1.0, beat_guidance_scale=1.0), sample(guidance_scale=1.0),
+                               atol=1e-5, rtol=1e-4)
+    louder = sample(guidance_scale=3.0, beat_guidance_scale=12.0)
+    assert (louder - plain).abs().max() > 1e-3
+    video_only = {VIDEO: conds[VIDEO]}
+    torch.testing.assert_close(sample(video_only, guidance_scale=3.0, beat_guidance_scale=12.0),
+                               sample(video_only, guidance_scale=3.0), atol=0, rtol=0)
+    # the config's value is the default, the argument overrides it
+    model.register_to_config(beat_guidance_scale=12.0)
+    torch.testing.assert_close(sample(guidance_scale=3.0), louder, atol=0, rtol=0)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(InputError, match="beat_guidance_scale"):
+            sample(guidance_scale=3.0, beat_guidance_scale=bad)
+    with pytest.raises(ConfigError, match="beat_guidance_scale"):
+        dummy_ldm_generator(beat_guidance_scale=-2.0)
+
+
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "flow"])
 def test_a_hand_written_diffusers_loop_equals_generate(prediction_type):
     """What a pipeline that runs the loop itself does: scheduler visible, one guided call per step."""

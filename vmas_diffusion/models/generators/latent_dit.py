@@ -27,6 +27,7 @@ denoising step, the window's leading frames are replaced by the already generate
 latents noised to the current step's level, and set to them exactly at the end.
 """
 
+from dataclasses import replace
 import inspect
 import math
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -167,6 +168,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         video_fuse: str = "cross",
         beat_fuse: str = "sum",
         align_features: str = "clean",
+        beat_guidance_scale: Optional[float] = None,
     ):
         super().__init__()
         self._check_config()
@@ -223,6 +225,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise ConfigError(f"{where}: align_features {cfg.align_features!r}; valid: {', '.join(ALIGN_FEATURES)}")
         if not 0.0 <= cfg.cond_dropout < 1.0:
             raise ConfigError(f"{where}: cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+        if cfg.get("beat_guidance_scale") is not None:
+            _check_beat_guidance(cfg.beat_guidance_scale, f"{where}: beat_guidance_scale", ConfigError)
         if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
             raise ConfigError(f"{where}: frame_rate, flow_shift and ffn_mult must be > 0")
         if round(cfg.max_duration * cfg.frame_rate) < 1:
@@ -406,9 +410,18 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         return {name: cond.null() for name, cond in conditions.items()}
 
     @staticmethod
-    def _cfg_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
-        """Conditions for one batched CFG call: items ``[cond..., null...]`` (``2B``)."""
-        return {name: cond.with_null() for name, cond in conditions.items()}
+    def _cfg_conditions(conditions: Dict[str, Condition], beat_branch: bool = False) -> Dict[str, Condition]:
+        """Conditions for one batched CFG call: items ``[cond..., null...]`` (``2B``), or with
+        ``beat_branch`` ``[cond..., cond without the beat..., null...]`` (``3B``)."""
+        if not beat_branch:
+            return {name: cond.with_null() for name, cond in conditions.items()}
+        out = {}
+        for name, cond in conditions.items():
+            null = cond.null()
+            middle = null if name == BEAT else cond
+            out[name] = replace(cond, tensor=torch.cat([cond.tensor, middle.tensor, null.tensor]),
+                                mask=torch.cat([cond.mask, middle.mask, null.mask]))
+        return out
 
     # ------------------------------------------------------------------ the network
     def _check_sample(self, sample: torch.Tensor, name: str = "sample") -> None:
@@ -577,16 +590,23 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         prepared: FusedConditions,
         guidance_scale: float,
         cfg: bool,
+        beat_guidance_scale: Optional[float] = None,
     ) -> torch.Tensor:
         """One guided model call. With ``cfg`` the prepared conditions hold ``2B`` items
-        ``[cond, null]`` and both branches run as one batched forward."""
+        ``[cond, null]`` and both branches run as one batched forward; with ``beat_guidance_scale``
+        too, ``3B`` items ``[cond, no beat, null]`` (:meth:`_cfg_conditions`), combined as
+        ``null + guidance_scale * (no_beat - null) + beat_guidance_scale * (cond - no_beat)``."""
         b = sample.shape[0]
-        t = timestep.reshape(-1)[:1].float().expand(b * (2 if cfg else 1)).to(sample.device)
-        if not cfg:
-            return self._denoise(sample, t, prepared)[0]
-        out = self._denoise(torch.cat([sample, sample]), t, prepared)[0]
-        cond, uncond = out.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        branches = 1 if not cfg else 3 if beat_guidance_scale is not None else 2
+        t = timestep.reshape(-1)[:1].float().expand(b * branches).to(sample.device)
+        out = self._denoise(torch.cat([sample] * branches), t, prepared)[0]
+        if branches == 1:
+            return out
+        if branches == 2:
+            cond, uncond = out.chunk(2)
+            return uncond + guidance_scale * (cond - uncond)
+        cond, no_beat, uncond = out.chunk(3)
+        return uncond + guidance_scale * (no_beat - uncond) + beat_guidance_scale * (cond - no_beat)
 
     def guided_output(
         self,
@@ -651,6 +671,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         known: Optional[torch.Tensor],
         step_end: StepEnd,
         noise: Optional[torch.Tensor] = None,
+        beat_guidance_scale: Optional[float] = None,
     ) -> torch.Tensor:
         """Run the denoising loop for one window ``shape = (B, D, T)``; the first
         ``known.shape[-1]`` frames are in-painted from ``known``. ``noise``: the window's initial
@@ -672,7 +693,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     fresh = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
                 sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
-            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance_scale, cfg)
+            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance_scale, cfg,
+                                  beat_guidance_scale)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
@@ -692,6 +714,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         batch_size: Optional[int] = None,
         latents: Optional[torch.Tensor] = None,
         callback: Optional[Callable] = None,
+        beat_guidance_scale: Optional[float] = None,
     ) -> torch.Tensor:
         """Sample normalised latents ``[B, latent_dim, num_frames]``.
 
@@ -707,6 +730,11 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             generator: a ``torch.Generator`` or a list of ``B`` (one per item, so a batch
                 equals the single runs).
             progress_bar: ``callable(total=N) -> tqdm``, e.g. a pipeline's ``progress_bar``.
+            beat_guidance_scale: a guidance of its own for the beat condition (default the config's,
+                None = off): a third branch without the beat, and the output
+                ``null + guidance_scale * (no_beat - null) + beat_guidance_scale * (cond - no_beat)``.
+                The beat moves a small model's prediction far less than the video does (its timing
+                is a small part of the loss), so one scale for both leaves it unheard.
             latents: the initial noise ``[B, latent_dim, num_frames]`` instead of drawing it from
                 ``generator`` (one window: the same output as a generator that draws this noise).
                 Each window starts from its frames of it, and past the first window the overlap is
@@ -724,6 +752,11 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if beat_guidance_scale is None:
+            beat_guidance_scale = self.config.get("beat_guidance_scale")
+        if beat_guidance_scale is not None:
+            _check_beat_guidance(beat_guidance_scale, "beat_guidance_scale", InputError)
+            beat_guidance_scale = float(beat_guidance_scale) if BEAT in conditions else None
         if not conditions and batch_size is None and isinstance(generator, (list, tuple)):
             batch_size = len(generator)  # unconditional: one item per generator
         batch = self.check_conditions(conditions, batch_size)
@@ -741,8 +774,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
-        cfg = bool(conditions) and guidance_scale != 1.0
-        cond_in = self._cfg_conditions(conditions) if cfg else conditions
+        cfg = bool(conditions) and (guidance_scale != 1.0 or beat_guidance_scale is not None)
+        cond_in = self._cfg_conditions(conditions, beat_guidance_scale is not None) if cfg else conditions
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
@@ -766,8 +799,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     known_latents,
                     step_end,
                     None if noise is None else noise[..., start : start + length],
+                    beat_guidance_scale,
                 )
         return latents
+
+
+def _check_beat_guidance(value, name: str, error) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
 
 def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
