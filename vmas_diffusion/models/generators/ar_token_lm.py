@@ -749,6 +749,38 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             nn.init.zeros_(model.beat_proj.weight)
         return model
 
+    #: weight formats of :meth:`fast_copy`
+    FAST_WEIGHTS = ("bf16", "int8")
+
+    def fast_copy(self, weights: str) -> "ARTokenLM":
+        """An eval-mode copy that decodes faster on CPU from weights stored in fewer bytes (lossy, opt-in).
+
+        One decoding step at batch 1 reads every weight once, so a large model is bound by memory
+        bandwidth, not FLOPs: fewer bytes per weight is the lever. ``"bf16"``: the whole model in
+        bfloat16 (half the bytes). ``"int8"``: the decoder layers' linear layers dynamically
+        quantized to int8 per output channel (``torch.ao`` dynamic quantization, fbgemm kernels: a
+        quarter of the bytes); embeddings, norms and LM heads stay fp32. Logits move by a few
+        percent of their spread (``benchmarks/bench_ar_generate.py`` prints the agreement with
+        fp32); the fp32 model stays the reference. CPU only; for inference, not training.
+        """
+        import copy
+
+        if weights not in self.FAST_WEIGHTS:
+            raise ConfigError(f"fast_copy: weights must be one of {self.FAST_WEIGHTS}, got {weights!r}")
+        if self.device.type != "cpu":
+            raise ConfigError(f"fast_copy: the {weights} decoding path is for CPU; the model is on {self.device}")
+        fast = copy.deepcopy(self).eval()
+        if weights == "bf16":  # nn.Module.to: ModelMixin.to warns about modules kept in fp32 (it has none)
+            return nn.Module.to(fast, torch.bfloat16)
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao's eager API warns that it moves to torchao; it still works
+            warnings.simplefilter("ignore")
+            quantize_dynamic(fast.layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return fast
+
     def with_beat_lookahead(self, lookahead: int) -> "ARTokenLM":
         """A copy that sees ``lookahead`` frames of the beat condition ahead (``beat_lookahead``) and
         computes the same logits: the taps it gains start at zero weight, so a trained model keeps
