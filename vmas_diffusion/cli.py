@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import defaults
+from . import defaults, threads
 from .errors import InputError, VMASError
+from .threads import set_threads
 
 EXIT_USAGE = 2
 BACKENDS = defaults.BACKENDS  # the bundled models' backends, what --backend picks among
@@ -134,6 +135,9 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmas-diffusion", description="Background music for videos.")
+    threads_help = (f"CPU threads for torch (default: ${threads.ENV}, else $OMP_NUM_THREADS, else the physical "
+                    f"cores, at most {threads.MAX_DEFAULT}; 1 is best on a CPU busy with other work)")
+    parser.add_argument("--threads", type=int, help=threads_help)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = sub.add_parser("generate", help="write music for a video (an .mp4 with the music muxed, or a .wav)")
@@ -146,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
     gen.add_argument("--steps", type=int, help="diffusion steps (LDM backend)")
     gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    gen.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
                                                      "backend aligns best with: 6)")
+    demo.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
     demo.set_defaults(run=cmd_demo)
 
     tr = sub.add_parser("train", help="train from a recipe (also under `accelerate launch -m vmas_diffusion.cli train ...`)")
@@ -195,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    previous = None
     try:
         args = parser.parse_args(argv)
+        previous = set_threads(args.threads)
         return args.run(args)
     except VMASError as err:
         message = " ".join(str(err).split())  # one line, whatever the cause's message holds
@@ -205,6 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vmas-diffusion: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # main() also runs in-process (tests, scripts): leave torch as it was
+            set_threads(previous)
 
 
 if __name__ == "__main__":
