@@ -3,6 +3,9 @@
 Rows, each a fresh process, run in alternating order every round:
 
 * ``python -c "import torch"`` -- the reference every ratio divides by;
+* ``from diffusers import DiffusionPipeline, ModelMixin`` -- the floor of any command that loads a
+  pipeline (the pipeline and models subclass them; diffusers imports torch._dynamo, transformers
+  and its autoencoders with them);
 * ``vmas-diffusion generate <bundled demo clip> -o out.mp4`` (bundled vmas-tiny AR model);
 * ``vmas-diffusion demo -o out.mp4`` (the same, plus the music-beat analysis and the alignment plot).
 
@@ -81,6 +84,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
             "python -c 'import torch'": [py, "-c", "import torch"],
+            "import diffusers' DiffusionPipeline": [py, "-c", "from diffusers import DiffusionPipeline, ModelMixin"],
             "vmas-diffusion generate (demo clip, .mp4)": cli + ["generate", str(DEMO_VIDEO), "-o", f"{tmp}/gen.mp4"],
             "vmas-diffusion demo": cli + ["demo", "-o", f"{tmp}/demo.mp4"],
         }

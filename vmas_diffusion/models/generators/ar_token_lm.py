@@ -50,7 +50,7 @@ from ...conditions import BEAT, VIDEO, Condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
-from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
+from ...modules.transformer import Attention, FeedForward, KVCache, column_major_linears, sinusoidal_embedding
 from ...weights import read_safetensors_folder
 from .base import GeneratorTrainOutput, MusicGenerator, draw_items, pool_frames
 
@@ -584,8 +584,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # generation-time fused weights: one embedding lookup and one head matmul per step
         table = torch.cat([e.weight for e in self.embed_tokens])  # [K * (V + 1), H]
         heads = torch.cat([h.weight for h in self.lm_heads])  # [K * V, H]
+        if heads.device.type == "cpu":  # column-major: see column_major_linears
+            heads = heads.t().contiguous().t()
         out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
-        with progress_bar(total=total) as bar:
+        with progress_bar(total=total) as bar, column_major_linears(self.layers):
             for start, length, prompt_len in plan:
                 prompt = out[:, :, start : start + prompt_len] if prompt_len else None
                 out[:, :, start : start + length] = self._generate_window(
