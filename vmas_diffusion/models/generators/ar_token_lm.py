@@ -584,7 +584,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # generation-time fused weights: one embedding lookup and one head matmul per step
         table = torch.cat([e.weight for e in self.embed_tokens])  # [K * (V + 1), H]
         heads = torch.cat([h.weight for h in self.lm_heads])  # [K * V, H]
-        if heads.device.type == "cpu":  # column-major: see column_major_linears
+        if heads.device.type == "cpu" and heads.dtype == torch.float32:  # column-major: see column_major_linears
             heads = heads.t().contiguous().t()
         out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
         with progress_bar(total=total) as bar, column_major_linears(self.layers):
