@@ -28,7 +28,7 @@ time with CUDA syncs on a GPU; the sides alternate within every round, in one pr
 are medians and the min-max range over rounds. Per row: tokens/s (steps x codebooks x batch / s),
 the speed-up against the fair anchor (median of the per-round ratios, with their range), and two
 ceilings measured in the same process: the achieved FLOP/s as a fraction of a microbenchmark
-running the same GEMM shapes back to back, and the bytes a step must read (weights + KV caches)
+running the same GEMM shapes back to back in fp32 (so the lossy modes can pass 100%), and the bytes a step must read (weights + KV caches)
 per second as a fraction of a large memcpy's bandwidth (read + write bytes / s).
 
     python benchmarks/bench_ar_generate.py            # tiny (h256/L4, 250 steps) and MusicGen-small (h1024/L24, 40 steps)

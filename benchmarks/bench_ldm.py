@@ -4,8 +4,8 @@ Both generators are built at about the same parameter count (the AR depth is cho
 match) and timed in this one process on the same input: ``--seconds`` of music at 50
 latent/token frames per second, classifier-free guidance 3.0 (both run the conditional
 and unconditional branches as one batched forward), a video condition at 8 Hz and a beat
-condition at 25 Hz. Times are CPU seconds of this process (1 thread by default). The LDM runs ``--steps`` DPM-Solver++ steps over the whole window;
-the AR backend one step per frame (plus the delay pattern's K - 1) with a KV cache.
+condition at 25 Hz. Times are CPU seconds of this process (1 thread by default). The LDM runs
+``--steps`` DPM-Solver++ steps over the whole window; the AR backend one step per frame (plus the delay pattern's K - 1) with a KV cache.
 
     python benchmarks/bench_ldm.py            # ~45M-parameter models (minutes on a laptop CPU)
     python benchmarks/bench_ldm.py --quick    # ~3M parameters, < 1 min
