@@ -4,8 +4,8 @@ Both generators are built at about the same parameter count (the AR depth is cho
 match) and timed in this one process on the same input: ``--seconds`` of music at 50
 latent/token frames per second, classifier-free guidance 3.0 (both run the conditional
 and unconditional branches as one batched forward), a video condition at 8 Hz and a beat
-condition at 25 Hz. The LDM runs ``--steps`` DPM-Solver++ steps over the whole window;
-the AR backend one step per frame (plus the delay pattern's K - 1) with a KV cache.
+condition at 25 Hz. Times are CPU seconds of this process (1 thread by default). The LDM runs
+``--steps`` DPM-Solver++ steps over the whole window; the AR backend one step per frame (plus the delay pattern's K - 1) with a KV cache.
 
     python benchmarks/bench_ldm.py            # ~45M-parameter models (minutes on a laptop CPU)
     python benchmarks/bench_ldm.py --quick    # ~3M parameters, < 1 min
@@ -65,14 +65,32 @@ def build_ar(size: dict, target_params: int, video_dim: int, seconds: float, num
     return make(best)
 
 
+def denoiser_flops(fn) -> float:
+    """FLOPs of one call of ``fn``, counted by torch's FlopCounterMode (matmuls and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def gemm_ceiling(rows: int, hidden: int) -> float:
+    """FLOP/s of the denoiser's dominant GEMM shape (``[rows, H] x [H, 4H]``, the feed-forward), back to back."""
+    x, w = torch.randn(rows, hidden), torch.randn(4 * hidden, hidden)
+    n = 10
+    seconds = timed(lambda: [torch.nn.functional.linear(x, w) for _ in range(n)], 3, warmup=lambda: torch.nn.functional.linear(x, w))
+    return n * 2 * rows * hidden * 4 * hidden / seconds
+
+
 def timed(fn, repeats: int, warmup=None) -> float:
-    """Mean seconds of ``fn()`` over ``repeats`` calls, after one ``warmup()`` (allocations, lazy init)."""
+    """Mean CPU seconds of this process for ``fn()`` over ``repeats`` calls, after one ``warmup()``
+    (allocations, lazy init). CPU time, not wall time: other work on a shared machine does not count."""
     if warmup is not None:
         warmup()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - start) / repeats
+    return (time.process_time() - start) / repeats
 
 
 def main() -> None:
@@ -107,6 +125,7 @@ def main() -> None:
             ldm.guided_output(sample, torch.tensor(500), conds, guidance_scale=3.0)
 
     ldm_step = timed(ldm_step_call, max(3, args.repeats), warmup=ldm_step_call)
+    flops, ceiling = denoiser_flops(ldm_step_call), gemm_ceiling(2 * num_frames, size["hidden_size"])
     ldm_total = timed(run_ldm, args.repeats)  # already warm
     rows = [("ldm (DiT, DPM-Solver++)", count(ldm), args.steps, ldm_step, ldm_total)]
 
@@ -142,6 +161,10 @@ def main() -> None:
             f"{args.seconds / total:>12.2f}{ratio:>8}"
         )
     print("(s/step: LDM = one CFG-batched denoiser call over the whole window; AR = one token step.)")
+    print(f"LDM denoiser: {1 / ldm_step:.2f} steps/s, {flops / 1e9:.1f} GFLOP per CFG-batched call (counted), "
+          f"{flops / ldm_step / 1e9:.1f} GFLOP/s = {flops / ldm_step / ceiling:.0%} of a same-shape GEMM "
+          f"([{2 * num_frames}, {size['hidden_size']}] x [{size['hidden_size']}, {4 * size['hidden_size']}]: "
+          f"{ceiling / 1e9:.1f} GFLOP/s in this process)")
 
 
 if __name__ == "__main__":

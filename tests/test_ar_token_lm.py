@@ -432,3 +432,50 @@ def test_condition_dropout_draws_per_item_generators():
     torch.testing.assert_close(whole[0], torch.stack(batch).mean(0), atol=1e-5, rtol=1e-4)
     with pytest.raises(InputError, match="3 generators for a batch of 4"):
         losses([0, 1, 2, 3], [1, 2, 3])
+
+
+# ------------------------------------------------------------------------------------- decoding speed
+def test_generate_leaves_the_weight_layout_and_values_as_they_were():
+    """generate holds linear weights column-major while it runs (faster CPU matmuls) and gives them back."""
+    model = dummies.dummy_ar_generator().eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.generate(make_conditions(batch=1), 6, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    for name, p in model.named_parameters():
+        assert p.is_contiguous(), name
+        assert torch.equal(p, before[name]), name
+
+
+def test_column_major_linears_keep_the_outputs():
+    from vmas_diffusion.modules.transformer import column_major_linears
+
+    model = dummies.dummy_ar_generator().eval()
+    codes = torch.randint(0, V, (2, K, 9), generator=torch.Generator().manual_seed(0))
+    _, inputs = teacher_inputs(model, codes)
+    with torch.no_grad():
+        plain = model(inputs, make_conditions())
+        with column_major_linears(model):
+            assert not model.layers[0].ffn.fc1.weight.is_contiguous()
+            packed = model(inputs, make_conditions())
+    assert model.layers[0].ffn.fc1.weight.is_contiguous()
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights, tolerance", [("bf16", 0.1), ("int8", 0.25)])
+def test_fast_copy_decodes_close_to_fp32(weights, tolerance):
+    """The opt-in lossy copies: logits within a fraction of their spread, codes valid, the original untouched."""
+    torch.manual_seed(0)
+    model = dummies.dummy_ar_generator().eval()
+    fast = model.fast_copy(weights)
+    assert fast is not model and next(model.parameters()).dtype == torch.float32
+    codes = torch.randint(0, V, (2, K, 9), generator=torch.Generator().manual_seed(0))
+    _, inputs = teacher_inputs(model, codes)
+    with torch.no_grad():
+        ref, got = model(inputs, make_conditions()), fast(inputs, make_conditions()).float()
+    assert float((got - ref).abs().max()) <= tolerance * float(ref.std())
+    out = fast.generate(make_conditions(batch=1), 6, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, K, 6) and int(out.min()) >= 0 and int(out.max()) < V
+
+
+def test_fast_copy_rejects_unknown_formats():
+    with pytest.raises(ConfigError, match="fp8"):
+        dummies.dummy_ar_generator().fast_copy("fp8")

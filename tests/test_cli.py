@@ -64,6 +64,7 @@ def test_generate_wav_from_recipe(media, tmp_path):
         (["generate", "{video}", "-o", "{out}", "--model", "{bad_recipe}"], "genrator"),
         (["generate", "{video}", "-o", "{tmp}/out.avi", "--model", TINY_AR], ".mp4 or .wav"),
         (["frobnicate"], "invalid choice"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--threads", "0"], "positive number of threads"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(argv, needle, media, tmp_path, capsys):
@@ -95,3 +96,24 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "nope.mp4" in proc.stderr
+
+
+def test_thread_default_follows_the_environment_and_the_cores(monkeypatch):
+    import torch
+
+    from vmas_diffusion import threads
+    from vmas_diffusion.errors import InputError
+
+    monkeypatch.setenv(threads.ENV, "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.default_threads() == 3
+    monkeypatch.delenv(threads.ENV)
+    assert threads.default_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= threads.default_threads() <= min(threads.physical_cores(), threads.MAX_DEFAULT)
+    monkeypatch.setenv(threads.ENV, "many")
+    with pytest.raises(InputError, match="VMAS_NUM_THREADS"):
+        threads.default_threads()
+    before = torch.get_num_threads()
+    assert threads.set_threads(1) == before and torch.get_num_threads() == 1
+    threads.set_threads(before)

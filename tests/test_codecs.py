@@ -558,3 +558,16 @@ def test_unreadable_config_raises_checkpoint_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         EncodecHFCodec.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, f_min, f_max", [(16000, 1024, 128, 20.0, 8000.0), (22050, 2048, 64, 0.0, 11025.0),
+                                                          (16000, 512, 40, 100.0, 7000.0)])  # fmt: skip
+def test_mel_filterbank_is_librosas(sr, n_fft, n_mels, f_min, f_max):
+    """The codec writes librosa's Slaney filterbank out (librosa costs seconds to import): same numbers."""
+    librosa = pytest.importorskip("librosa")
+    from vmas_diffusion.models.codecs.mel_griffinlim import _mel_filterbank
+
+    ours = _mel_filterbank(sr, n_fft, n_mels, f_min, f_max)
+    theirs = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    assert float(abs(ours - theirs).max()) <= 1e-12

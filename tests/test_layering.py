@@ -94,3 +94,35 @@ def test_find_cycle_finds_one():
 def test_only_the_parts_above_the_pipeline_import_it():
     importers = {name for name, targets in import_graph().items() if "pipelines" in targets}
     assert importers <= ABOVE_PIPELINE, f"below the pipeline yet importing it: {sorted(importers - ABOVE_PIPELINE)}"
+
+
+#: what generating music never needs: imported only by the commands and functions that use them
+HEAVY_FOR_GENERATION = ("librosa", "numba", "matplotlib", "vmas_diffusion.training", "vmas_diffusion.evaluation",
+                        "vmas_diffusion.data", "vmas_diffusion.losses")  # fmt: skip
+
+
+def test_importing_loading_and_generating_leave_the_heavy_modules_alone():
+    """A fresh interpreter imports the package, loads both bundled pipelines and generates a second of
+    music: librosa (seconds of numba set-up), matplotlib, training and evaluation code stay unimported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+import torch
+import vmas_diffusion
+from vmas_diffusion import VideoToMusicPipeline
+from vmas_diffusion.defaults import DEMO_VIDEO
+for name in ("vmas-tiny-ar", "vmas-tiny-ldm"):
+    pipe = VideoToMusicPipeline.from_pretrained(name)
+    pipe.set_progress_bar_config(disable=True)
+    pipe(video=str(DEMO_VIDEO), duration=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+print(json.dumps(sorted(m for m in {HEAVY_FOR_GENERATION!r} if m in sys.modules)))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == [], f"generation imported {imported}"

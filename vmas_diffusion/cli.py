@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import defaults
+from . import defaults, threads
 from .errors import InputError, VMASError
 from .limits import MAX_MUSIC_SECONDS, MAX_VIDEO_SECONDS, parse_limit
+from .threads import set_threads
 
 EXIT_USAGE = 2
 BACKENDS = defaults.BACKENDS  # the bundled models' backends, what --backend picks among
@@ -163,6 +164,9 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmas-diffusion", description="Background music for videos.")
+    threads_help = (f"CPU threads for torch (default: ${threads.ENV}, else $OMP_NUM_THREADS, else the physical "
+                    f"cores, at most {threads.MAX_DEFAULT}; 1 is best on a CPU busy with other work)")
+    parser.add_argument("--threads", type=int, help=threads_help)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = sub.add_parser("generate", help="write music for a video (an .mp4 with the music muxed, or a .wav)")
@@ -180,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-video-seconds", type=parse_limit, default=MAX_VIDEO_SECONDS, metavar="S",
                      help=f"refuse a video longer than this, by its header or frame count (default "
                           f"{MAX_VIDEO_SECONDS:g} s; 'none' lifts it)")
+    gen.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
@@ -204,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
                                                      "backend aligns best with: 6)")
+    demo.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
     demo.set_defaults(run=cmd_demo)
 
     tr = sub.add_parser("train", help="train from a recipe (also under `accelerate launch -m vmas_diffusion.cli train ...`)")
@@ -233,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    previous = None
     try:
         args = parser.parse_args(argv)
+        previous = set_threads(args.threads)
         return args.run(args)
     except VMASError as err:
         message = " ".join(str(err).split())  # one line, whatever the cause's message holds
@@ -243,6 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vmas-diffusion: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # main() also runs in-process (tests, scripts): leave torch as it was
+            set_threads(previous)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,36 @@
-"""Beats: visual beats of frames, music beats and onsets, BCS/BHS scores, alignment plots."""
+"""Beats: visual beats of frames, music beats and onsets, BCS/BHS scores, alignment plots.
 
-from vmas_diffusion.beats.envelope import beats_to_envelope, resample_envelope
-from vmas_diffusion.beats.metrics import SCORE_KEYS, beat_scores
-from vmas_diffusion.beats.music import BeatGrid, MusicBeats, beat_grid, music_beats, onset_envelope
-from vmas_diffusion.beats.plot import plot_alignment
-from vmas_diffusion.beats.visual import VisualBeats, detect_cuts, visual_beats
+Names are imported from their module on first use: the music side needs librosa (seconds of
+numba set-up) and the plots matplotlib, which generating music never touches.
+"""
 
-__all__ = [
-    "VisualBeats",
-    "MusicBeats",
-    "visual_beats",
-    "music_beats",
-    "BeatGrid",
-    "beat_grid",
-    "onset_envelope",
-    "beat_scores",
-    "plot_alignment",
-    "detect_cuts",
-    "resample_envelope",
-    "beats_to_envelope",
-    "SCORE_KEYS",
-]
+import importlib
+
+_LAZY = {
+    "VisualBeats": "visual",
+    "visual_beats": "visual",
+    "detect_cuts": "visual",
+    "MusicBeats": "music",
+    "music_beats": "music",
+    "BeatGrid": "music",
+    "beat_grid": "music",
+    "onset_envelope": "music",
+    "beat_scores": "metrics",
+    "SCORE_KEYS": "metrics",
+    "plot_alignment": "plot",
+    "resample_envelope": "envelope",
+    "beats_to_envelope": "envelope",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = list(_LAZY)

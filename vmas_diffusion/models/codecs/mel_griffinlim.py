@@ -21,6 +21,7 @@ Frame ``t`` covers samples ``t * hop_length ...`` (a centred STFT), so ``T = cei
 and decoding gives ``T * hop`` samples, as :class:`~.base.FrameCodec` requires.
 """
 
+import functools
 from typing import Iterable
 
 import numpy as np
@@ -32,11 +33,40 @@ from ...errors import ConfigError, InputError
 from .base import CodecModel, FloatOrList, check_chunking
 
 
-def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` Slaney-normalised triangular mel filters (librosa's)."""
-    import librosa
+def _hz_to_mel(hz):
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / (200.0 / 3)
+    log = hz >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max).astype(np.float32)
+
+def _mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), mel * (200.0 / 3))
+
+
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """``[n_mels, n_fft // 2 + 1]`` Slaney-normalised triangular mel filters, as ``librosa.filters.mel``
+    computes them (tests/test_codecs.py checks they match): written out here because importing
+    librosa costs seconds of numba set-up on every start of the generation path."""
+    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
+    fdiff = np.diff(mel_freqs)
+    ramps = np.subtract.outer(mel_freqs, fft_freqs)
+    weights = np.zeros((n_mels, len(fft_freqs)), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_freqs[2 : n_mels + 2] - mel_freqs[:n_mels]))[:, None]  # Slaney: equal area
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_matrices(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float):
+    """The filterbank ``[M, F]`` and its pseudo-inverse ``[F, M]``, computed once per process and
+    configuration (a load builds the codec more than once; the pinv is the slow part)."""
+    fb = torch.from_numpy(_mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max))
+    return fb, torch.linalg.pinv(fb)
 
 
 class MelGriffinLimCodec(CodecModel):
@@ -108,10 +138,10 @@ class MelGriffinLimCodec(CodecModel):
         if not log_floor > 0:
             raise ConfigError(f"{where}: log_floor must be > 0, got {log_floor}")
         check_chunking(chunk_frames, chunk_overlap_frames, where)
-        fb = torch.from_numpy(_mel_filterbank(sample_rate, n_fft, n_mels, f_min, top))
-        # derived from the config: not saved, rebuilt on load
-        self.register_buffer("mel_basis", fb, persistent=False)  # [M, F]
-        self.register_buffer("mel_inverse", torch.linalg.pinv(fb), persistent=False)  # [F, M]
+        fb, inverse = _mel_matrices(sample_rate, n_fft, n_mels, float(f_min), float(top))
+        # derived from the config: not saved, rebuilt on load (clones: the cached pair stays untouched)
+        self.register_buffer("mel_basis", fb.clone(), persistent=False)  # [M, F]
+        self.register_buffer("mel_inverse", inverse.clone(), persistent=False)  # [F, M]
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         # codebooks in normalised-latent space; level l draws with std 2^-l as residuals shrink
         level = torch.arange(num_codebooks) // num_groups

@@ -53,7 +53,7 @@ from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.item_randomness import ItemDropout
-from ...modules.transformer import Attention, FeedForward, KVCache, sinusoidal_embedding
+from ...modules.transformer import Attention, FeedForward, KVCache, column_major_linears, sinusoidal_embedding
 from ...weights import read_safetensors_folder
 from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, frame_weights, pool_frames
 
@@ -605,8 +605,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # generation-time fused weights: one embedding lookup and one head matmul per step
         table = torch.cat([e.weight for e in self.embed_tokens])  # [K * (V + 1), H]
         heads = torch.cat([h.weight for h in self.lm_heads])  # [K * V, H]
+        if heads.device.type == "cpu" and heads.dtype == torch.float32:  # column-major: see column_major_linears
+            heads = heads.t().contiguous().t()
         out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
-        with progress_bar(total=total) as bar:
+        with progress_bar(total=total) as bar, column_major_linears(self.layers):
             step_end = StepEnd(bar, callback)
             for start, length, prompt_len in plan:
                 prompt = out[:, :, start : start + prompt_len] if prompt_len else None
@@ -773,6 +775,38 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if model.beat_proj is not None:
             nn.init.zeros_(model.beat_proj.weight)
         return model
+
+    #: weight formats of :meth:`fast_copy`
+    FAST_WEIGHTS = ("bf16", "int8")
+
+    def fast_copy(self, weights: str) -> "ARTokenLM":
+        """An eval-mode copy that decodes faster on CPU from weights stored in fewer bytes (lossy, opt-in).
+
+        One decoding step at batch 1 reads every weight once, so a large model is bound by memory
+        bandwidth, not FLOPs: fewer bytes per weight is the lever. ``"bf16"``: the whole model in
+        bfloat16 (half the bytes). ``"int8"``: the decoder layers' linear layers dynamically
+        quantized to int8 per output channel (``torch.ao`` dynamic quantization, fbgemm kernels: a
+        quarter of the bytes); embeddings, norms and LM heads stay fp32. Logits move by a few
+        percent of their spread (``benchmarks/bench_ar_generate.py`` prints the agreement with
+        fp32); the fp32 model stays the reference. CPU only; for inference, not training.
+        """
+        import copy
+
+        if weights not in self.FAST_WEIGHTS:
+            raise ConfigError(f"fast_copy: weights must be one of {self.FAST_WEIGHTS}, got {weights!r}")
+        if self.device.type != "cpu":
+            raise ConfigError(f"fast_copy: the {weights} decoding path is for CPU; the model is on {self.device}")
+        fast = copy.deepcopy(self).eval()
+        if weights == "bf16":  # nn.Module.to: ModelMixin.to warns about modules kept in fp32 (it has none)
+            return nn.Module.to(fast, torch.bfloat16)
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao's eager API warns that it moves to torchao; it still works
+            warnings.simplefilter("ignore")
+            quantize_dynamic(fast.layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return fast
 
     def with_beat_lookahead(self, lookahead: int) -> "ARTokenLM":
         """A copy that sees ``lookahead`` frames of the beat condition ahead (``beat_lookahead``) and
