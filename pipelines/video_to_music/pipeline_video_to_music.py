@@ -19,12 +19,15 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from vmas_diffusion.beats import VisualBeats, visual_beats
+from vmas_diffusion.beats.sync import DEFAULT_MAX_STRETCH, BeatSync
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
 from vmas_diffusion.media import load_video, resample
 from vmas_diffusion.models.codecs import MusicCodec
 from vmas_diffusion.models.generators import MusicGenerator
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
+
+from .alignment import CandidateScores, check_alignment_inputs, select_candidates, sync_waveforms
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -43,12 +46,21 @@ class VideoToMusicPipelineOutput(BaseOutput):
             (:class:`~vmas_diffusion.beats.VisualBeats`: ``times``, the per-frame ``envelope`` at the
             encoder's ``fps``, ``cuts``), one for one video, a list for several; None for a video
             given as ``video_embeds`` only. It lets a caller plot the beats without decoding the video again.
+        beat_sync: with ``sync_beats=True``, what the warp did to each waveform
+            (:class:`~vmas_diffusion.beats.sync.BeatSync`: matched pairs, per-segment stretch, max/mean
+            ``|stretch - 1|``, BHS before and after, or why it was not applied): one for one waveform,
+            else a list; None without sync.
+        candidates: with ``num_candidates > 1``, every candidate's scores and the kept one
+            (:class:`~vmas_diffusion.pipelines.video_to_music.alignment.CandidateScores`): one for one
+            waveform, else a list; None otherwise.
     """
 
     audios: Union[np.ndarray, torch.Tensor]
     sample_rate: int
     video_beats: Union[np.ndarray, List[np.ndarray]]
     visual_beats: Optional[Union[VisualBeats, List[Optional[VisualBeats]]]] = None
+    beat_sync: Optional[Union[BeatSync, List[BeatSync]]] = None
+    candidates: Optional[Union[CandidateScores, List[CandidateScores]]] = None
 
 
 @dataclass
@@ -292,6 +304,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         video_embeds=None,
+        num_candidates: int = 1,
+        sync_beats: bool = False,
+        max_stretch: float = DEFAULT_MAX_STRETCH,
         **generation_kwargs,
     ):
         """Write music for ``video``.
@@ -308,10 +323,16 @@ class VideoToMusicPipeline(DiffusionPipeline):
             output_type: ``"np"`` or ``"pt"``.
             video_embeds: a ``VideoEncoderOutput``, a Condition or a ``[B, T, D]`` tensor at the encoder's
                 frame rate, to skip the video encoder.
+            num_candidates: draw every waveform this many times and keep the one that scores best on beat
+                hits and contrastive video-music similarity (:mod:`.alignment`); scores in ``candidates``.
+            sync_beats: warp the music's time so its beats land on the visual beats
+                (:func:`~vmas_diffusion.beats.sync.sync_to_beats`, length kept); report in ``beat_sync``.
+            max_stretch: the most a stretch of the music may differ from 1 under ``sync_beats`` (0.15 = ±15 %).
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
         self.check_inputs(video, fps, duration, video_embeds, guidance_scale, num_waveforms_per_video, output_type, num_inference_steps)
+        check_alignment_inputs(num_candidates, sync_beats, max_stretch)
 
         # 2. load the video(s), find visual beats, encode
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
@@ -329,16 +350,25 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
         # 3-5. prepare tokens or latents, generate them and decode (the generator knows which)
         num_frames = max(1, int(math.ceil(duration * self.codec.frame_rate)))
-        audio = self.generator.generate_audio(
-            self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
-        )
-
-        # 6. trim to the asked duration and return
         num_samples = int(round(duration * self.sample_rate))
-        if audio.shape[-1] < num_samples:
-            audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
-        audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
+        candidates = []
+        for _ in range(num_candidates):  # the same generator(s) consumed in turn: candidate 0 is the N = 1 output
+            audio = self.generator.generate_audio(
+                self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, generator=generator, progress_bar=self.progress_bar, **generation_kwargs,
+            )
+            # 6. trim to the asked duration
+            if audio.shape[-1] < num_samples:
+                audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
+            candidates.append(audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu())
+
+        # 7. keep the best candidate, put its beats on the video's (alignment.py), and return
+        scores = syncs = None
+        audio = candidates[0]
+        if num_candidates > 1:
+            audio, scores = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video)
+        if sync_beats:
+            audio, syncs = sync_waveforms(audio, self.sample_rate, analyses, num_waveforms_per_video, max_stretch)
         audios = audio.numpy() if output_type == "np" else audio
         beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
         one = len(analyses) == 1
@@ -348,6 +378,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         return VideoToMusicPipelineOutput(
             audios=audios, sample_rate=self.sample_rate, video_beats=beat_times[0] if one else beat_times,
             visual_beats=analyses[0] if one else analyses,
+            beat_sync=syncs[0] if syncs is not None and batch == 1 else syncs,
+            candidates=scores[0] if scores is not None and batch == 1 else scores,
         )
 
 
