@@ -64,6 +64,7 @@ class BeatSync:
         When a warp was tried and not kept, ``pairs``, ``knots`` and ``factors`` say what was tried;
         the stretch properties are 0 (nothing was stretched).
         tolerance: the BHS window, seconds.
+        durations: float64 ``(K + 1,)``: each segment's length in the original music, seconds.
     """
 
     applied: bool
@@ -78,7 +79,7 @@ class BeatSync:
     bhs_before: float
     bhs_after: float
     tolerance: float = 0.1
-    _durations: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    durations: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @property
     def max_abs_stretch(self) -> float:
@@ -88,9 +89,9 @@ class BeatSync:
     @property
     def mean_abs_stretch(self) -> float:
         """``|factor - 1|`` averaged over the music's time (each segment weighted by its original length)."""
-        if not self.applied or not self.factors.size or not self._durations.sum() > 0:
+        if not self.applied or not self.factors.size or not self.durations.sum() > 0:
             return 0.0
-        return float(np.sum(np.abs(self.factors - 1.0) * self._durations) / self._durations.sum())
+        return float(np.sum(np.abs(self.factors - 1.0) * self.durations) / self.durations.sum())
 
     @property
     def matched_share(self) -> float:

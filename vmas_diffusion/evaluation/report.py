@@ -29,8 +29,8 @@ CONTENT_ROWS = (
 # best-of-N and beat sync (runner._alignment_values), shown when a column has them
 ALIGNMENT_ROWS = (
     ("visual.bhs_window_before_sync", "BHS (window) vs visual beats, before beat sync"),
-    ("sync.mean_abs_stretch", "Beat sync: mean |stretch - 1| (time-weighted)"),
-    ("sync.max_abs_stretch", "Beat sync: max |stretch - 1| (over all clips)"),
+    ("sync.mean_abs_stretch", "Beat sync: mean abs(stretch - 1), time-weighted"),
+    ("sync.max_abs_stretch", "Beat sync: max abs(stretch - 1) over all clips"),
     ("sync.matched_share", "Beat sync: share of visual beats matched"),
     ("candidates.bhs_selected", "Best-of-N: BHS of the kept candidate (pipeline's visual beats)"),
     ("candidates.bhs_mean", "Best-of-N: mean BHS of all candidates (pipeline's visual beats)"),
