@@ -84,8 +84,11 @@ def main(argv=None) -> int:
     parser.add_argument("--motion", type=int, default=12, help="clips of motion / sparse-cut videos (0: all)")
     parser.add_argument("--no-events", type=int, default=6, help="clips of videos with no beat events (0: all)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of one clip's beats before and after sync")
+    parser.add_argument("--clips", nargs="*", default=None, help="only these clip ids (of the picked ones)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the first clip's beats before and after sync")
     args = parser.parse_args(argv)
+    if args.candidates < 2:
+        parser.error("--candidates must be at least 2 (best-of-N is one of the rows)")
 
     import torch
 
@@ -98,6 +101,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     clips = pick_clips(args.data, args.split, {"beat cuts": args.beat_cuts, "motion, sparse cuts": args.motion,
                                                "no beat events": args.no_events})
+    if args.clips:
+        clips = [clip for clip in clips if clip["id"] in args.clips]
     pipe = VideoToMusicPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
