@@ -127,9 +127,11 @@ class Settings:
     steps: int
     guidance_scale: float
     seed: int
+    sync_beats: bool = False  # warp the music onto the visual beats after generation
 
 
-def check_settings(model, backend, steps, guidance, seed, models: Sequence[str], limits: AppLimits) -> Settings:
+def check_settings(model, backend, steps, guidance, seed, models: Sequence[str], limits: AppLimits,
+                   sync_beats=False) -> Settings:
     """Turn the raw widget values into :class:`Settings` or raise :class:`InputError`."""
     if model not in models:
         raise InputError(f"unknown model {model!r}; choose one of: {', '.join(models)}")
@@ -144,7 +146,10 @@ def check_settings(model, backend, steps, guidance, seed, models: Sequence[str],
     seed = 0 if seed is None else seed
     if not (float(seed).is_integer() and 0 <= seed < 2**63):
         raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
-    return Settings(str(model), None if backend == "auto" else backend, int(steps), float(guidance), int(seed))
+    if sync_beats not in (True, False, None):
+        raise InputError(f"sync beats must be on or off, got {sync_beats!r}")
+    return Settings(str(model), None if backend == "auto" else backend, int(steps), float(guidance), int(seed),
+                    bool(sync_beats))
 
 
 # ---------------------------------------------------------------------------- models
@@ -314,6 +319,7 @@ def generate(
         # a backend with no sampling steps (none bundled) reports no step
         callback_on_step_end=step_reporter(step) if progress is not None and pipe.generator.callback_tensor_inputs else None,
         callback_on_step_end_tensor_inputs=[],  # progress only: no tensor is handed over
+        sync_beats=settings.sync_beats,
     )
     audio, rate = result.audios[0], result.sample_rate
 
@@ -335,14 +341,18 @@ def generate(
         f"({pipe.backend} backend{steps}, guidance {settings.guidance_scale:g}, seed {settings.seed}) in {seconds:.1f} s; "
         f"{len(visual.times)} visual beats.{note}"
     )
+    if result.beat_sync is not None:
+        from vmas_diffusion.cli import alignment_lines
+
+        message += " " + "; ".join(line[0].upper() + line[1:] for line in alignment_lines(result)) + "."
     return GenerationResult(str(video_out), str(audio_out), str(plot_out), seconds, message)
 
 
-def handle_request(video_path, model, backend, steps, guidance, seed, *, models, pipes, limits, out_root,
-                   progress=None):
+def handle_request(video_path, model, backend, steps, guidance, seed, sync_beats=False, *, models, pipes, limits,
+                   out_root, progress=None):
     """What the page shows: ``(video, audio, plot, status markdown)``; errors become a status message."""
     try:
-        settings = check_settings(model, backend, steps, guidance, seed, models, limits)
+        settings = check_settings(model, backend, steps, guidance, seed, models, limits, sync_beats)
         out_dir = new_output_dir(Path(out_root), limits.keep_outputs_seconds)
         r = generate(video_path, settings, pipes, out_dir, limits, progress)
         return r.video_path, r.audio_path, r.plot_path, f"**Done.** {r.message}"
@@ -379,8 +389,8 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
     pipes = pipes or PipelineCache()
     out_root = Path(out_root or Path(tempfile.gettempdir()) / "vmas_app")
 
-    def run(video, model, backend, steps, guidance, seed, progress=gr.Progress()):
-        return handle_request(video, model, backend, steps, guidance, seed, models=models, pipes=pipes,
+    def run(video, model, backend, steps, guidance, seed, sync_beats, progress=gr.Progress()):
+        return handle_request(video, model, backend, steps, guidance, seed, sync_beats, models=models, pipes=pipes,
                               limits=limits, out_root=out_root, progress=lambda f, d: progress(f, desc=d))
 
     with gr.Blocks(title="vmas-diffusion: music for your video", analytics_enabled=False) as demo:
@@ -401,6 +411,9 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
                                       elem_id="steps")
                     guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                sync_beats = gr.Checkbox(value=False, label="Sync beats to the video", elem_id="sync-beats",
+                                         info="after generating, warp the music (at most ±15 % locally, length kept) "
+                                              "so its beats land on the cuts and motion peaks")
                 button = gr.Button("Generate music", variant="primary", elem_id="generate")
             with gr.Column():
                 status = gr.Markdown("Upload a video, or pick the example below, then press **Generate music**.",
@@ -409,12 +422,12 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
                 audio_out = gr.Audio(label="Music", type="filepath", elem_id="audio-out", interactive=False)
                 plot_out = gr.Image(label="Beat alignment", type="filepath", elem_id="plot-out", interactive=False)
         gr.Examples(
-            examples=[[str(DEMO_CLIP), models[0], "auto", DEFAULT_STEPS, 3.0, 0]],
-            inputs=[video_in, model, backend, steps, guidance, seed],
+            examples=[[str(DEMO_CLIP), models[0], "auto", DEFAULT_STEPS, 3.0, 0, False]],
+            inputs=[video_in, model, backend, steps, guidance, seed, sync_beats],
             label="Example (a 6 s bike clip with three scene cuts)",
             cache_examples=False,
         )
-        button.click(run, inputs=[video_in, model, backend, steps, guidance, seed],
+        button.click(run, inputs=[video_in, model, backend, steps, guidance, seed, sync_beats],
                      outputs=[video_out, audio_out, plot_out, status], concurrency_limit=1)
     return demo
 

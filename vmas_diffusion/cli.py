@@ -85,6 +85,7 @@ def cmd_generate(args) -> int:
         guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
         **limits,
+        **alignment_kwargs(args),
     )
     if out.suffix.lower() == ".mp4":
         export_to_video_with_audio(args.video, result.audios[0], result.sample_rate, str(out))
@@ -92,7 +93,33 @@ def cmd_generate(args) -> int:
         save_audio(str(out), result.audios[0], result.sample_rate)
     print(f"wrote {out} ({result.audios.shape[-1] / result.sample_rate:.2f} s of music, {pipe.backend} backend, "
           f"{len(result.video_beats)} visual beats)", file=sys.stderr)
+    for line in alignment_lines(result):
+        print(line, file=sys.stderr)
     return 0
+
+
+def alignment_kwargs(args) -> dict:
+    """The pipeline's best-of-N and beat-sync arguments from the command line (its defaults where not given)."""
+    kwargs = {"num_candidates": args.candidates, "sync_beats": args.sync_beats}
+    if args.max_stretch is not None:
+        kwargs["max_stretch"] = args.max_stretch
+    return kwargs
+
+
+def alignment_lines(result) -> List[str]:
+    """What best-of-N and beat sync did to the first waveform, one line each (none when neither ran)."""
+    lines = []
+    scores = result.candidates[0] if isinstance(result.candidates, list) else result.candidates
+    if scores is not None:
+        lines.append(f"best of {len(scores.score)} candidates: kept #{scores.selected} "
+                     f"(BHS {scores.bhs[scores.selected]:.2f}; all: {', '.join(f'{b:.2f}' for b in scores.bhs)})")
+    sync = result.beat_sync[0] if isinstance(result.beat_sync, list) else result.beat_sync
+    if sync is not None and sync.applied:
+        lines.append(f"beat sync: {len(sync.pairs)} of {len(sync.visual)} visual beats matched, stretch max "
+                     f"{sync.max_abs_stretch:.1%} mean {sync.mean_abs_stretch:.1%}, BHS {sync.bhs_before:.2f} -> {sync.bhs_after:.2f}")
+    elif sync is not None:
+        lines.append(f"beat sync not applied: {sync.reason}")
+    return lines
 
 
 def cmd_evaluate(args) -> int:
@@ -109,6 +136,7 @@ def cmd_evaluate(args) -> int:
         fad_embedder=args.fad_embedder,
         clap_checkpoint=args.clap_checkpoint,
         max_videos=args.max_videos,
+        **alignment_kwargs(args),
     )
     print(report.markdown)
     print(f"table written to {report.json_path}", file=sys.stderr)
@@ -162,6 +190,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_alignment_options(parser) -> None:
+    parser.add_argument("--sync-beats", action="store_true",
+                        help="warp the music's time so its beats land on the video's visual beats (length kept)")
+    parser.add_argument("--max-stretch", type=float,
+                        help="with --sync-beats: the most a stretch may differ from 1 (default 0.15 = ±15%%)")
+    parser.add_argument("--candidates", type=int, default=1, metavar="N",
+                        help="generate N and keep the one with the best beat hits and video-music similarity")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmas-diffusion", description="Background music for videos.")
     threads_help = (f"CPU threads for torch (default: ${threads.ENV}, else $OMP_NUM_THREADS, else the physical "
@@ -185,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"refuse a video longer than this, by its header or frame count (default "
                           f"{MAX_VIDEO_SECONDS:g} s; 'none' lifts it)")
     gen.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
+    _add_alignment_options(gen)
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
@@ -198,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")
     ev.add_argument("--max-videos", type=int)
+    _add_alignment_options(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="offline demo: music for the bundled clip with the bundled vmas-tiny model, "

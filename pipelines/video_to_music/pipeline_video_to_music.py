@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from vmas_diffusion.beats import VisualBeats, visual_beats
+from vmas_diffusion.beats.sync import DEFAULT_MAX_STRETCH, BeatSync
 from vmas_diffusion.conditions import BEAT, VIDEO, Condition
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError, VMASError
 from vmas_diffusion.limits import MAX_MUSIC_SECONDS, MAX_VIDEO_SECONDS, check_lengths
@@ -30,6 +31,8 @@ from vmas_diffusion.models.codecs import MusicCodec
 from vmas_diffusion.models.generators import MusicGenerator
 from vmas_diffusion.models.generators.base import onload
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
+
+from .alignment import CandidateScores, check_alignment_inputs, select_candidates, sync_waveforms
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -48,12 +51,21 @@ class VideoToMusicPipelineOutput(BaseOutput):
             (:class:`~vmas_diffusion.beats.VisualBeats`: ``times``, the per-frame ``envelope`` at the
             encoder's ``fps``, ``cuts``), one for one video, a list for several; None for a video
             given as ``video_embeds`` only. It lets a caller plot the beats without decoding the video again.
+        beat_sync: with ``sync_beats=True``, what the warp did to each waveform
+            (:class:`~vmas_diffusion.beats.sync.BeatSync`: matched pairs, per-segment stretch, max/mean
+            ``|stretch - 1|``, BHS before and after, or why it was not applied): one for one waveform,
+            else a list; None without sync.
+        candidates: with ``num_candidates > 1``, every candidate's scores and the kept one
+            (:class:`~vmas_diffusion.pipelines.video_to_music.alignment.CandidateScores`): one for one
+            waveform, else a list; None otherwise.
     """
 
     audios: Union[np.ndarray, torch.Tensor]
     sample_rate: int
     video_beats: Union[np.ndarray, List[np.ndarray]]
     visual_beats: Optional[Union[VisualBeats, List[Optional[VisualBeats]]]] = None
+    beat_sync: Optional[Union[BeatSync, List[BeatSync]]] = None
+    candidates: Optional[Union[CandidateScores, List[CandidateScores]]] = None
 
 
 @dataclass
@@ -407,6 +419,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+        num_candidates: int = 1,
+        sync_beats: bool = False,
+        max_stretch: float = DEFAULT_MAX_STRETCH,
         **generation_kwargs,
     ):
         """Write music for ``video``.
@@ -438,6 +453,11 @@ class VideoToMusicPipeline(DiffusionPipeline):
                 the tensors it names (same shape and dtype).
             callback_on_step_end_tensor_inputs: the tensors put in ``callback_kwargs``, among
                 ``pipe._callback_tensor_inputs`` (``["latents"]`` LDM, ``["tokens"]`` AR); default all.
+            num_candidates: draw every waveform this many times and keep the one that scores best on beat
+                hits and contrastive video-music similarity (:mod:`.alignment`); scores in ``candidates``.
+            sync_beats: warp the music's time so its beats land on the visual beats
+                (:func:`~vmas_diffusion.beats.sync.sync_to_beats`, length kept); report in ``beat_sync``.
+            max_stretch: the most a stretch of the music may differ from 1 under ``sync_beats`` (0.15 = ±15 %).
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
@@ -445,7 +465,9 @@ class VideoToMusicPipeline(DiffusionPipeline):
         _check_generator_arg(generator)
         _check_generation_kwargs(self.generator, generation_kwargs)
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
-        batch = num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
+        check_alignment_inputs(num_candidates, sync_beats, max_stretch)
+        # every candidate is music written: the limit counts them all
+        batch = num_candidates * num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
         check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
         step_callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if step_callback is not None:
@@ -474,18 +496,28 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
         # 3-5. prepare tokens or latents, generate them and decode (the generator knows which)
         num_frames = max(1, int(math.ceil(duration * self.codec.frame_rate)))
-        audio = self.generator.generate_audio(
-            self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generator, progress_bar=self._sized_progress_bar, **generation_kwargs,
-        )
+        candidates = []
+        for _ in range(num_candidates):  # the same generator(s) consumed in turn: candidate 0 is the N = 1 output
+            audio = self.generator.generate_audio(
+                self.codec, conditions, num_frames, scheduler=self.scheduler, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, generator=generator, progress_bar=self._sized_progress_bar, **generation_kwargs,
+            )
+            # 6. trim to the asked duration
+            if audio.shape[-1] < num_samples:
+                audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
+            audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
+            if not torch.isfinite(audio).all():  # e.g. a guidance scale so large that the sampling overflows
+                raise InputError(f"the {self.backend} generator produced NaN or infinite samples "
+                                 f"(guidance_scale={guidance_scale:g}; a smaller one, or other weights, avoid it)")
+            candidates.append(audio)
 
-        # 6. trim to the asked duration and return
-        if audio.shape[-1] < num_samples:
-            audio = F.pad(audio, (0, num_samples - audio.shape[-1]))
-        audio = audio[..., :num_samples].float().clamp(-1.0, 1.0).cpu()
-        if not torch.isfinite(audio).all():  # e.g. a guidance scale so large that the sampling overflows
-            raise InputError(f"the {self.backend} generator produced NaN or infinite samples "
-                             f"(guidance_scale={guidance_scale:g}; a smaller one, or other weights, avoid it)")
+        # 7. keep the best candidate, put its beats on the video's (alignment.py), and return
+        scores = syncs = None
+        audio = candidates[0]
+        if num_candidates > 1:
+            audio, scores = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video)
+        if sync_beats:
+            audio, syncs = sync_waveforms(audio, self.sample_rate, analyses, num_waveforms_per_video, max_stretch)
         audios = audio.numpy() if output_type == "np" else audio
         beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
         one = len(analyses) == 1
@@ -495,6 +527,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         return VideoToMusicPipelineOutput(
             audios=audios, sample_rate=self.sample_rate, video_beats=beat_times[0] if one else beat_times,
             visual_beats=analyses[0] if one else analyses,
+            beat_sync=syncs[0] if syncs is not None and batch == 1 else syncs,
+            candidates=scores[0] if scores is not None and batch == 1 else scores,
         )
 
 

@@ -1,4 +1,4 @@
-"""Beats: visual beats of frames, music beats and onsets, BCS/BHS scores, alignment plots.
+"""Beats: visual beats of frames, music beats and onsets, BCS/BHS scores, alignment plots, beat sync.
 
 Names are imported from their module on first use: the music side needs librosa (seconds of
 numba set-up) and the plots matplotlib, which generating music never touches.
@@ -20,6 +20,10 @@ _LAZY = {
     "plot_alignment": "plot",
     "resample_envelope": "envelope",
     "beats_to_envelope": "envelope",
+    "BeatSync": "sync",
+    "sync_to_beats": "sync",
+    "match_beats_monotone": "sync",
+    "warp_audio": "sync",
 }
 
 

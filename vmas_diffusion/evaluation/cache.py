@@ -78,6 +78,8 @@ class GenerationRecord:
     """One generated clip and what was measured while generating it.
 
     ``audio`` is ``(C, S)`` float32; embeddings are ``[E]`` (None without a contrastive head).
+    With beat sync, ``audio`` is the synced music and ``audio_before_sync`` the music as generated;
+    ``extras`` holds the JSON summaries of beat sync (``"beat_sync"``) and best-of-N (``"candidates"``).
     """
 
     audio: np.ndarray
@@ -88,6 +90,8 @@ class GenerationRecord:
     memory_kind: str  # "cuda-allocated" or "cpu-rss-delta"
     video_embedding: Optional[np.ndarray] = None
     music_embedding: Optional[np.ndarray] = None
+    audio_before_sync: Optional[np.ndarray] = None
+    extras: Optional[dict] = None
 
     @property
     def duration(self) -> float:
@@ -119,6 +123,7 @@ class GenerationCache:
                     audio=data["audio"].astype(np.float32),
                     video_embedding=data["video_embedding"] if "video_embedding" in data else None,
                     music_embedding=data["music_embedding"] if "music_embedding" in data else None,
+                    audio_before_sync=data["audio_before_sync"] if "audio_before_sync" in data else None,
                     **meta,
                 )
         except (OSError, ValueError, KeyError, TypeError):
@@ -133,11 +138,15 @@ class GenerationCache:
             "peak_memory_mb": float(record.peak_memory_mb),
             "memory_kind": str(record.memory_kind),
         }
+        if record.extras:
+            meta["extras"] = record.extras
         arrays = {"audio": np.asarray(record.audio, dtype=np.float32), "meta": np.array(json.dumps(meta))}
         if record.video_embedding is not None:
             arrays["video_embedding"] = np.asarray(record.video_embedding, dtype=np.float32)
         if record.music_embedding is not None:
             arrays["music_embedding"] = np.asarray(record.music_embedding, dtype=np.float32)
+        if record.audio_before_sync is not None:
+            arrays["audio_before_sync"] = np.asarray(record.audio_before_sync, dtype=np.float32)
         atomic_savez(self._path(key), arrays)
 
 

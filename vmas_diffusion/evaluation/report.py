@@ -28,6 +28,16 @@ CONTENT_ROWS = (
     ("pace_tempo_rho", "Rank corr. video pace ↔ music tempo"),
     ("pace_onsets_rho", "Rank corr. video pace ↔ onset density"),
 )
+# best-of-N and beat sync (runner._alignment_values), shown when a column has them
+ALIGNMENT_ROWS = (
+    ("visual.bhs_window_before_sync", "BHS (window) vs visual beats, before beat sync"),
+    ("sync.mean_abs_stretch", "Beat sync: mean abs(stretch - 1), time-weighted"),
+    ("sync.max_abs_stretch", "Beat sync: max abs(stretch - 1) over all clips"),
+    ("sync.matched_share", "Beat sync: share of visual beats matched"),
+    ("candidates.bhs_selected", "Best-of-N: BHS of the kept candidate (pipeline's visual beats)"),
+    ("candidates.bhs_mean", "Best-of-N: mean BHS of all candidates (pipeline's visual beats)"),
+)
+ALIGNMENT_KEYS = tuple(key for key, _ in ALIGNMENT_ROWS)
 TIMING_KEYS = ("rtf", "seconds_per_clip", "peak_memory_mb", "generated_this_run")
 
 
@@ -87,6 +97,9 @@ def table_rows(columns: list[ModelColumn], embedder_name: str) -> list[tuple[str
         for key in TABLE_BEAT_KEYS:
             rows.append(row(f"{BEAT_LABELS[key]} vs {ref_label}", f"{ref}.{key}"))
     rows.append(row("Mean abs. offset, generated → nearest visual beat (s) ↓", "mean_abs_beat_offset"))
+    for key, label in ALIGNMENT_ROWS:
+        if any(c.metrics.get(key) is not None for c in columns):
+            rows.append(row(label, key))
     for key, label in CONTENT_ROWS:
         rows.append(row(label, key))
     chance = next((c.metrics.get("chance@1") for c in columns if c.metrics.get("chance@1") is not None), None)

@@ -52,7 +52,7 @@ from .fad import frechet_audio_distance
 from .metrics import PeakMemory, beat_offsets, cosine, mean_or_none
 from .music_content import onset_density, pace_correlation, tonal_shares
 from .plots import plot_offset_histogram
-from .report import BEAT_KEYS, EvaluationReport, ModelColumn, write_report
+from .report import ALIGNMENT_KEYS, BEAT_KEYS, EvaluationReport, ModelColumn, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class EvaluationConfig:
     num_inference_steps: Optional[int] = None
     guidance_scale: float = 3.0
     duration: Optional[float] = None
+    num_candidates: int = 1  # best-of-N in the pipeline call
+    sync_beats: bool = False  # warp each generation onto the pipeline's visual beats (beats.sync)
+    max_stretch: Optional[float] = None  # beat sync's limit; None: its default
     # analysis (not part of the generation, so not in the cache key)
     beat_tolerance: float = 0.1  # seconds, the hit window of the windowed beat scores
     visual_fps: float = 25.0  # frames per second decoded for the visual beats
@@ -76,11 +79,25 @@ class EvaluationConfig:
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the pipeline call (besides video and generator)."""
-        return {
+        kwargs = {
             "duration": self.duration,
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": float(self.guidance_scale),
         }
+        if self.num_candidates != 1:  # only when used, so the keys of plain generations stay as they were
+            kwargs["num_candidates"] = int(self.num_candidates)
+        return kwargs
+
+    def sync_kwargs(self) -> dict[str, Any]:
+        """Beat-sync settings (applied after the call); empty without sync."""
+        if not self.sync_beats:
+            return {}
+        return {"max_stretch": self.max_stretch} if self.max_stretch is not None else {}
+
+    def cache_kwargs(self) -> dict[str, Any]:
+        """What decides a cached generation besides model, clip and seed."""
+        extra = {"sync_beats": self.sync_kwargs()} if self.sync_beats else {}
+        return {**self.generation_kwargs(), **extra}
 
 
 def default_pipeline_loader(model: str, seed: int = 0):
@@ -208,6 +225,19 @@ class Evaluator:
         audio = np.asarray(out.audios[0], dtype=np.float32)
         if audio.ndim == 1:
             audio = audio[None]
+        extras: dict[str, Any] = {}
+        if getattr(out, "candidates", None) is not None:
+            extras["candidates"] = out.candidates.summary()
+        before = None
+        if c.sync_beats:
+            # what pipe(sync_beats=True) does, kept apart so the table also scores the music before it
+            from ..beats.sync import sync_to_beats
+
+            visual = getattr(out, "visual_beats", None)
+            before = audio
+            audio, report = sync_to_beats(before, int(out.sample_rate), np.zeros(0) if visual is None else visual.times,
+                                          tolerance=c.beat_tolerance, **c.sync_kwargs())
+            extras["beat_sync"] = report.summary()
         video_emb = music_emb = None
         embed_video, embed_music = getattr(pipe, "embed_video", None), getattr(pipe, "embed_music", None)
         if embed_video is not None and embed_music is not None:
@@ -226,6 +256,8 @@ class Evaluator:
             memory_kind=memory.kind,
             video_embedding=video_emb,
             music_embedding=music_emb,
+            audio_before_sync=before,
+            extras=extras or None,
         )
 
     def score_clip(self, record: GenerationRecord, ref: ClipAnalysis) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
@@ -254,6 +286,7 @@ class Evaluator:
         values["rtf"] = record.real_time_factor
         values["seconds"] = record.seconds
         values["peak_memory_mb"] = record.peak_memory_mb
+        values.update(_alignment_values(record, ref, tol))
         offsets = beat_offsets(gen_times, np.asarray(ref.visual.times))
         return values, gen_beats, offsets, windows
 
@@ -268,7 +301,7 @@ class Evaluator:
         plots: list[str] = []
         columns: list[ModelColumn] = []
         names = _column_names(models)
-        kwargs = self.config.generation_kwargs()
+        kwargs = self.config.cache_kwargs()
         total = tqdm(total=len(models) * len(analyses), desc="generate", disable=not self.progress)
         for model, name, fp in zip(models, names, fingerprints):
             pipe = None
@@ -337,6 +370,10 @@ class Evaluator:
         for ref in ("visual", "music"):
             for key in BEAT_KEYS:
                 metrics[f"{ref}.{key}"] = mean_or_none(v.get(f"{ref}.{key}") for v in per_clip)
+        for key in ALIGNMENT_KEYS:
+            metrics[key] = mean_or_none(v.get(key) for v in per_clip)
+        stretches = [v["sync.max_abs_stretch"] for v in per_clip if v.get("sync.max_abs_stretch") is not None]
+        metrics["sync.max_abs_stretch"] = max(stretches) if stretches else None  # the largest over the clips
         metrics.update(_retrieval(records))
         offsets = np.concatenate(all_offsets) if all_offsets else np.zeros(0)
         metrics["mean_abs_beat_offset"] = float(np.mean(np.abs(offsets))) if offsets.size else None
@@ -389,6 +426,32 @@ class Evaluator:
         scores["pace_tempo_rho"] = pace_correlation(pace, [a.music.tempo or None for a in real])
         scores["pace_onsets_rho"] = pace_correlation(pace, [onset_density(a.music.onsets, a.duration) for a in real])
         return scores
+
+
+def _alignment_values(record: GenerationRecord, ref: ClipAnalysis, tolerance: float) -> dict[str, Optional[float]]:
+    """Per-clip beat-sync and best-of-N values: BHS before sync against the evaluation's visual beats,
+    the stretch used, the share of visual beats matched; the kept and the mean candidate's BHS (the
+    pipeline's, against its own visual beats). Empty for a plain generation."""
+    from ..beats import beat_scores, music_beats
+
+    values: dict[str, Optional[float]] = {}
+    extras = record.extras or {}
+    sync = extras.get("beat_sync")
+    if sync is not None:
+        values["sync.mean_abs_stretch"] = sync["mean_abs_stretch"]
+        values["sync.max_abs_stretch"] = sync["max_abs_stretch"]
+        values["sync.matched_share"] = sync["matched_share"]
+        values["sync.applied"] = float(sync["applied"])
+    if record.audio_before_sync is not None:
+        times = music_beats(record.audio_before_sync, record.sample_rate).times
+        duration = min(record.duration, ref.duration)
+        values["visual.bhs_window_before_sync"] = _float(
+            beat_scores(times, np.asarray(ref.visual.times), duration, tolerance=tolerance)["bhs_window"])
+    candidates = extras.get("candidates")
+    if candidates is not None:
+        values["candidates.bhs_selected"] = candidates["bhs"][candidates["selected"]]
+        values["candidates.bhs_mean"] = float(np.mean(candidates["bhs"]))
+    return values
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -450,6 +513,9 @@ def run_evaluation(
     max_videos: int | None = None,
     progress: bool = True,
     *,
+    num_candidates: int = 1,
+    sync_beats: bool = False,
+    max_stretch: float | None = None,
     plots: bool = True,
     load_pipeline: Optional[PipelineLoader] = None,
 ) -> EvaluationReport:
@@ -469,6 +535,11 @@ def run_evaluation(
         max_videos: first N clips only.
         progress: tqdm bars on stderr.
         plots: write the alignment and offset PNGs.
+        num_candidates: best-of-N in every pipeline call (part of the cache key; N > 1 adds the
+            kept and the mean candidate's BHS rows).
+        sync_beats, max_stretch: warp every generation onto the pipeline's visual beats, as
+            ``pipe(sync_beats=True)`` does (part of the cache key); adds the BHS-before-sync and
+            stretch rows.
         load_pipeline: ``model path -> pipeline`` (tests and custom loading); default loads from disk.
 
     Raises:
@@ -480,11 +551,18 @@ def run_evaluation(
         raise InputError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     if duration is not None and not (np.isfinite(duration) and duration > 0):
         raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise InputError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    if max_stretch is not None and not (isinstance(max_stretch, (int, float)) and 0 < max_stretch < 1):
+        raise InputError(f"max_stretch must be a number in (0, 1), got {max_stretch!r}")
     config = EvaluationConfig(
         seed=int(seed),
         num_inference_steps=num_inference_steps,
         guidance_scale=float(guidance_scale),
         duration=None if duration is None else float(duration),
+        num_candidates=num_candidates,
+        sync_beats=bool(sync_beats),
+        max_stretch=max_stretch,
         plots=plots,
     )
     for model in models:
