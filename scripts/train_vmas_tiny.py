@@ -145,7 +145,8 @@ def restage(args) -> None:
         key, _, value = pair.partition("=")
         if key not in pipe.generator.config or key.startswith("_"):
             fail(f"restage: the {pipe.backend} generator has no setting {key!r}")
-        changes[key] = type(pipe.generator.config[key])(json.loads(value))
+        current = pipe.generator.config[key]
+        changes[key] = json.loads(value) if current is None else type(current)(json.loads(value))
     pipe.generator.register_to_config(**changes)
     if args.post_filter:
         fitted = pipe.codec.fit_sharpening(islice(training_music(args.data), args.post_filter))

@@ -25,7 +25,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from vmas_diffusion.beats import beat_scores, music_beats
+from vmas_diffusion.beats import beat_scores
 from vmas_diffusion.beats.sync import BeatSync, check_max_stretch, sync_to_beats
 from vmas_diffusion.errors import InputError
 
@@ -77,6 +77,8 @@ def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
 
 def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int):
     """``(kept audio (B, C, S), [CandidateScores per waveform])`` from ``candidates`` (N of ``(B, C, S)``)."""
+    from vmas_diffusion.beats.music import music_beats  # librosa: only when candidates are scored
+
     sample_rate = pipe.sample_rate
     videos = _video_embeddings(pipe, prepared)
     kept, reports = [], []

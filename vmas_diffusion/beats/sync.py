@@ -30,14 +30,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from vmas_diffusion.beats.metrics import beat_scores
-from vmas_diffusion.beats.music import MusicBeats, music_beats
 from vmas_diffusion.errors import InputError
 from vmas_diffusion.media._common import audio_to_numpy
+
+if TYPE_CHECKING:  # the music side imports librosa: only when beats are synced
+    from vmas_diffusion.beats.music import MusicBeats
 
 DEFAULT_MAX_STRETCH = 0.15  # ±15 %: a tempo change listeners accept without hearing a drag
 CROSSFADE_SECONDS = 0.02
@@ -264,6 +266,8 @@ def sync_to_beats(audio, sample_rate: int, visual_times, max_stretch: float = DE
     duration = data.shape[-1] / float(sample_rate)
     visual = _times(visual_times, "visual beats")
     visual = visual[(visual >= 0) & (visual <= duration)]
+    from vmas_diffusion.beats.music import music_beats
+
     music = music if music is not None else music_beats(data, sample_rate)
     before = np.asarray(music.times, np.float64)
 
