@@ -153,7 +153,8 @@ def video_group(item: dict) -> str:
     or no beat-locked event at all (the music's beats were not trusted)."""
     if item["video_kind"] == "drift":
         return "no beat events"
-    if item["video_kind"] == "cuts" and item["event_every"] == 1:
+    every = item.get("event_every", item.get("cut_every"))  # sets built before zooms and pans thinned out say cut_every
+    if item["video_kind"] == "cuts" and every == 1:
         return "beat cuts"
     return "motion, sparse cuts"
 
