@@ -152,3 +152,17 @@ def make_synthetic_data(folder: Path, num_samples: int = 6, seconds=0.5) -> Path
     info = {"options": {"fps": 8.0}, "music_frame_rate": 50.0, "sample_rate": 16000}
     write_index(folder, refs, info)
     return folder
+
+
+def remux_video(src, dst, faststart: bool = False) -> None:
+    """Copy the video stream of ``src`` into ``dst`` (moov atom first with faststart)."""
+    import av
+
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options) as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        for packet in inp.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                out.mux(packet)

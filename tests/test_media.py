@@ -3,6 +3,7 @@
 from fractions import Fraction
 
 import av
+import dummies
 import numpy as np
 import pytest
 import torch
@@ -25,18 +26,6 @@ BACKENDS = ("decord", "pyav")
 def _tone(freq: float, seconds: float, rate: int, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(round(seconds * rate))) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _remux(src, dst, faststart: bool = False) -> None:
-    """Copy the video stream of ``src`` into ``dst`` (moov atom first with faststart)."""
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options) as out:
-        vin = inp.streams.video[0]
-        vout = out.add_stream_from_template(vin)
-        for packet in inp.demux(vin):
-            if packet.dts is not None:
-                packet.stream = vout
-                out.mux(packet)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +142,7 @@ def test_corrupt_and_truncated_video(media, tmp_path, backend):
     half = tmp_path / "half.mp4"
     half.write_bytes(data[: len(data) // 2])
     fast = tmp_path / "fast.mp4"  # moov first: the index survives, the frames do not
-    _remux(media("bikes.mp4"), fast, faststart=True)
+    dummies.remux_video(media("bikes.mp4"), fast, faststart=True)
     cut = tmp_path / "fast_cut.mp4"
     cut.write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
     for path in (garbage, half, cut):

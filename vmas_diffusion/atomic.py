@@ -30,8 +30,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; a no-op where folders cannot be opened (Windows)."""
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -53,7 +53,7 @@ def commit(tmp: PathLike, path: PathLike) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..atomic import fsync_dir
 from ..errors import CheckpointError
 from ..weights import load_state_dict_checked, read_weights
 
@@ -106,27 +107,13 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make renames and new entries in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove(folder: Path, prefix: str, on_phase=None) -> None:
     """Rename ``folder`` to ``<prefix><name>`` (atomic), then delete it: a kill never leaves it half there."""
     gone = folder.with_name(prefix + folder.name)
     if gone.exists():
         shutil.rmtree(gone)
     os.replace(folder, gone)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if on_phase is not None:
         on_phase(f"removing {prefix}", gone)
     shutil.rmtree(gone)
@@ -140,11 +127,11 @@ def _install(tmp: Path, final: Path, on_phase=None) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if on_phase is not None:
             on_phase("old renamed away", old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if on_phase is not None:
         on_phase("renamed in", final)
     if old.exists():
@@ -176,7 +163,7 @@ def recover(root: Path) -> None:
             if final.exists():
                 _remove(final, DEL_PREFIX)
             os.replace(old, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             logger.warning("restored %s, which a killed save was replacing", final)
         else:
             shutil.rmtree(old)
@@ -341,12 +328,12 @@ class CheckpointManager:
                         os.fsync(handle.fileno())
                     sizes[path.relative_to(tmp).as_posix()] = path.stat().st_size
             for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}):
-                _fsync_dir(folder)
+                fsync_dir(folder)
             self.on_phase("files synced", tmp)
             _write_json(tmp / MANIFEST, {"files": sizes})  # last: marks the folder complete
             with open(tmp / MANIFEST, "rb") as handle:
                 os.fsync(handle.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             self.on_phase("complete", tmp)
             _install(tmp, final, self.on_phase)
             for pruned in list_checkpoints(self.root)[: -self.keep]:
