@@ -225,9 +225,16 @@ def test_beat_guidance_is_a_third_branch_without_the_beat():
     video_only = {VIDEO: conds[VIDEO]}
     torch.testing.assert_close(sample(video_only, guidance_scale=3.0, beat_guidance_scale=12.0),
                                sample(video_only, guidance_scale=3.0), atol=0, rtol=0)
+    # one model call, as a hand-written loop makes it: the same combination of the three branches
+    x, t = randn(1, D, 30), torch.tensor(400)
+    cond, no_beat, null = (model(x, t, c) for c in (conds, video_only, model.null_conditions(conds)))
+    torch.testing.assert_close(model.guided_output(x, t, conds, 3.0, beat_guidance_scale=12.0),
+                               null + 3.0 * (no_beat - null) + 12.0 * (cond - no_beat), atol=1e-5, rtol=1e-4)
     # the config's value is the default, the argument overrides it
     model.register_to_config(beat_guidance_scale=12.0)
     torch.testing.assert_close(sample(guidance_scale=3.0), louder, atol=0, rtol=0)
+    torch.testing.assert_close(model.guided_output(x, t, conds, 3.0), null + 3.0 * (no_beat - null) + 12.0 * (cond - no_beat),
+                               atol=1e-5, rtol=1e-4)
     for bad in (-1.0, float("nan"), True):
         with pytest.raises(InputError, match="beat_guidance_scale"):
             sample(guidance_scale=3.0, beat_guidance_scale=bad)

@@ -614,17 +614,31 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         timestep: Union[torch.Tensor, float],
         conditions: Dict[str, Condition],
         guidance_scale: float = 3.0,
+        beat_guidance_scale: Optional[float] = None,
     ) -> torch.Tensor:
         """The classifier-free-guided model output for ``sample [B, D, T]`` -> ``[B, D, T]``:
         ``uncond + guidance_scale * (cond - uncond)``, both branches in one batched forward
-        (the conditional branch alone when ``guidance_scale == 1`` or there are no conditions).
+        (the conditional branch alone when ``guidance_scale == 1`` or there are no conditions), with
+        the beat's own guidance as :meth:`generate` applies it (default the config's).
         ``timestep`` is one scalar timestep; in a hand-written loop use :meth:`model_timestep`."""
         self._check_sample(sample)
         self.check_conditions(conditions, sample.shape[0])
-        cfg = bool(conditions) and guidance_scale != 1.0
-        cond_in = self._cfg_conditions(conditions) if cfg else conditions
+        cfg, cond_in, beat_guidance_scale = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
         prepared = self.fuse_conditions(cond_in, sample.shape[-1])
-        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance_scale, cfg)
+        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance_scale, cfg,
+                            beat_guidance_scale)
+
+    def _guidance_plan(self, conditions: Dict[str, Condition], guidance_scale: float, beat_guidance_scale):
+        """``(cfg, conditions to fuse, beat guidance)``: the beat guidance is the argument, else the
+        config's, None without a beat condition; with it the conditions hold three branches."""
+        if beat_guidance_scale is None:
+            beat_guidance_scale = self.config.get("beat_guidance_scale")
+        if beat_guidance_scale is not None:
+            _check_beat_guidance(beat_guidance_scale, "beat_guidance_scale", InputError)
+            beat_guidance_scale = float(beat_guidance_scale) if BEAT in (conditions or {}) else None
+        cfg = bool(conditions) and (guidance_scale != 1.0 or beat_guidance_scale is not None)
+        cond_in = self._cfg_conditions(conditions, beat_guidance_scale is not None) if cfg else conditions
+        return cfg, cond_in, beat_guidance_scale
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
@@ -752,11 +766,6 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if beat_guidance_scale is None:
-            beat_guidance_scale = self.config.get("beat_guidance_scale")
-        if beat_guidance_scale is not None:
-            _check_beat_guidance(beat_guidance_scale, "beat_guidance_scale", InputError)
-            beat_guidance_scale = float(beat_guidance_scale) if BEAT in conditions else None
         if not conditions and batch_size is None and isinstance(generator, (list, tuple)):
             batch_size = len(generator)  # unconditional: one item per generator
         batch = self.check_conditions(conditions, batch_size)
@@ -774,8 +783,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
-        cfg = bool(conditions) and (guidance_scale != 1.0 or beat_guidance_scale is not None)
-        cond_in = self._cfg_conditions(conditions, beat_guidance_scale is not None) if cfg else conditions
+        cfg, cond_in, beat_guidance_scale = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
