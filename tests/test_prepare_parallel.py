@@ -48,9 +48,17 @@ def prepared(media, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parallel")
     manifest = _manifest(media, root)
-    assert main(["prepare", str(manifest), *WINDOWS, "--out", str(root / "one"), "--recipe", RECIPE, "--no-progress"]) == 0
-    for rank in (0, 1):
-        prepare_parallel(manifest, root / "two", RECIPE, WINDOWS, progress=False, rank=rank, world_size=2)
+    # one thread on both sides: float sums split over another number of threads round differently,
+    # and the CLI's default thread count follows the machine's load
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--threads", "1", "prepare", str(manifest), *WINDOWS, "--out", str(root / "one"), "--recipe", RECIPE,
+                     "--no-progress"]) == 0
+        for rank in (0, 1):
+            prepare_parallel(manifest, root / "two", RECIPE, WINDOWS, progress=False, rank=rank, world_size=2)
+    finally:
+        torch.set_num_threads(threads)
     return dict(root=root, manifest=manifest, one=root / "one", two=root / "two")
 
 
