@@ -48,15 +48,19 @@ def prepared(media, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parallel")
     manifest = _manifest(media, root)
-    # one thread on both sides: float sums split over another number of threads round differently,
-    # and the CLI's default thread count follows the machine's load
+    # one thread on both sides, for torch and for numpy's BLAS (librosa's onset envelope), as the launched
+    # processes below run (OMP_NUM_THREADS=1): float sums split over another number of threads round
+    # differently (1e-7 in the onsets), and the CLI's default thread count follows the machine's load
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["--threads", "1", "prepare", str(manifest), *WINDOWS, "--out", str(root / "one"), "--recipe", RECIPE,
-                     "--no-progress"]) == 0
-        for rank in (0, 1):
-            prepare_parallel(manifest, root / "two", RECIPE, WINDOWS, progress=False, rank=rank, world_size=2)
+        with threadpool_limits(limits=1):
+            assert main(["--threads", "1", "prepare", str(manifest), *WINDOWS, "--out", str(root / "one"),
+                         "--recipe", RECIPE, "--no-progress"]) == 0
+            for rank in (0, 1):
+                prepare_parallel(manifest, root / "two", RECIPE, WINDOWS, progress=False, rank=rank, world_size=2)
     finally:
         torch.set_num_threads(threads)
     return dict(root=root, manifest=manifest, one=root / "one", two=root / "two")
@@ -78,10 +82,11 @@ def test_two_shares_write_the_samples_of_one(prepared):
 
 
 @pytest.mark.slow
-def test_two_worker_processes_write_the_samples_of_one(prepared, tmp_path):
+def test_two_worker_processes_write_the_samples_of_one(prepared, tmp_path, monkeypatch):
     """`--num-workers 2`: two spawned processes, each building its own codec (~2 min on a shared 2-core machine)."""
     from vmas_diffusion.cli import main
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' BLAS on one thread, as the reference ran (fixture)
     args = [str(prepared["manifest"]), *WINDOWS, "--out", str(tmp_path / "two"), "--num-workers", "2", "--recipe", RECIPE]
     assert main(["prepare", *args, "--no-progress"]) == 0
     _assert_same_samples_as_one(prepared["one"], tmp_path / "two")
