@@ -277,3 +277,14 @@ def test_bundled_model_puts_its_onsets_on_the_video_cuts(media, backend):
                    generator=torch.Generator().manual_seed(0))
         audio = out.audios[0, 0]
         assert onset_share_near(audio, beats[phase]) > onset_share_near(audio, beats[other])
+
+
+def test_commands_default_to_the_guidance_the_bundled_model_was_chosen_with(tmp_path):
+    from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE, default_guidance
+
+    for backend in ("ar", "ldm"):
+        pipe = VideoToMusicPipeline.from_pretrained(f"vmas-tiny-{backend}")
+        assert default_guidance(pipe) == RECOMMENDED_GUIDANCE[backend]
+        pipe.save_pretrained(tmp_path / backend)  # a copy elsewhere is somebody's own model: the generic default
+        assert default_guidance(VideoToMusicPipeline.from_pretrained(tmp_path / backend)) == 3.0
+

@@ -69,6 +69,7 @@ def load_pipeline(model: Optional[str], backend: Optional[str] = None):
 def cmd_generate(args) -> int:
     import torch
 
+    from .defaults import default_guidance
     from .limits import check_lengths
     from .media import export_to_video_with_audio, save_audio
 
@@ -82,7 +83,7 @@ def cmd_generate(args) -> int:
         video=args.video,
         duration=args.duration,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=args.guidance if args.guidance is not None else default_guidance(pipe),
         generator=torch.Generator().manual_seed(args.seed),
         **limits,
         **alignment_kwargs(args),
@@ -170,7 +171,7 @@ def cmd_demo(args) -> int:
     import torch
 
     from .beats import music_beats, plot_alignment
-    from .defaults import DEMO_VIDEO, RECOMMENDED_GUIDANCE
+    from .defaults import DEMO_VIDEO, default_guidance
     from .media import export_to_video_with_audio
 
     video = Path(args.video) if args.video else DEMO_VIDEO
@@ -178,7 +179,7 @@ def cmd_demo(args) -> int:
     if out.suffix.lower() != ".mp4":
         raise InputError(f"output {out} must end in .mp4")
     pipe = load_pipeline(args.model, args.backend)
-    guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
+    guidance = args.guidance if args.guidance is not None else default_guidance(pipe)
     result = pipe(video=str(video), guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed))
     export_to_video_with_audio(str(video), result.audios[0], result.sample_rate, str(out))
     visual = result.visual_beats  # the analysis the pipeline conditioned on: no second decode
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=seed, default=0, help="random seed, 0 .. 2**64 - 1")
     gen.add_argument("--duration", type=seconds, help="seconds of music (default: the video's duration)")
     gen.add_argument("--steps", type=int, help="diffusion steps (LDM backend)")
-    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
+                     "model was chosen with, 6 AR / 1 LDM with its beat guidance; 3 for other models)")
     gen.add_argument("--max-music-seconds", type=parse_limit, default=MAX_MUSIC_SECONDS, metavar="S",
                      help=f"refuse to write more music than this (default {MAX_MUSIC_SECONDS:g} s; 'none' lifts it)")
     gen.add_argument("--max-video-seconds", type=parse_limit, default=MAX_VIDEO_SECONDS, metavar="S",

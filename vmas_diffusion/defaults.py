@@ -53,6 +53,15 @@ def bundled_model_path(name: str = DEFAULT_MODEL, backend: Optional[str] = None)
     return folder
 
 
+def default_guidance(pipe) -> float:
+    """The guidance a command uses when none is given: the bundled model's recommended one
+    (``RECOMMENDED_GUIDANCE``) for a bundled pipeline, else 3.0."""
+    folder = Path(str(getattr(pipe, "name_or_path", "") or "")).resolve()
+    if folder.parent == (ASSETS / DEFAULT_MODEL).resolve():
+        return RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
+    return 3.0
+
+
 def bundled_names():
     """The names :func:`bundled_model_path` accepts."""
     return [DEFAULT_MODEL] + [f"{DEFAULT_MODEL}-{b}" for b in BACKENDS]
