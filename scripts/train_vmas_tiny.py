@@ -136,6 +136,7 @@ def restage(args) -> None:
     """The start of a new stage: a trained pipeline (``--source``, default the shipped one) with the
     generator settings of ``--set key=value`` changed (e.g. ``cond_dropout=0.1``), saved as
     ``<work>/init_<backend>``, which ``prepare`` and ``train`` start from."""
+    from vmas_diffusion.errors import ConfigError
     from vmas_diffusion.pipelines import VideoToMusicPipeline
 
     source = args.source or ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
@@ -146,8 +147,15 @@ def restage(args) -> None:
         if key not in pipe.generator.config or key.startswith("_"):
             fail(f"restage: the {pipe.backend} generator has no setting {key!r}")
         current = pipe.generator.config[key]
-        changes[key] = json.loads(value) if current is None else type(current)(json.loads(value))
+        try:
+            changes[key] = json.loads(value) if current is None else type(current)(json.loads(value))
+        except (ValueError, TypeError):
+            fail(f"restage: {key}={value!r} is not a value of the {type(current).__name__} setting {key!r}")
     pipe.generator.register_to_config(**changes)
+    try:
+        type(pipe.generator).from_config(pipe.generator.config)  # the generator's own checks of its settings
+    except ConfigError as err:
+        fail(f"restage: {err}")
     if args.post_filter:
         fitted = pipe.codec.fit_sharpening(islice(training_music(args.data), args.post_filter))
         print(f"codec token post-filter: {fitted}", file=sys.stderr)
