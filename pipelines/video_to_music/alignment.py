@@ -70,9 +70,7 @@ def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
     """Each video's contrastive embedding ``[E]``, or None (no contrastive head, or no frames)."""
     if pipe.contrastive_head is None or not prepared:
         return None
-    device = pipe._execution_device
-    return [pipe.contrastive_head.embed_video(pipe.video_encoder(torch.from_numpy(p.frames)[None].to(device)).pooled)[0]
-            for p in prepared]
+    return [pipe._embed_prepared_video(p, pipe.contrastive_head) for p in prepared]
 
 
 def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int):

@@ -372,7 +372,10 @@ class VideoToMusicPipeline(DiffusionPipeline):
         head = self._contrastive_head()
         _check_videos([video], fps)
         check_lengths([video], fps, None, None, max_video_seconds)
-        prepared = self.prepare_video(video, fps)
+        return self._embed_prepared_video(self.prepare_video(video, fps), head)
+
+    def _embed_prepared_video(self, prepared: _PreparedVideo, head) -> torch.Tensor:
+        """The contrastive embedding ``[E]`` of frames already at the encoder's fps and size."""
         frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
         pooled = self.video_encoder(frames).pooled
         onload(head)
