@@ -74,21 +74,22 @@ def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
 
 
 def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int):
-    """``(kept audio (B, C, S), [CandidateScores per waveform])`` from ``candidates`` (N of ``(B, C, S)``)."""
+    """``(kept audio (B, C, S), [CandidateScores per waveform], [MusicBeats of each kept waveform])`` from
+    ``candidates`` (N of ``(B, C, S)``); the beats spare :func:`sync_waveforms` tracking them again."""
     from vmas_diffusion.beats.music import music_beats  # librosa: only when candidates are scored
 
     sample_rate = pipe.sample_rate
     videos = _video_embeddings(pipe, prepared)
-    kept, reports = [], []
+    kept, reports, kept_beats = [], [], []
     for b in range(candidates[0].shape[0]):
         v = b // num_waveforms_per_video
         visual = np.zeros(0) if analyses[v] is None else np.asarray(analyses[v].times, np.float64)
-        bhs, sim = [], []
+        bhs, sim, beats = [], [], []
         for audio in candidates:
             wav = audio[b].numpy()
             duration = wav.shape[-1] / sample_rate
-            hits = beat_scores(music_beats(wav, sample_rate).times, visual, duration, BEAT_TOLERANCE)["bhs_window"]
-            bhs.append(hits)
+            beats.append(music_beats(wav, sample_rate))
+            bhs.append(beat_scores(beats[-1].times, visual, duration, BEAT_TOLERANCE)["bhs_window"])
             if videos is not None:
                 sim.append(float(torch.dot(videos[v], pipe.embed_music(wav, sample_rate).to(videos[v].device))))
         bhs_a = np.asarray(bhs, np.float64)
@@ -97,17 +98,20 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
         best = int(np.argmax(score))  # the first of equal scores
         kept.append(candidates[best][b])
         reports.append(CandidateScores(best, bhs_a, sim_a, score))
-    return torch.stack(kept), reports
+        kept_beats.append(beats[best])
+    return torch.stack(kept), reports, kept_beats
 
 
 def sync_waveforms(audio: torch.Tensor, sample_rate: int, analyses, num_waveforms_per_video: int,
-                   max_stretch: float) -> tuple[torch.Tensor, List[BeatSync]]:
-    """Each waveform of ``audio`` ``(B, C, S)`` warped onto its video's visual beats, and the reports."""
+                   max_stretch: float, music: Optional[list] = None) -> tuple[torch.Tensor, List[BeatSync]]:
+    """Each waveform of ``audio`` ``(B, C, S)`` warped onto its video's visual beats, and the reports.
+    ``music``: each waveform's beats when they are tracked already (best-of-N)."""
     out, reports = [], []
     for b in range(audio.shape[0]):
         analysis = analyses[b // num_waveforms_per_video]
         visual = np.zeros(0) if analysis is None else analysis.times
-        warped, report = sync_to_beats(audio[b].numpy(), sample_rate, visual, max_stretch, BEAT_TOLERANCE)
+        warped, report = sync_to_beats(audio[b].numpy(), sample_rate, visual, max_stretch, BEAT_TOLERANCE,
+                                       music=None if music is None else music[b])
         if analysis is None:
             report.reason = "no visual beats: the video was given as video_embeds only"
         out.append(torch.from_numpy(np.ascontiguousarray(warped)))

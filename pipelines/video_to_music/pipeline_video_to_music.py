@@ -515,12 +515,13 @@ class VideoToMusicPipeline(DiffusionPipeline):
             candidates.append(audio)
 
         # 7. keep the best candidate, put its beats on the video's (alignment.py), and return
-        scores = syncs = None
+        scores = syncs = kept_beats = None
         audio = candidates[0]
         if num_candidates > 1:
-            audio, scores = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video)
+            audio, scores, kept_beats = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video)
         if sync_beats:
-            audio, syncs = sync_waveforms(audio, self.sample_rate, analyses, num_waveforms_per_video, max_stretch)
+            audio, syncs = sync_waveforms(audio, self.sample_rate, analyses, num_waveforms_per_video, max_stretch,
+                                          kept_beats)
         audios = audio.numpy() if output_type == "np" else audio
         beat_times = [np.zeros(0) if a is None else np.asarray(a.times, dtype=np.float64) for a in analyses]
         one = len(analyses) == 1
