@@ -553,8 +553,10 @@ def run_evaluation(
         raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise InputError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
-    if max_stretch is not None and not (isinstance(max_stretch, (int, float)) and 0 < max_stretch < 1):
-        raise InputError(f"max_stretch must be a number in (0, 1), got {max_stretch!r}")
+    if max_stretch is not None:
+        from ..beats.sync import check_max_stretch
+
+        check_max_stretch(max_stretch)
     config = EvaluationConfig(
         seed=int(seed),
         num_inference_steps=num_inference_steps,
