@@ -105,23 +105,36 @@ class KVCache:
     """Preallocated self-attention keys and values ``[B, H, capacity, head_dim]`` for incremental decoding.
 
     Writing in place into a fixed buffer avoids the re-allocation a growing ``torch.cat`` cache pays
-    at every step.
+    at every step. Keys and values are the two halves of one buffer, so a decoding step writes both
+    with one copy (:meth:`append_step`).
     """
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
-        shape = (batch, num_heads, capacity, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.buffer = torch.empty((2, batch, num_heads, capacity, head_dim), device=device, dtype=dtype)
+        self.keys, self.values = self.buffer.unbind(0)
         self.capacity = capacity
         self.length = 0
 
-    def append(self, k: torch.Tensor, v: torch.Tensor):
-        """Write ``k, v [B, H, T, hd]`` after the cached positions; return all keys and values so far."""
-        end = self.length + k.shape[2]
+    def _advance(self, steps: int) -> int:
+        end = self.length + steps
         if end > self.capacity:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        return end
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """Write ``k, v [B, H, T, hd]`` after the cached positions; return all keys and values so far."""
+        end = self._advance(k.shape[2])
         self.keys[:, :, self.length : end] = k
         self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def append_step(self, kv: torch.Tensor):
+        """:meth:`append` of one position given as ``kv [B, 2 * H * hd]``: keys then values, heads-major
+        (the output of a fused key/value projection)."""
+        end = self._advance(1)
+        _, b, h, _, hd = self.buffer.shape
+        self.buffer[:, :, :, self.length].copy_(kv.view(b, 2, h, hd).transpose(0, 1))
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 

@@ -161,6 +161,67 @@ class ARDecoderLayer(nn.Module):
             x = x + self.dropout(h)
         return x + self.dropout(self.ffn(self.final_layer_norm(x)))
 
+    def step_weights(self) -> Optional[tuple]:
+        """What :meth:`decode_step` reads, taken once per ``generate`` call (None when it cannot run:
+        training mode, whose dropout it skips, or linear layers without a plain weight, as int8 ones).
+
+        Linear weights come as ``[in, out]`` matrices (``weight.t()``: contiguous under
+        :func:`column_major_linears`), norms as ``(shape, weight, bias, eps)``. Self-attention's
+        q/k/v become one ``[H, 3H]`` matrix (one GEMM a step instead of three) when they are
+        column-major, i.e. small enough that per-call overhead matters; a large model keeps them
+        apart rather than copy them.
+        """
+        cross = getattr(self, "cross_attn", None)
+        linears = [self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj, self.self_attn.out_proj]
+        linears += [self.ffn.fc1, self.ffn.fc2] + ([cross.q_proj, cross.out_proj] if cross is not None else [])
+        if self.training or not all(type(m) is nn.Linear and m.bias is None for m in linears):
+            return None
+        qkv = [m.weight.t() for m in linears[:3]]
+        if all(w.is_contiguous() for w in qkv):
+            qkv = [torch.cat(qkv, 1)]
+        norms = [self.self_attn_layer_norm, getattr(self, "cross_attn_layer_norm", None), self.final_layer_norm]
+        norms = [None if n is None else (n.normalized_shape, n.weight, n.bias, n.eps) for n in norms]
+        cross_w = (cross.q_proj.weight.t(), cross.out_proj.weight.t()) if cross is not None else None
+        return (*norms, qkv, self.self_attn.out_proj.weight.t(), cross_w, self.ffn.fc1.weight.t(), self.ffn.fc2.weight.t())
+
+    def decode_step(
+        self,
+        x: torch.Tensor,
+        weights: tuple,
+        cross_kv: Optional[Tuple[torch.Tensor, torch.Tensor]],
+        cross_mask: Optional[Tuple[torch.Tensor, torch.Tensor]],
+        self_key_mask: Optional[torch.Tensor],
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """One decoding position ``x [R, H]`` -> ``[R, H]``: :meth:`forward` with ``cache`` in eval mode,
+        in fewer and larger ops (at a small size a step costs its op count): 2-D rows throughout,
+        fused q/k/v, one cache write, residual adds folded into the GEMMs (``addmm``).
+        ``weights`` from :meth:`step_weights`; the rest as in :meth:`forward`. Equal to it to float rounding.
+        """
+        norm1, norm2, norm3, qkv, out_w, cross_w, fc1, fc2 = weights
+        rows, dim = x.shape
+        heads, hd = self.self_attn.num_heads, self.self_attn.head_dim
+        h = F.layer_norm(x, *norm1)
+        if len(qkv) == 1:
+            q, kv = torch.mm(h, qkv[0]).split([dim, 2 * dim], 1)
+            keys, values = cache.append_step(kv)
+        else:
+            q = torch.mm(h, qkv[0])
+            keys, values = cache.append(*(torch.mm(h, w).view(rows, heads, 1, hd) for w in qkv[1:]))
+        # the position's own key is always valid, so no query row is left without keys
+        mask = None if self_key_mask is None else self_key_mask[:, None, None, : keys.shape[2]]
+        out = F.scaled_dot_product_attention(q.view(rows, heads, 1, hd), keys, values, attn_mask=mask)
+        x = torch.addmm(x, out.reshape(rows, dim), out_w)
+        if cross_kv is not None:
+            q = torch.mm(F.layer_norm(x, *norm2), cross_w[0]).view(rows, heads, 1, hd)
+            if cross_mask is None:
+                out = F.scaled_dot_product_attention(q, *cross_kv).reshape(rows, dim)
+            else:  # keep is 0 or 1, so scaling before the projection is exact
+                out = F.scaled_dot_product_attention(q, *cross_kv, attn_mask=cross_mask[0]).reshape(rows, dim)
+                out = out * cross_mask[1].view(rows, 1)
+            x = torch.addmm(x, out, cross_w[1])
+        return torch.addmm(x, F.gelu(torch.mm(F.layer_norm(x, *norm3), fc1)), fc2)
+
 
 class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     """Decoder-only transformer over interleaved codec codes, conditioned on video (and beats, text).
@@ -609,12 +670,15 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             heads = heads.t().contiguous().t()
         out = torch.empty(batch_size, self.config.num_codebooks, num_frames, dtype=torch.long, device=self.device)
         with progress_bar(total=total) as bar, column_major_linears(self.layers):
+            layer_weights = [layer.step_weights() for layer in self.layers]  # inside: the column-major copies
+            if any(w is None for w in layer_weights):
+                layer_weights = None
             step_end = StepEnd(bar, callback)
             for start, length, prompt_len in plan:
                 prompt = out[:, :, start : start + prompt_len] if prompt_len else None
                 out[:, :, start : start + length] = self._generate_window(
                     conds, batch_size, length, start, prompt, guidance_scale if use_cfg else None,
-                    sampling, generators, table, heads, step_end,
+                    sampling, generators, table, heads, layer_weights, step_end,
                 )  # fmt: skip
         return out
 
@@ -634,9 +698,14 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         generators: List[Optional[torch.Generator]],
         table: torch.Tensor,
         heads: torch.Tensor,
+        layer_weights: Optional[List[tuple]],
         step_end: StepEnd,
     ) -> torch.Tensor:
-        """Codes ``[B, K, num_frames]`` of one window whose first ``prompt.shape[2]`` frames are ``prompt``."""
+        """Codes ``[B, K, num_frames]`` of one window whose first ``prompt.shape[2]`` frames are ``prompt``.
+
+        ``layer_weights``: :meth:`ARDecoderLayer.step_weights` of every layer, for the one-position
+        steps after the prefill (:meth:`ARDecoderLayer.decode_step`), or None for the layers' forward.
+        """
         b, k, device = batch_size, self.config.num_codebooks, self.device
         pattern = self.codebook_pattern
         layout = pattern.layout(num_frames, device)  # [K, S]
@@ -681,6 +750,27 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 logits = uncond + guidance_scale * (cond - uncond)
             return logits
 
+        offsets = torch.arange(k, device=device) * (self.special_id + 1)
+        final_norm = (self.layer_norm.normalized_shape, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
+
+        def next_logits(tokens: torch.Tensor, position: int) -> torch.Tensor:
+            """Step ``tokens [B, K]`` read at ``position`` -> guided logits ``[B, K, V]``, one position a layer call."""
+            if layer_weights is None:
+                return step_logits(tokens[..., None], positions[position : position + 1], with_prefix=False)
+            x = F.embedding(tokens + offsets, table).sum(1)  # [B, H]
+            if guidance_scale is not None:
+                x = torch.cat([x, x])
+            x = x + pos_table[position]
+            if fused.frame_add is not None:
+                x = x + fused.frame_add[:, position]
+            for layer, weights, kv, cache in zip(self.layers, layer_weights, cross_kv, caches):
+                x = layer.decode_step(x, weights, kv, fused.cross_attend, key_mask, cache)
+            logits = F.linear(F.layer_norm(x, *final_norm), heads).view(rows, k, -1)
+            if guidance_scale is not None:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + guidance_scale * (cond - uncond)
+            return logits
+
         # prefill: the prefix, the start token and every known step before the first one to sample
         inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)
         logits = step_logits(inputs, positions[: first + 1], with_prefix=True)
@@ -692,7 +782,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 self._check_codes(returned, "the step callback's tokens", allow_special=True)
                 steps = returned
             if s + 1 < s_total:
-                logits = step_logits(steps[:, :, s : s + 1], positions[s + 1 : s + 2], with_prefix=False)
+                logits = next_logits(steps[:, :, s], s + 1)
         return pattern.deinterleave(steps, num_frames)
 
     # ------------------------------------------------------------------------------------------ warm start
