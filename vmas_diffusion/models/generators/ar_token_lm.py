@@ -84,7 +84,9 @@ def sample_from_logits(
     """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1:  # x / 1 == x: skip an op a step
+        logits = logits / temperature
     if top_p > 0:
         values, ids = logits.sort(dim=-1, descending=True)
         probs = values.softmax(-1)
@@ -774,9 +776,11 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # prefill: the prefix, the start token and every known step before the first one to sample
         inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)
         logits = step_logits(inputs, positions[: first + 1], with_prefix=True)
+        uniforms = uniforms.transpose(0, 1).flatten(1)  # [S, B * K]: one row a step
+        every_slot = to_sample.all(0).tolist()  # steps where every codebook is sampled (all but the pattern's edges)
         for s in range(first, s_total):
-            sampled = sample_from_logits(logits.flatten(0, 1), uniforms[:, s].flatten(), **sampling).view(b, k)
-            steps[:, :, s] = torch.where(to_sample[:, s], sampled, steps[:, :, s])
+            sampled = sample_from_logits(logits.flatten(0, 1), uniforms[s], **sampling).view(b, k)
+            steps[:, :, s] = sampled if every_slot[s] else torch.where(to_sample[:, s], sampled, steps[:, :, s])
             returned = step_end(s, {"tokens": steps})["tokens"]
             if returned is not steps:  # the callback replaced them
                 self._check_codes(returned, "the step callback's tokens", allow_special=True)
