@@ -745,12 +745,18 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             x = self._embed(inputs, positions, fused, table, pos_table)
             if with_prefix and p:
                 x = torch.cat([fused.prefix, x], 1)
-            h = self._decode(x, fused, cross_kv, key_mask, caches)[:, -1]  # [rows, H]
-            logits = F.linear(h, heads).view(rows, k, -1)
+            return guided_logits(self._decode(x, fused, cross_kv, key_mask, caches)[:, -1])  # [rows, H] in
+
+        def guided_logits(h: torch.Tensor) -> torch.Tensor:
+            """Final hidden states ``[rows, H]`` -> guided logits ``[B, K, V]``.
+
+            The heads are linear and bias-free, so guiding the hidden states before them equals guiding
+            the logits (to float rounding) and sends one row per item through them instead of two.
+            """
             if guidance_scale is not None:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + guidance_scale * (cond - uncond)
-            return logits
+                cond, uncond = h.chunk(2)
+                h = uncond + guidance_scale * (cond - uncond)
+            return F.linear(h, heads).view(b, k, -1)
 
         offsets = torch.arange(k, device=device) * (self.special_id + 1)
         final_norm = (self.layer_norm.normalized_shape, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
@@ -767,11 +773,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 x = x + fused.frame_add[:, position]
             for layer, weights, kv, cache in zip(self.layers, layer_weights, cross_kv, caches):
                 x = layer.decode_step(x, weights, kv, fused.cross_attend, key_mask, cache)
-            logits = F.linear(F.layer_norm(x, *final_norm), heads).view(rows, k, -1)
-            if guidance_scale is not None:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + guidance_scale * (cond - uncond)
-            return logits
+            return guided_logits(F.layer_norm(x, *final_norm))
 
         # prefill: the prefix, the start token and every known step before the first one to sample
         inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)
