@@ -43,6 +43,8 @@ class FusedConditions:
     frame_add: Optional[torch.Tensor] = None
     #: a generator's precomputed form of ``cross_mask`` for its attention layers, or None
     cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    #: a generator's per-layer cross-attention keys and values of ``cross``, computed once for many calls, or None
+    cross_kv: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
 
     @property
     def prefix_len(self) -> int:

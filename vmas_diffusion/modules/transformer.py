@@ -6,7 +6,7 @@ Parameter names follow MusicGen's decoder (``q_proj``/``k_proj``/``v_proj``/``ou
 
 import contextlib
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,11 @@ class Attention(nn.Module):
         key_padding_mask: Optional[torch.Tensor] = None,
         attn_mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
+        kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
+        """``kv``: :meth:`project_kv` of ``context`` computed earlier (a context reused across calls)."""
         q = self.split_heads(self.q_proj(x))
-        k, v = self.project_kv(x if context is None else context)
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         mask = attn_mask
         if key_padding_mask is not None:
             kpm = key_padding_mask[:, None, None, :].bool()

@@ -108,11 +108,15 @@ class DiTBlock(nn.Module):
         mask: Optional[torch.Tensor] = None,
         context: Optional[torch.Tensor] = None,
         context_mask: Optional[torch.Tensor] = None,
+        context_kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
+        """``context_kv``: ``cross_attn.project_kv(context)`` computed earlier (the context of a window is
+        the same at every denoising step)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(F.silu(c)).chunk(6, dim=-1)
         x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1), key_padding_mask=mask)
         if self.cross_attn is not None and context is not None:
-            x = x + self.cross_attn(self.norm_cross(x), context=context, key_padding_mask=context_mask)
+            h = self.norm_cross(x)
+            x = x + self.cross_attn(h, context=context, key_padding_mask=context_mask, kv=context_kv)
         return x + gate2[:, None] * self.ff(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -464,8 +468,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             x = torch.cat([prepared.prefix, x], dim=1)
             frames_valid = frame_mask if frame_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
             mask = torch.cat([prepared.prefix_mask, frames_valid], dim=1)
-        for block in self.blocks:
-            x = block(x, c, mask, prepared.cross, prepared.cross_mask)
+        cross_kv = prepared.cross_kv or [None] * len(self.blocks)
+        for block, kv in zip(self.blocks, cross_kv):
+            x = block(x, c, mask, prepared.cross, prepared.cross_mask, kv)
         hidden = x[:, num_prefix:]
         shift, scale = self.ada_ln_out(F.silu(c)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
@@ -691,6 +696,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         ``known.shape[-1]`` frames are in-painted from ``known``. ``noise``: the window's initial
         noise (drawn from ``generator`` when None), then also the in-painting noise of ``known``."""
         device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
+        if prepared.cross is not None and self.blocks[0].cross_attn is not None:
+            # the context is the same at every step: project its keys and values once per window
+            kv = [block.cross_attn.project_kv(prepared.cross) for block in self.blocks]
+            prepared = replace(prepared, cross_kv=kv)
         scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
