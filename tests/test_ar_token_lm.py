@@ -479,3 +479,79 @@ def test_fast_copy_decodes_close_to_fp32(weights, tolerance):
 def test_fast_copy_rejects_unknown_formats():
     with pytest.raises(ConfigError, match="fp8"):
         dummies.dummy_ar_generator().fast_copy("fp8")
+
+
+# ------------------------------------------------------------------------------------ the decoding step
+@pytest.mark.parametrize("column_major", [True, False], ids=["fused-qkv", "separate-qkv"])
+@pytest.mark.parametrize("masks", [False, True], ids=["no-masks", "masks"])
+def test_decode_step_equals_the_cached_layer_forward(column_major, masks):
+    """ARDecoderLayer.decode_step (generation's one-position step) against the layer's cached forward:
+    same output and the same cache, with q/k/v fused (column-major weights) or apart, and with a padded
+    prefix (self-attention key mask) and an item whose whole cross context is masked out."""
+    from vmas_diffusion.models.generators.ar_token_lm import cross_attention_mask
+    from vmas_diffusion.modules.transformer import KVCache, column_major_linears
+
+    torch.manual_seed(0)
+    model = dummies.dummy_ar_generator().eval()
+    layer, rows, past, h = model.layers[0], 3, 5, 32
+    x, context = torch.randn(rows, past + 1, h), torch.randn(rows, 7, h)
+    cross_kv = layer.cross_attn.project_kv(context)
+    cross_mask = key_mask = None
+    if masks:
+        valid = torch.ones(rows, 7, dtype=torch.bool)
+        valid[0, 3:], valid[1] = False, False  # item 1: a dropped condition
+        cross_mask = cross_attention_mask(valid)
+        key_mask = torch.ones(rows, past + 1, dtype=torch.bool)
+        key_mask[2, :2] = False  # padded prefix tokens
+    caches = [KVCache(rows, 4, 8, past + 1) for _ in range(2)]
+    with torch.no_grad(), column_major_linears(layer, max_bytes=2**30 if column_major else 0):
+        for cache in caches:
+            layer(x[:, :past], cross_kv, cross_mask, key_mask, cache)
+        ref = layer(x[:, past:], cross_kv, cross_mask, key_mask, caches[0])[:, 0]
+        weights = layer.step_weights()
+        assert len(weights[3]) == (1 if column_major else 3)  # the q/k/v weights: one fused matrix or three
+        got = layer.decode_step(x[:, past], weights, cross_kv, cross_mask, key_mask, caches[1])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert caches[1].length == caches[0].length == past + 1
+    torch.testing.assert_close(caches[1].buffer, caches[0].buffer, rtol=1e-5, atol=1e-6)
+    if masks:
+        assert not torch.isnan(got).any()
+
+
+def test_kv_cache_step_append_equals_append():
+    from vmas_diffusion.modules.transformer import KVCache
+
+    a, b = KVCache(2, 4, 8, 3), KVCache(2, 4, 8, 3)
+    for _ in range(3):
+        kv = torch.randn(2, 2 * 4 * 8)
+        k, v = kv.view(2, 2, 4, 1, 8).unbind(1)  # keys then values, heads-major
+        torch.testing.assert_close(a.append(k, v), b.append_step(kv), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="overflow"):
+        b.append_step(kv)
+
+
+def test_generation_steps_equal_the_layers_forward(monkeypatch):
+    """generate's decode_step path gives the codes of the layers' own forward: CFG, a padded prefix,
+    one item's video dropped, greedy and sampled."""
+    from vmas_diffusion.models.generators.ar_token_lm import ARDecoderLayer
+
+    model = dummies.dummy_ar_generator(video_fuse="prepend")
+    conds = make_conditions(batch=3)
+    conds["video"].mask[0, 4:] = False
+    conds["video"].mask[1] = False
+
+    def run():
+        return [model.generate(conds, 14, guidance_scale=2.5, temperature=t, top_k=20,
+                               generator=[torch.Generator().manual_seed(i) for i in range(3)]) for t in (0.0, 1.0)]
+
+    fast = run()
+    monkeypatch.setattr(ARDecoderLayer, "step_weights", lambda self: None)  # every step through forward()
+    for got, ref in zip(fast, run()):
+        assert torch.equal(got, ref)
+
+
+def test_decode_step_is_off_in_training_mode_and_for_int8_layers():
+    model = dummies.dummy_ar_generator()
+    assert model.layers[0].step_weights() is not None
+    assert model.fast_copy("int8").layers[0].step_weights() is None  # quantized linears: the modules' path
+    assert model.train().layers[0].step_weights() is None  # dropout belongs to forward()

@@ -7,6 +7,7 @@ conventions and the schedulers ``make_scheduler`` builds all agree.
 """
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -260,6 +261,37 @@ def test_a_hand_written_diffusers_loop_equals_generate(prediction_type):
             output = model.guided_output(model_input, model.model_timestep(scheduler, i), conds, guidance_scale=2.0)
             latents = scheduler.step(output, t, latents).prev_sample
     torch.testing.assert_close(latents, expected)
+
+
+def test_cross_attention_context_is_projected_once_per_window(monkeypatch):
+    """The context's keys and values are the same at every denoising step: generate projects them once
+    per window and block, and gets what projecting them at every step (guided_output) gives."""
+    from vmas_diffusion.modules.transformer import Attention
+
+    model = dummy_ldm_generator(max_duration=0.5, window_overlap=0.1)  # 60 frames: three windows
+    conds, scheduler = make_conditions(), model.make_scheduler("dpmsolver++")
+    calls = []
+    project_kv = Attention.project_kv
+
+    def counted(self, context):
+        calls.append(self)
+        return project_kv(self, context)
+
+    monkeypatch.setattr(Attention, "project_kv", counted)
+    cross = [block.cross_attn for block in model.blocks]
+    cached = model.generate(conds, 60, scheduler=scheduler, num_inference_steps=4, guidance_scale=2.0, generator=gen(0))
+    windows = len(model.plan_windows(60))
+    assert windows == 3 and sum(c in cross for c in calls) == windows * len(cross)
+    calls.clear()
+    uncached = model.__class__._denoise
+
+    def every_step(self, sample, timestep, prepared, frame_mask=None):
+        return uncached(self, sample, timestep, replace(prepared, cross_kv=None), frame_mask)
+
+    monkeypatch.setattr(model.__class__, "_denoise", every_step)
+    again = model.generate(conds, 60, scheduler=scheduler, num_inference_steps=4, guidance_scale=2.0, generator=gen(0))
+    assert sum(c in cross for c in calls) == windows * len(cross) * (1 + 4)  # the unused cache, then every step
+    torch.testing.assert_close(again, cached, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddpm"])
