@@ -165,6 +165,9 @@ def main() -> None:
           f"{flops / ldm_step / 1e9:.1f} GFLOP/s = {flops / ldm_step / ceiling:.0%} of a same-shape GEMM "
           f"([{2 * num_frames}, {size['hidden_size']}] x [{size['hidden_size']}, {4 * size['hidden_size']}]: "
           f"{ceiling / 1e9:.1f} GFLOP/s in this process)")
+    calls = len(ldm.plan_windows(num_frames)) * args.steps
+    print(f"LDM generate: {calls / ldm_total:.2f} denoiser steps/s over the whole loop ({calls} steps in "
+          f"{ldm_total:.2f} s; the context's cross-attention keys/values projected once per window)")
 
 
 if __name__ == "__main__":

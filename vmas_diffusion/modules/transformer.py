@@ -164,6 +164,22 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 
     return emb
 
 
+def step_linear(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + x @ weight.t()`` (no bias) for the few rows ``x [R, in]`` of a decoding step; ``[R, out]``.
+
+    A column-major ``weight`` (:func:`column_major_linears`) is read as ``x @ weight.t()``. A
+    row-major float32 one on the CPU with two or more rows (classifier-free guidance) is computed
+    as ``(weight @ x.t()).t()``: MKL's sgemm runs that form as a matrix-vector-like product that
+    streams the weight once, while ``x @ weight.t()`` costs almost twice as much at two rows
+    (MusicGen-small size, all layers' GEMMs of one step: 82 against 143-157 ms). Equal to
+    ``F.linear`` to float rounding.
+    """
+    if x.shape[0] > 1 and weight.is_contiguous() and weight.dtype == torch.float32 and weight.device.type == "cpu":
+        out = torch.mm(weight, x.t()) if residual is None else torch.addmm(residual.t(), weight, x.t())
+        return out.t().contiguous()
+    return torch.mm(x, weight.t()) if residual is None else torch.addmm(residual, x, weight.t())
+
+
 #: column_major_linears skips modules whose linear weights hold more bytes than this (see there)
 COLUMN_MAJOR_MAX_BYTES = 64 * 2**20
 

@@ -53,7 +53,14 @@ from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.item_randomness import ItemDropout
-from ...modules.transformer import Attention, FeedForward, KVCache, column_major_linears, sinusoidal_embedding
+from ...modules.transformer import (
+    Attention,
+    FeedForward,
+    KVCache,
+    column_major_linears,
+    sinusoidal_embedding,
+    step_linear,
+)
 from ...weights import read_safetensors_folder
 from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, frame_weights, pool_frames
 
@@ -167,9 +174,9 @@ class ARDecoderLayer(nn.Module):
         """What :meth:`decode_step` reads, taken once per ``generate`` call (None when it cannot run:
         training mode, whose dropout it skips, or linear layers without a plain weight, as int8 ones).
 
-        Linear weights come as ``[in, out]`` matrices (``weight.t()``: contiguous under
+        Linear weights come as they are (``[out, in]``, column-major under
         :func:`column_major_linears`), norms as ``(shape, weight, bias, eps)``. Self-attention's
-        q/k/v become one ``[H, 3H]`` matrix (one GEMM a step instead of three) when they are
+        q/k/v become one ``[3H, H]`` matrix (one GEMM a step instead of three) when they are
         column-major, i.e. small enough that per-call overhead matters; a large model keeps them
         apart rather than copy them.
         """
@@ -178,13 +185,13 @@ class ARDecoderLayer(nn.Module):
         linears += [self.ffn.fc1, self.ffn.fc2] + ([cross.q_proj, cross.out_proj] if cross is not None else [])
         if self.training or not all(type(m) is nn.Linear and m.bias is None for m in linears):
             return None
-        qkv = [m.weight.t() for m in linears[:3]]
-        if all(w.is_contiguous() for w in qkv):
-            qkv = [torch.cat(qkv, 1)]
+        qkv = [m.weight for m in linears[:3]]
+        if all(w.t().is_contiguous() for w in qkv):
+            qkv = [torch.cat([w.t() for w in qkv], 1).t()]  # still column-major
         norms = [self.self_attn_layer_norm, getattr(self, "cross_attn_layer_norm", None), self.final_layer_norm]
         norms = [None if n is None else (n.normalized_shape, n.weight, n.bias, n.eps) for n in norms]
-        cross_w = (cross.q_proj.weight.t(), cross.out_proj.weight.t()) if cross is not None else None
-        return (*norms, qkv, self.self_attn.out_proj.weight.t(), cross_w, self.ffn.fc1.weight.t(), self.ffn.fc2.weight.t())
+        cross_w = (cross.q_proj.weight, cross.out_proj.weight) if cross is not None else None
+        return (*norms, qkv, self.self_attn.out_proj.weight, cross_w, self.ffn.fc1.weight, self.ffn.fc2.weight)
 
     def decode_step(
         self,
@@ -197,7 +204,7 @@ class ARDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """One decoding position ``x [R, H]`` -> ``[R, H]``: :meth:`forward` with ``cache`` in eval mode,
         in fewer and larger ops (at a small size a step costs its op count): 2-D rows throughout,
-        fused q/k/v, one cache write, residual adds folded into the GEMMs (``addmm``).
+        fused q/k/v, one cache write, residual adds folded into the GEMMs (:func:`step_linear`).
         ``weights`` from :meth:`step_weights`; the rest as in :meth:`forward`. Equal to it to float rounding.
         """
         norm1, norm2, norm3, qkv, out_w, cross_w, fc1, fc2 = weights
@@ -205,24 +212,24 @@ class ARDecoderLayer(nn.Module):
         heads, hd = self.self_attn.num_heads, self.self_attn.head_dim
         h = F.layer_norm(x, *norm1)
         if len(qkv) == 1:
-            q, kv = torch.mm(h, qkv[0]).split([dim, 2 * dim], 1)
+            q, kv = step_linear(h, qkv[0]).split([dim, 2 * dim], 1)
             keys, values = cache.append_step(kv)
         else:
-            q = torch.mm(h, qkv[0])
-            keys, values = cache.append(*(torch.mm(h, w).view(rows, heads, 1, hd) for w in qkv[1:]))
+            q = step_linear(h, qkv[0])
+            keys, values = cache.append(*(step_linear(h, w).view(rows, heads, 1, hd) for w in qkv[1:]))
         # the position's own key is always valid, so no query row is left without keys
         mask = None if self_key_mask is None else self_key_mask[:, None, None, : keys.shape[2]]
-        out = F.scaled_dot_product_attention(q.view(rows, heads, 1, hd), keys, values, attn_mask=mask)
-        x = torch.addmm(x, out.reshape(rows, dim), out_w)
+        out = F.scaled_dot_product_attention(q.reshape(rows, heads, 1, hd), keys, values, attn_mask=mask)
+        x = step_linear(out.reshape(rows, dim), out_w, x)
         if cross_kv is not None:
-            q = torch.mm(F.layer_norm(x, *norm2), cross_w[0]).view(rows, heads, 1, hd)
+            q = step_linear(F.layer_norm(x, *norm2), cross_w[0]).view(rows, heads, 1, hd)
             if cross_mask is None:
                 out = F.scaled_dot_product_attention(q, *cross_kv).reshape(rows, dim)
             else:  # keep is 0 or 1, so scaling before the projection is exact
                 out = F.scaled_dot_product_attention(q, *cross_kv, attn_mask=cross_mask[0]).reshape(rows, dim)
                 out = out * cross_mask[1].view(rows, 1)
-            x = torch.addmm(x, out, cross_w[1])
-        return torch.addmm(x, F.gelu(torch.mm(F.layer_norm(x, *norm3), fc1)), fc2)
+            x = step_linear(out, cross_w[1], x)
+        return step_linear(F.gelu(step_linear(F.layer_norm(x, *norm3), fc1)), fc2, x)
 
 
 class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
