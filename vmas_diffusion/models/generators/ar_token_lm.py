@@ -28,10 +28,11 @@ probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance. With
 shape what the model hears in the music rather than rewarding a copy of the video condition.
 
 Generation (:meth:`ARTokenLM.generate`): static KV cache, CFG as one batched forward of
-``[cond; uncond]``, per-item random streams (so a batch equals its items run alone), and
-windowed continuation past ``max_duration``: after each window the last
-``max_duration - extend_stride`` seconds become the prompt of the next window, as MusicGen's
-``extend_stride``, so a long video gets one continuous piece.
+``[cond; uncond]`` (guided before the linear heads), one-position steps through
+:meth:`ARDecoderLayer.decode_step` (fused q/k/v, few ops a step), per-item random streams (so a
+batch equals its items run alone), and windowed continuation past ``max_duration``: after each
+window the last ``max_duration - extend_stride`` seconds become the prompt of the next window, as
+MusicGen's ``extend_stride``, so a long video gets one continuous piece.
 """
 
 import json
