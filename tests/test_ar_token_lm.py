@@ -555,3 +555,32 @@ def test_decode_step_is_off_in_training_mode_and_for_int8_layers():
     assert model.layers[0].step_weights() is not None
     assert model.fast_copy("int8").layers[0].step_weights() is None  # quantized linears: the modules' path
     assert model.train().layers[0].step_weights() is None  # dropout belongs to forward()
+
+
+def test_decode_step_skips_trailing_rows_without_context():
+    """CFG's unconditional rows have no cross context: _step_cross hands decode_step the leading rows
+    only, and the result equals the cached forward over every row with the masked ones."""
+    from vmas_diffusion.models.generators.ar_token_lm import cross_attention_mask
+    from vmas_diffusion.modules.transformer import KVCache
+
+    torch.manual_seed(0)
+    model = dummies.dummy_ar_generator().eval()
+    layer, rows, h = model.layers[0], 4, 32
+    x, context = torch.randn(rows, 3, h), torch.randn(rows, 7, h)
+    valid = torch.ones(rows, 7, dtype=torch.bool)
+    valid[1, 5:], valid[2:] = False, False  # rows 2 and 3: dropped conditions
+    cross_kv, cross_mask = [layer.cross_attn.project_kv(context)], cross_attention_mask(valid)
+    step_kv, step_mask = ARTokenLM._step_cross(cross_kv, cross_mask)
+    assert step_kv[0][0].shape[0] == 2 and step_mask[0].shape[0] == 2
+    caches = [KVCache(rows, 4, 8, 3) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            layer(x[:, :2], cross_kv[0], cross_mask, None, cache)
+        ref = layer(x[:, 2:], cross_kv[0], cross_mask, None, caches[0])[:, 0]
+        got = layer.decode_step(x[:, 2], layer.step_weights(), step_kv[0], step_mask, None, caches[1])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # all rows with a context: nothing is cut; a masked row before a live one: every row stays
+    assert ARTokenLM._step_cross(cross_kv, cross_attention_mask(torch.ones(rows, 7, dtype=torch.bool)))[0][0][0].shape[0] == 4
+    valid[0] = False
+    assert ARTokenLM._step_cross(cross_kv, cross_attention_mask(valid))[0] is cross_kv
+    assert ARTokenLM._step_cross(cross_kv, cross_attention_mask(torch.zeros(rows, 7, dtype=torch.bool))) == ([None], None)

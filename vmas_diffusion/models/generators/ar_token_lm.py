@@ -206,7 +206,9 @@ class ARDecoderLayer(nn.Module):
         """One decoding position ``x [R, H]`` -> ``[R, H]``: :meth:`forward` with ``cache`` in eval mode,
         in fewer and larger ops (at a small size a step costs its op count): 2-D rows throughout,
         fused q/k/v, one cache write, residual adds folded into the GEMMs (:func:`step_linear`).
-        ``weights`` from :meth:`step_weights`; the rest as in :meth:`forward`. Equal to it to float rounding.
+        ``weights`` from :meth:`step_weights`; the rest as in :meth:`forward`, except that ``cross_kv``
+        and ``cross_mask`` may cover only the first rows (:meth:`ARTokenLM._step_cross`): the rest then
+        have no context. Equal to :meth:`forward` to float rounding.
         """
         norm1, norm2, norm3, qkv, out_w, cross_w, fc1, fc2 = weights
         rows, dim = x.shape
@@ -223,13 +225,16 @@ class ARDecoderLayer(nn.Module):
         out = F.scaled_dot_product_attention(q.reshape(rows, heads, 1, hd), keys, values, attn_mask=mask)
         x = step_linear(out.reshape(rows, dim), out_w, x)
         if cross_kv is not None:
-            q = step_linear(F.layer_norm(x, *norm2), cross_w[0]).view(rows, heads, 1, hd)
+            live = cross_kv[0].shape[0]  # the leading rows with a context; the others' cross-attention adds 0
+            xc = x[:live]
+            q = step_linear(F.layer_norm(xc, *norm2), cross_w[0]).view(live, heads, 1, hd)
             if cross_mask is None:
-                out = F.scaled_dot_product_attention(q, *cross_kv).reshape(rows, dim)
+                out = F.scaled_dot_product_attention(q, *cross_kv).reshape(live, dim)
             else:  # keep is 0 or 1, so scaling before the projection is exact
-                out = F.scaled_dot_product_attention(q, *cross_kv, attn_mask=cross_mask[0]).reshape(rows, dim)
-                out = out * cross_mask[1].view(rows, 1)
-            x = step_linear(out, cross_w[1], x)
+                out = F.scaled_dot_product_attention(q, *cross_kv, attn_mask=cross_mask[0]).reshape(live, dim)
+                out = out * cross_mask[1].view(live, 1)
+            xc = step_linear(out, cross_w[1], xc)
+            x = xc if live == rows else torch.cat([xc, x[live:]])
         return step_linear(F.gelu(step_linear(F.layer_norm(x, *norm3), fc1)), fc2, x)
 
 
@@ -692,6 +697,22 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 )  # fmt: skip
         return out
 
+    @staticmethod
+    def _step_cross(cross_kv: List, cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+        """Cross-attention keys/values and mask for :meth:`ARDecoderLayer.decode_step`: only the leading
+        rows that have a context. Rows whose whole context is masked (CFG's unconditional half, after
+        the conditional one) get exactly zero from cross-attention, so the steps skip them."""
+        if cross_attend is None or cross_kv[0] is None:
+            return cross_kv, cross_attend
+        attend, keep = cross_attend
+        live = int(keep.sum())
+        if not bool(keep[:live].bool().all()):  # a masked row among the leading ones: keep every row
+            return cross_kv, cross_attend
+        if live == 0:
+            return [None] * len(cross_kv), None
+        mask = None if bool(attend[:live].all()) else (attend[:live], keep[:live])
+        return [(k[:live], v[:live]) for k, v in cross_kv], mask
+
     def _sampling_steps(self, num_frames: int, prompt_len: int) -> int:
         to_sample = (self.codebook_pattern.layout(num_frames) >= prompt_len).any(0)
         return int(to_sample.sum())
@@ -766,6 +787,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
                 h = uncond + guidance_scale * (cond - uncond)
             return F.linear(h, heads).view(b, k, -1)
 
+        step_cross_kv, step_cross_mask = self._step_cross(cross_kv, fused.cross_attend)
         offsets = torch.arange(k, device=device) * (self.special_id + 1)
         final_norm = (self.layer_norm.normalized_shape, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
 
@@ -779,8 +801,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             x = x + pos_table[position]
             if fused.frame_add is not None:
                 x = x + fused.frame_add[:, position]
-            for layer, weights, kv, cache in zip(self.layers, layer_weights, cross_kv, caches):
-                x = layer.decode_step(x, weights, kv, fused.cross_attend, key_mask, cache)
+            for layer, weights, kv, cache in zip(self.layers, layer_weights, step_cross_kv, caches):
+                x = layer.decode_step(x, weights, kv, step_cross_mask, key_mask, cache)
             return guided_logits(F.layer_norm(x, *final_norm))
 
         # prefill: the prefix, the start token and every known step before the first one to sample
