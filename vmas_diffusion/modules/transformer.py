@@ -168,13 +168,15 @@ def step_linear(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.
     """``residual + x @ weight.t()`` (no bias) for the few rows ``x [R, in]`` of a decoding step; ``[R, out]``.
 
     A column-major ``weight`` (:func:`column_major_linears`) is read as ``x @ weight.t()``. A
-    row-major float32 one on the CPU with two or more rows (classifier-free guidance) is computed
-    as ``(weight @ x.t()).t()``: MKL's sgemm runs that form as a matrix-vector-like product that
-    streams the weight once, while ``x @ weight.t()`` costs almost twice as much at two rows
-    (MusicGen-small size, all layers' GEMMs of one step: 82 against 143-157 ms). Equal to
-    ``F.linear`` to float rounding.
+    row-major float32 one on the CPU with two or three rows (classifier-free guidance of one
+    item) is computed as ``(weight @ x.t()).t()``: MKL's sgemm runs that form as a
+    matrix-vector-like product that streams the weight once, while ``x @ weight.t()`` costs almost
+    twice as much (MusicGen-small size, all GEMMs of one step: 82 against 143-157 ms at two rows;
+    in a second measurement 32 against 57 ms at two rows, 43 against 77 at three, even at four and
+    slower from eight). Equal to ``F.linear`` to float rounding.
     """
-    if x.shape[0] > 1 and weight.is_contiguous() and weight.dtype == torch.float32 and weight.device.type == "cpu":
+    cpu32 = weight.dtype == torch.float32 and weight.device.type == "cpu"
+    if 2 <= x.shape[0] <= 3 and cpu32 and weight.is_contiguous():
         out = torch.mm(weight, x.t()) if residual is None else torch.addmm(residual.t(), weight, x.t())
         return out.t().contiguous()
     return torch.mm(x, weight.t()) if residual is None else torch.addmm(residual, x, weight.t())

@@ -115,8 +115,7 @@ class DiTBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(F.silu(c)).chunk(6, dim=-1)
         x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1), key_padding_mask=mask)
         if self.cross_attn is not None and context is not None:
-            h = self.norm_cross(x)
-            x = x + self.cross_attn(h, context=context, key_padding_mask=context_mask, kv=context_kv)
+            x = x + self.cross_attn(self.norm_cross(x), context=context, key_padding_mask=context_mask, kv=context_kv)
         return x + gate2[:, None] * self.ff(modulate(self.norm2(x), shift2, scale2))
 
 
