@@ -151,11 +151,23 @@ def restage(args) -> None:
             changes[key] = json.loads(value) if current is None else type(current)(json.loads(value))
         except (ValueError, TypeError):
             fail(f"restage: {key}={value!r} is not a value of the {type(current).__name__} setting {key!r}")
-    pipe.generator.register_to_config(**changes)
+    old = pipe.generator
+    config = {**old.config, **changes}
+    # diffusers gives keys the saved config lacked their defaults again, whatever the dict holds
+    config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in changes]
     try:
-        type(pipe.generator).from_config(pipe.generator.config)  # the generator's own checks of its settings
+        generator = type(old).from_config(config)  # the generator's own checks of its settings
     except ConfigError as err:
         fail(f"restage: {err}")
+    # a setting may change the modules (e.g. beat_fuse=adaln): the new generator keeps every trained
+    # weight that still fits; new modules start at their init (zero-output where it matters)
+    try:
+        missing, unexpected = generator.load_state_dict(old.state_dict(), strict=False)
+    except RuntimeError as err:
+        fail(f"restage: the trained weights do not fit the changed generator: {str(err).splitlines()[0]}")
+    if missing or unexpected:
+        print(f"restage: new, at their init: {missing}; dropped: {unexpected}", file=sys.stderr)
+    pipe = pipe.with_generator(generator, scheduler=pipe.scheduler)
     if args.post_filter:
         fitted = pipe.codec.fit_sharpening(islice(training_music(args.data), args.post_filter))
         print(f"codec token post-filter: {fitted}", file=sys.stderr)

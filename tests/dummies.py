@@ -91,7 +91,8 @@ def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **override
     config.update(overrides)
     model = LatentDiT(**config)
     with torch.no_grad():
-        for layer in [block.ada_ln for block in model.blocks] + [model.ada_ln_out, model.proj_out]:
+        frame_outs = [proj.out for proj in model.cond_proj.values() if hasattr(proj, "out")]  # "adaln" conditions
+        for layer in [block.ada_ln for block in model.blocks] + [model.ada_ln_out, model.proj_out] + frame_outs:
             layer.weight.normal_(0.0, 0.1)
     return model.eval()
 

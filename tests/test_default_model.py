@@ -255,17 +255,11 @@ def onset_share_near(audio: np.ndarray, beats: np.ndarray, tolerance: float = 0.
     return float(env[near].sum() / max(env.sum(), 1e-8))
 
 
-@pytest.mark.parametrize("backend", [
-    "ar",
-    pytest.param("ldm", marks=pytest.mark.xfail(strict=True, reason=(
-        "the shipped LDM follows the cuts only weakly, through its beat guidance (both phases at 2 of seeds "
-        "0-3 here, not seed 0; 1.44x its unconditional BHS on held-out beat-cut videos, "
-        "docs/alignment_results.md); strict: a model that does must update this"))),
-])
+@pytest.mark.parametrize("backend", ["ar", "ldm"])
 def test_bundled_model_puts_its_onsets_on_the_video_cuts(media, backend):
     """The trained default follows the video: music made for real footage cut at phase 0.1 has its
-    onsets on those cuts rather than on cuts half a beat later, and the other way round (the AR
-    does at seeds 0-3; flashes, which the training set no longer has, it does not follow)."""
+    onsets on those cuts rather than on cuts half a beat later, and the other way round (both
+    backends do at seeds 0-3; flashes, which the training set no longer has, they do not follow)."""
     from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
 
     pipe = VideoToMusicPipeline.from_pretrained(f"vmas-tiny-{backend}")

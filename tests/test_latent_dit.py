@@ -84,7 +84,9 @@ def ideal_denoiser(model: LatentDiT, x0: torch.Tensor):
 
 
 @pytest.mark.parametrize(
-    "video_fuse,beat_fuse", [("cross", "sum"), ("sum", "cross"), ("prepend", "prepend"), ("cross", "cross")]
+    "video_fuse,beat_fuse",
+    [("cross", "sum"), ("sum", "cross"), ("prepend", "prepend"), ("cross", "cross"), ("cross", "adaln"),
+     ("prepend", "adaln")],
 )
 def test_forward_shapes_and_conditioning(video_fuse, beat_fuse):
     model = dummy_ldm_generator(video_fuse=video_fuse, beat_fuse=beat_fuse)
@@ -113,6 +115,38 @@ def test_video_tokens_are_cut_to_the_window():
     assert late.cross.shape[1] == int(((times > 50 - 6.25) & (times < 100)).sum())
     # the beat ("sum") embedding of the late window equals the whole clip's frames 50..100
     torch.testing.assert_close(late.frame_add, whole.frame_add[:, 50:])
+
+
+def test_adaln_beat_modulates_each_frame_and_starts_silent():
+    """An "adaln" beat acts frame by frame (a beat late in the clip leaves the early frames' output
+    nearly alone: only attention carries it there), is cut to the window like a "sum" one, and a
+    fresh model's pathway outputs zero, so adding it to a trained model changes nothing at first."""
+    model = dummy_ldm_generator(beat_fuse="adaln")
+    x, t = randn(1, D, 100), torch.tensor([300])
+    conds = make_conditions(batch=1, seconds=2.0)
+    beat = conds[BEAT]
+    late = dict(conds, beat=Condition(tensor=beat.tensor.clone(), mask=beat.mask, frame_rate=beat.frame_rate))
+    late[BEAT].tensor[:, 40:] += 1.0  # frames of 1.6 s on (latent frame 80 on)
+    diff = (model(x, t, late) - model(x, t, conds)).abs().amax(dim=1)[0]
+    assert diff[76:].mean() > 5 * diff[:60].mean()
+    whole, tail = model.fuse_conditions(conds, 100), model.fuse_conditions(conds, 50, start_frame=50)
+    assert whole.frame_add is None and whole.frame_modulation.shape == (1, 100, 32)
+    # frames far from the window edge see the same context (9-frame convolution)
+    torch.testing.assert_close(tail.frame_modulation[:, 5:], whole.frame_modulation[:, 55:])
+    fresh = LatentDiT(**dict(model.config, beat_fuse="adaln"))
+    assert fresh.fuse_conditions(conds, 100).frame_modulation.abs().max() == 0
+
+
+def test_beat_dropout_drops_the_beat_alone():
+    """beat_dropout 0.99 trains on the video without its beat (the beat guidance's middle branch)."""
+    model = dummy_ldm_generator(cond_dropout=0.0, beat_dropout=0.99, align_features="denoiser").train()
+    latents, conds = randn(2, D, 30), make_conditions()
+    no_beat = dict(conds, beat=conds[BEAT].null())
+    dropped = model.forward_train({"latents": latents, "conditions": conds, "generator": gen(5)})
+    reference = model.forward_train({"latents": latents, "conditions": no_beat, "generator": gen(5)})
+    torch.testing.assert_close(dropped.losses["diffusion"], reference.losses["diffusion"])
+    kept = model.eval().forward_train({"latents": latents, "conditions": conds, "generator": gen(5)})
+    assert (kept.losses["diffusion"] - reference.losses["diffusion"]).abs() > 1e-6
 
 
 def test_forward_train_outputs_and_gradients():
@@ -485,6 +519,8 @@ def test_registry_builds_ldm():
         ({"hidden_size": 30, "num_heads": 4}, "divisible"),
         ({"window_overlap": 4.0}, "window_overlap"),
         ({"cond_dropout": 1.0}, "cond_dropout"),
+        ({"beat_dropout": -0.1}, "beat_dropout"),
+        ({"beat_fuse": "film"}, "beat_fuse"),
         ({"beta_schedule": "cosine"}, "beta_schedule"),
     ],
 )

@@ -41,6 +41,8 @@ class FusedConditions:
     prefix_mask: Optional[torch.Tensor] = None
     #: ``[B, T, H]`` added to the input of each frame (the "sum" conditions), or None
     frame_add: Optional[torch.Tensor] = None
+    #: ``[B, T, H]`` added to each frame's conditioning embedding (a DiT's "adaln" conditions), or None
+    frame_modulation: Optional[torch.Tensor] = None
     #: a generator's precomputed form of ``cross_mask`` for its attention layers, or None
     cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     #: a generator's per-layer cross-attention keys and values of ``cross``, computed once for many calls, or None

@@ -7,8 +7,10 @@ latent frame, at the codec's frame rate), conditioned on
 * the video condition (``"video"``, ``[B, Tv, Dv]`` at the video encoder's rate) and the
   beat condition (``"beat"``, ``[B, Tb, 1]``), each fused as the recipe says:
   ``"cross"`` (cross-attention tokens), ``"sum"`` (resampled to the latent frame rate
-  with :meth:`Condition.resample` and added per frame) or ``"prepend"`` (prefix tokens
-  of the self-attention sequence).
+  with :meth:`Condition.resample` and added per frame), ``"prepend"`` (prefix tokens
+  of the self-attention sequence) or ``"adaln"`` (resampled likewise, embedded with a little
+  temporal context and added to the timestep embedding of each frame, so it modulates every
+  block frame by frame: a pathway the denoiser cannot ignore as easily as one summed input).
 
 Time-aligned condition tokens carry the same sinusoidal position as the latent frame
 at the same instant, so cross-attention can line video events up with music frames.
@@ -55,7 +57,9 @@ from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
 from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, draw_items_normal, frame_weights, pool_frames
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")
-FUSE_MODES = ("cross", "sum", "prepend")
+FUSE_MODES = ("cross", "sum", "prepend", "adaln")
+#: the modes that read a condition per latent frame (it needs a frame rate)
+FRAME_MODES = ("sum", "adaln")
 ALIGN_FEATURES = ("clean", "denoiser")
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "euler")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -64,8 +68,9 @@ GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x [B, T, H]`` scaled and shifted per item by ``shift, scale [B, H]``."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: ``x [B, T, H]`` scaled and shifted by ``shift, scale [B, 1, H]`` (per item) or
+    ``[B, T, H]`` (per frame)."""
+    return x * (1 + scale) + shift
 
 
 class TimestepEmbedding(nn.Module):
@@ -82,11 +87,31 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(emb)))
 
 
+class FrameModulation(nn.Module):
+    """An ``"adaln"`` condition's embedding: values ``[B, T, D]`` at the latent frame rate ->
+    ``[B, T, H]``, added to the timestep embedding of each frame.
+
+    A convolution over ``kernel`` frames lets each frame see the condition just before and after
+    it (an onset's attack starts before the visual beat's peak); the output layer starts at zero,
+    so adding this pathway to a trained model leaves its output unchanged until it learns.
+    """
+
+    def __init__(self, dim: int, hidden_size: int, kernel: int = 9):
+        super().__init__()
+        self.conv = nn.Conv1d(dim, hidden_size, kernel, padding=kernel // 2)
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.conv(values.transpose(1, 2)).transpose(1, 2))
+        return self.out(hidden)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block, ``x [B, T, H]`` -> ``[B, T, H]``.
 
-    Self-attention and feed-forward are modulated (shift, scale, gate) by the timestep
-    embedding ``c [B, H]``; the gates start at zero so every block starts as the identity.
+    Self-attention and feed-forward are modulated (shift, scale, gate) by the conditioning
+    embedding ``c``: ``[B, 1, H]`` (the timestep) or ``[B, T, H]`` (the timestep plus each
+    frame's "adaln" conditions); the gates start at zero so every block starts as the identity.
     Cross-attention (when the model has cross conditions) sits between them, ungated, as in
     PixArt-alpha.
     """
@@ -113,10 +138,10 @@ class DiTBlock(nn.Module):
         """``context_kv``: ``cross_attn.project_kv(context)`` computed earlier (the context of a window is
         the same at every denoising step)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(F.silu(c)).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1), key_padding_mask=mask)
+        x = x + gate1 * self.self_attn(modulate(self.norm1(x), shift1, scale1), key_padding_mask=mask)
         if self.cross_attn is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context=context, key_padding_mask=context_mask, kv=context_kv)
-        return x + gate2[:, None] * self.ff(modulate(self.norm2(x), shift2, scale2))
+        return x + gate2 * self.ff(modulate(self.norm2(x), shift2, scale2))
 
 
 class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
@@ -135,7 +160,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             (``beta_*`` unused by ``"flow"``).
         flow_shift: timestep shift of the flow schedule (1.0 = none; > 1 spends more steps at high noise).
         cond_dropout: share of training items whose conditions are all dropped (CFG).
-        video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"`` or ``"prepend"``.
+        beat_dropout: share of training items (of those that keep their conditions) whose beat
+            alone is dropped: trains the branch without the beat that beat guidance contrasts with.
+        video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"``, ``"prepend"`` or
+            ``"adaln"`` (per-frame modulation of every block).
         align_features: where :meth:`forward_train` takes ``music_embedding`` and
             ``onset_logits`` from: ``"clean"`` (an extra pass over the clean latents with
             conditions dropped, so the alignment losses see the music alone and cannot be
@@ -168,6 +196,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         beta_end: float = 0.02,
         flow_shift: float = 1.0,
         cond_dropout: float = 0.2,
+        beat_dropout: float = 0.0,
         video_fuse: str = "cross",
         beat_fuse: str = "sum",
         align_features: str = "clean",
@@ -181,7 +210,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
 
         self.proj_in = nn.Linear(latent_dim, hidden_size)
         self.time_embed = TimestepEmbedding(hidden_size)
-        self.cond_proj = nn.ModuleDict({name: nn.Linear(dim, hidden_size) for name, dim in self.condition_dims.items()})
+        self.cond_proj = nn.ModuleDict({
+            name: FrameModulation(dim, hidden_size) if self.fuse[name] == "adaln" else nn.Linear(dim, hidden_size)
+            for name, dim in self.condition_dims.items()
+        })
         # tells condition tokens apart when several share the context or the prefix
         self.cond_type = nn.ParameterDict(
             {name: nn.Parameter(torch.zeros(hidden_size)) for name in self.condition_dims}
@@ -226,8 +258,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 raise ConfigError(f"{where}: {name} {getattr(cfg, name)!r}; valid: {', '.join(FUSE_MODES)}")
         if cfg.align_features not in ALIGN_FEATURES:
             raise ConfigError(f"{where}: align_features {cfg.align_features!r}; valid: {', '.join(ALIGN_FEATURES)}")
-        if not 0.0 <= cfg.cond_dropout < 1.0:
-            raise ConfigError(f"{where}: cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+        for name in ("cond_dropout", "beat_dropout"):
+            if not 0.0 <= getattr(cfg, name) < 1.0:
+                raise ConfigError(f"{where}: {name} must be in [0, 1), got {getattr(cfg, name)}")
         if cfg.get("beat_guidance_scale") is not None:
             _check_beat_guidance(cfg.beat_guidance_scale, f"{where}: beat_guidance_scale", ConfigError)
         if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
@@ -255,7 +288,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for block in self.blocks:
             nn.init.zeros_(block.ada_ln.weight)
             nn.init.zeros_(block.ada_ln.bias)
-        for layer in (self.ada_ln_out, self.proj_out):
+        frame_outs = [proj.out for proj in self.cond_proj.values() if isinstance(proj, FrameModulation)]
+        for layer in (self.ada_ln_out, self.proj_out, *frame_outs):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -374,8 +408,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         return the batch size (``batch_size`` or 1 when there are none). A missing name counts as dropped."""
         if conditions is None:  # None is for "no conditions" elsewhere; here the caller must say {}
             raise InputError("LatentDiT: conditions must be a dict[str, Condition], got NoneType")
-        sums = [name for name, mode in self.fuse.items() if mode == "sum"]
-        found = check_conditions(conditions, self.condition_dims, batch_size, "LatentDiT", time_aligned=sums)
+        per_frame = [name for name, mode in self.fuse.items() if mode in FRAME_MODES]
+        found = check_conditions(conditions, self.condition_dims, batch_size, "LatentDiT", time_aligned=per_frame)
         return 1 if found is None else found
 
     def fuse_conditions(
@@ -383,29 +417,31 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     ) -> FusedConditions:
         """Project ``conditions`` for latent frames ``start_frame .. start_frame + num_frames``.
 
-        "sum" conditions are resampled to the latent frame rate and sliced to the window
-        (``frame_add``); time-aligned "cross"/"prepend" tokens are kept when they fall inside the
+        "sum" and "adaln" conditions are resampled to the latent frame rate and sliced to the window
+        (``frame_add``, ``frame_modulation``); time-aligned "cross"/"prepend" tokens are kept when they fall inside the
         window and get the sinusoidal position of their instant in window frames, plus a learned
         type embedding per condition.
         """
         ref = self.proj_in.weight
         tokens = {"cross": [], "prepend": []}
-        frame_add = None
+        per_frame = {mode: None for mode in FRAME_MODES}
         for name in self.condition_dims:  # fixed order, whatever the dict's
             if name not in conditions:
                 continue
             cond = conditions[name].to(ref.device, ref.dtype)
-            proj = self.cond_proj[name]
-            if self.fuse[name] == "sum":
+            proj, mode = self.cond_proj[name], self.fuse[name]
+            if mode in FRAME_MODES:
                 frames = torch.arange(start_frame, start_frame + num_frames, device=ref.device)
                 values, valid = frame_values(cond, frames, self.config.frame_rate)
                 emb = proj(values) * valid[..., None].to(ref.dtype)  # no condition = no contribution
-                frame_add = emb if frame_add is None else frame_add + emb
+                per_frame[mode] = emb if per_frame[mode] is None else per_frame[mode] + emb
                 continue
             found = window_tokens(cond, proj, start_frame, num_frames, self.config.frame_rate)
             if found is not None:
-                tokens[self.fuse[name]].append((found[0] + self.cond_type[name], found[1]))
-        return FusedConditions.from_tokens(tokens, frame_add=frame_add)
+                tokens[mode].append((found[0] + self.cond_type[name], found[1]))
+        fused = FusedConditions.from_tokens(tokens, frame_add=per_frame["sum"])
+        fused.frame_modulation = per_frame["adaln"]
+        return fused
 
     @staticmethod
     def null_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
@@ -459,7 +495,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         x = x + sinusoidal_embedding(torch.arange(t, device=x.device), x.shape[-1]).to(dtype)
         if prepared.frame_add is not None:
             x = x + prepared.frame_add
-        c = self.time_embed(timestep)
+        c = self.time_embed(timestep)[:, None]  # [B, 1, H]
+        c_frames = c if prepared.frame_modulation is None else c + prepared.frame_modulation  # [B, 1 or T, H]
+        c_blocks = c_frames
         mask = frame_mask
         num_prefix = 0
         if prepared.prefix is not None:
@@ -467,11 +505,13 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             x = torch.cat([prepared.prefix, x], dim=1)
             frames_valid = frame_mask if frame_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
             mask = torch.cat([prepared.prefix_mask, frames_valid], dim=1)
+            if prepared.frame_modulation is not None:  # prefix tokens get the timestep alone
+                c_blocks = torch.cat([c.expand(-1, num_prefix, -1), c_frames], dim=1)
         cross_kv = prepared.cross_kv or [None] * len(self.blocks)
         for block, kv in zip(self.blocks, cross_kv):
-            x = block(x, c, mask, prepared.cross, prepared.cross_mask, kv)
+            x = block(x, c_blocks, mask, prepared.cross, prepared.cross_mask, kv)
         hidden = x[:, num_prefix:]
-        shift, scale = self.ada_ln_out(F.silu(c)).chunk(2, dim=-1)
+        shift, scale = self.ada_ln_out(F.silu(c_frames)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
         return out.transpose(1, 2), hidden
 
@@ -534,6 +574,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         if self.training and cfg.cond_dropout > 0 and conditions:
             drop = draw(torch.rand, (b,)) < cfg.cond_dropout
             cond_in = {name: cond.drop_items(drop) for name, cond in conditions.items()}
+        if self.training and cfg.beat_dropout > 0 and BEAT in cond_in:
+            drop_beat = draw(torch.rand, (b,)) < cfg.beat_dropout
+            cond_in = {**cond_in, BEAT: cond_in[BEAT].drop_items(drop_beat)}
         noise = draw_items_normal(latents.shape, gen, device).to(latents.dtype)
         if cfg.prediction_type == "flow":
             sigma = sched.sigmas[index.cpu()].to(device=device, dtype=latents.dtype)
