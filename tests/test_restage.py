@@ -1,6 +1,7 @@
 """scripts/train_vmas_tiny.py restage: a new training stage from a trained pipeline with generator
 settings changed, keeping every trained weight that still fits."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,26 +13,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_LDM = ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / "ldm"
 
 
-def restage(work: Path, *settings: str) -> subprocess.CompletedProcess:
+def restage(work: Path, *settings: str, source: Path = SHIPPED_LDM) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "scripts" / "train_vmas_tiny.py"), "restage", "--backend", "ldm",
-           "--work", str(work), "--set", *settings]
+           "--work", str(work), "--source", str(source), "--set", *settings]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_restage_to_a_new_beat_pathway_keeps_the_trained_weights(tmp_path):
-    done = restage(tmp_path, 'beat_fuse="adaln"', "beat_dropout=0.1")
+    # a source with the summed beat pathway, saved without beat_dropout in its config (as before that setting)
+    done = restage(tmp_path / "a", 'beat_fuse="sum"')
+    assert done.returncode == 0, done.stderr
+    source = tmp_path / "a" / "init_ldm"
+    config_path = source / "generator" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["beat_dropout"]
+    config_path.write_text(json.dumps(config))
+
+    done = restage(tmp_path / "b", 'beat_fuse="adaln"', "beat_dropout=0.1", source=source)
     assert done.returncode == 0, done.stderr
     from vmas_diffusion.models.generators.latent_dit import FrameModulation, LatentDiT
 
-    model = LatentDiT.from_pretrained(str(tmp_path / "init_ldm" / "generator"))
-    # a setting the shipped config never held (beat_dropout) is taken, not reset to its default
+    model = LatentDiT.from_pretrained(str(tmp_path / "b" / "init_ldm" / "generator"))
+    # a setting the source's config never held (beat_dropout) is taken, not reset to its default
     assert model.config.beat_fuse == "adaln" and model.config.beat_dropout == 0.1
     assert isinstance(model.cond_proj["beat"], FrameModulation)
-    old = {k: v.float() for k, v in load_file(str(SHIPPED_LDM / "generator" / "diffusion_pytorch_model.safetensors")).items()}
+    old = load_file(str(source / "generator" / "diffusion_pytorch_model.safetensors"))
     new = model.state_dict()
     for name in ("proj_in.weight", "blocks.3.ada_ln.weight", "cond_proj.video.weight"):
-        torch.testing.assert_close(new[name], old[name], atol=0, rtol=0)
-    assert "cond_proj.beat.weight" not in new  # the old summed pathway is dropped, said on stderr
+        torch.testing.assert_close(new[name], old[name].float(), atol=0, rtol=0)
+    assert "cond_proj.beat.weight" in old and "cond_proj.beat.weight" not in new  # dropped, said on stderr
     assert "cond_proj.beat.weight" in done.stderr and new["cond_proj.beat.out.weight"].abs().max() == 0
 
 
@@ -39,4 +49,3 @@ def test_restage_rejects_unknown_and_unfit_settings(tmp_path):
     for setting, message in (("hidden_sise=64", "no setting 'hidden_sise'"), ("hidden_size=64", "do not fit")):
         done = restage(tmp_path, setting)
         assert done.returncode == 2 and message in done.stderr, done.stderr
-        assert len(done.stderr.strip().splitlines()[-1]) > 0
