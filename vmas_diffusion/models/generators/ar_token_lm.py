@@ -767,11 +767,15 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         positions = torch.arange(s_total + 1, device=device)
         pos_table = sinusoidal_embedding(positions, self.config.hidden_size).to(table.dtype)
 
-        def step_logits(inputs: torch.Tensor, positions: torch.Tensor, with_prefix: bool) -> torch.Tensor:
-            """Inputs ``[B, K, L]`` -> guided logits ``[B, K, V]`` of the last position."""
+        def embed(inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            """Inputs ``[B, K, L]`` -> ``[rows, L, H]`` (both CFG halves read the same tokens)."""
             if guidance_scale is not None:
                 inputs = torch.cat([inputs, inputs])
-            x = self._embed(inputs, positions, fused, table, pos_table)
+            return self._embed(inputs, positions, fused, table, pos_table)
+
+        def step_logits(inputs: torch.Tensor, positions: torch.Tensor, with_prefix: bool) -> torch.Tensor:
+            """Inputs ``[B, K, L]`` -> guided logits ``[B, K, V]`` of the last position."""
+            x = embed(inputs, positions)
             if with_prefix and p:
                 x = torch.cat([fused.prefix, x], 1)
             return guided_logits(self._decode(x, fused, cross_kv, key_mask, caches)[:, -1])  # [rows, H] in
@@ -788,19 +792,13 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             return F.linear(h, heads).view(b, k, -1)
 
         step_cross_kv, step_cross_mask = self._step_cross(cross_kv, fused.cross_attend)
-        offsets = torch.arange(k, device=device) * (self.special_id + 1)
         final_norm = (self.layer_norm.normalized_shape, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
 
         def next_logits(tokens: torch.Tensor, position: int) -> torch.Tensor:
             """Step ``tokens [B, K]`` read at ``position`` -> guided logits ``[B, K, V]``, one position a layer call."""
             if layer_weights is None:
                 return step_logits(tokens[..., None], positions[position : position + 1], with_prefix=False)
-            x = F.embedding(tokens + offsets, table).sum(1)  # [B, H]
-            if guidance_scale is not None:
-                x = torch.cat([x, x])
-            x = x + pos_table[position]
-            if fused.frame_add is not None:
-                x = x + fused.frame_add[:, position]
+            x = embed(tokens[..., None], positions[position : position + 1])[:, 0]  # [rows, H]
             for layer, weights, kv, cache in zip(self.layers, layer_weights, step_cross_kv, caches):
                 x = layer.decode_step(x, weights, kv, step_cross_mask, key_mask, cache)
             return guided_logits(F.layer_norm(x, *final_norm))
