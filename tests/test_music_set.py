@@ -48,3 +48,34 @@ def test_zoom_and_pan_beats_are_seen_by_the_detector(media, kind, min_precision)
     found = visual_beats(frames[picks], 10.0, timestamps=picks / build.FPS).times
     assert beat_scores(found, beats, seconds)["bhs_window"] >= 0.8  # recall of the true beats
     assert beat_scores(beats, found, seconds)["bhs_window"] >= min_precision
+
+
+def test_untrusted_music_gets_events_on_its_strongest_onsets_unless_calm():
+    """Busy music without a trusted beat grid gets onset-locked events (it used to get event-free
+    drifts, which taught the models that footage without events goes with busy music); calm music
+    without a grid gets a drift; trusted music keeps its events every 1, 2 or 4 beats by tercile."""
+    quantiles = np.array([4.0, 6.0])
+    rng = np.random.default_rng(0)
+    assert build.choose_video(rng, {"trusted": False, "energy": 3.0}, quantiles) == ("drift", 0, "none")
+    kind, every, locked = build.choose_video(rng, {"trusted": False, "energy": 7.0}, quantiles)
+    assert kind in ("cuts", "zoom", "pan") and (every, locked) == (0, "onsets")
+    assert build.choose_video(rng, {"trusted": True, "energy": 3.0}, quantiles)[1:] == (4, "beats")
+    assert build.choose_video(rng, {"trusted": True, "energy": 7.0}, quantiles)[1:] == (1, "beats")
+
+
+def test_accent_events_are_the_strongest_onsets_at_least_min_gap_apart():
+    """Noise bursts every 0.25 s over a quiet hiss, every fourth one loud: with a 0.9 s gap only the
+    loud ones are kept (onset strength is a log-power flux, so the hiss keeps quiet bursts weaker)."""
+    rate, seconds = build.SAMPLE_RATE, 6.0
+    rng = np.random.default_rng(0)
+    audio = 0.03 * rng.normal(size=int(rate * seconds)).astype(np.float32)
+    clicks = np.arange(0.5, 5.6, 0.25)
+    noise = rng.normal(size=int(0.02 * rate)).astype(np.float32)
+    for k, t in enumerate(clicks):
+        start = int(t * rate)
+        audio[start:start + noise.size] += (1.0 if k % 4 == 0 else 0.2) * noise
+    events = build.accent_events(audio, 0.9)
+    assert np.all(np.diff(events) >= 0.9)
+    loud = clicks[::4]
+    assert len(events) == len(loud)
+    assert np.abs(events - loud).max() < 0.05
