@@ -487,7 +487,8 @@ def test_table_one_column_per_model_deterministic_and_cached(tmp_path, eval_mani
     assert data["clips"][0]["reference_audio"] and data["clips"][1]["reference_audio"] is None
     for path in first.plots:
         assert Path(path).stat().st_size > 1000
-    assert len(first.plots) == 2 * 3 + 2  # alignment per (clip, model) + offset histogram per model
+    assert len(first.plots) == 2 * 3 + 2 + 1  # alignment per (clip, model) + offset histogram per model + pace
+    assert Path(first.plots[-1]).name == "pace.png"
 
     # same seed, fresh output folder: the same table (timings aside)
     again = run([a, b], tmp_path / "out2", plots=False)

@@ -51,7 +51,7 @@ from .embedders import AudioEmbedder, build_embedder
 from .fad import frechet_audio_distance
 from .metrics import PeakMemory, beat_offsets, cosine, mean_or_none
 from .music_content import onset_density, pace_correlation, tonal_shares
-from .plots import plot_offset_histogram
+from .plots import plot_offset_histogram, plot_pace
 from .report import ALIGNMENT_KEYS, BEAT_KEYS, EvaluationReport, ModelColumn, write_report
 
 logger = logging.getLogger(__name__)
@@ -323,6 +323,8 @@ class Evaluator:
             columns.append(self._model_column(model, name, records, analyses, reference_windows, new, plots))
         total.close()
         reference = self._reference_scores(analyses)
+        if self.config.plots:
+            plots.append(str(self._plot_pace(columns, analyses, reference)))
         clips = [
             {
                 "id": a.clip.id,
@@ -395,6 +397,16 @@ class Evaluator:
             memory_kind="/".join(kinds),
             per_clip=per_clip,
         )
+
+    def _plot_pace(self, columns: list[ModelColumn], analyses: list[ClipAnalysis], reference: dict) -> Path:
+        series = {c.name: ([v["visual_pace"] for v in c.per_clip], [v["onset_density"] for v in c.per_clip])
+                  for c in columns}
+        rho = {c.name: c.metrics["pace_onsets_rho"] for c in columns}
+        real = [a for a in analyses if a.music is not None]
+        if real:
+            series["real music"] = ([a.visual_pace for a in real], [onset_density(a.music.onsets, a.duration) for a in real])
+            rho["real music"] = reference["pace_onsets_rho"]
+        return plot_pace(self.out_dir / "plots" / "pace.png", series, rho)
 
     def _plot_alignment(self, a: ClipAnalysis, record: GenerationRecord, gen_beats, name: str) -> str:
         from ..beats import plot_alignment
