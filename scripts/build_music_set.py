@@ -266,6 +266,11 @@ def beat_video(rng, kind: str, beats: np.ndarray, seconds: float, energy: float,
 ACCENT_GAP = {1: 1.0, 2: 0.5}
 
 
+def energy_tercile(item: dict, quantiles: np.ndarray) -> int:
+    """0 (calm), 1 or 2 (busy): the clip's onset density against the training split's terciles."""
+    return int(np.searchsorted(quantiles, item["energy"]))
+
+
 def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int, str]:
     """Video kind, event interval (beats; 0 when events are not on the beat grid) and what the events
     are locked to (``"beats"``, ``"onsets"`` or ``"none"``), from the clip's beat trust and energy tercile.
@@ -274,7 +279,7 @@ def choose_video(rng, item: dict, quantiles: np.ndarray) -> tuple[str, int, str]
     on its strongest onsets, as an editor cuts to music without a clear beat. (Before, all of it got
     event-free drifts, although it is the busiest music of the set: the models learnt that footage
     without events goes with busy music, the opposite of what pace should teach.)"""
-    tercile = int(np.searchsorted(quantiles, item["energy"]))  # 0 calm .. 2 busy
+    tercile = energy_tercile(item, quantiles)
     if not item["trusted"] and tercile == 0:
         return "drift", 0, "none"
     kind = str(rng.choice(["cuts", "cuts", "zoom", "pan"]))
@@ -310,7 +315,7 @@ def video_events(item: dict, locked_to: str, quantiles: np.ndarray, music: Path)
         import soundfile as sf
 
         audio, _ = sf.read(str(music / f"{item['id']}.wav"), dtype="float32")
-        return accent_events(audio, ACCENT_GAP[int(np.searchsorted(quantiles, item["energy"]))])
+        return accent_events(audio, ACCENT_GAP[energy_tercile(item, quantiles)])
     return np.zeros(0)
 
 

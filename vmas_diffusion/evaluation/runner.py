@@ -402,9 +402,9 @@ class Evaluator:
         series = {c.name: ([v["visual_pace"] for v in c.per_clip], [v["onset_density"] for v in c.per_clip])
                   for c in columns}
         rho = {c.name: c.metrics["pace_onsets_rho"] for c in columns}
-        real = [a for a in analyses if a.music is not None]
-        if real:
-            series["real music"] = ([a.visual_pace for a in real], [onset_density(a.music.onsets, a.duration) for a in real])
+        pace, density = _real_music_pace(analyses)
+        if pace:
+            series["real music"] = (pace, density)
             rho["real music"] = reference["pace_onsets_rho"]
         return plot_pace(self.out_dir / "plots" / "pace.png", series, rho)
 
@@ -433,11 +433,17 @@ class Evaluator:
         real = [a for a in analyses if a.music is not None]
         scores["harmonic_share"] = mean_or_none(a.harmonic_share for a in real)
         scores["sustained_pitch"] = mean_or_none(a.sustained_pitch for a in real)
-        scores["onset_density"] = mean_or_none(onset_density(a.music.onsets, a.duration) for a in real)
-        pace = [a.visual_pace for a in real]
+        pace, density = _real_music_pace(analyses)
+        scores["onset_density"] = mean_or_none(density)
         scores["pace_tempo_rho"] = pace_correlation(pace, [a.music.tempo or None for a in real])
-        scores["pace_onsets_rho"] = pace_correlation(pace, [onset_density(a.music.onsets, a.duration) for a in real])
+        scores["pace_onsets_rho"] = pace_correlation(pace, density)
         return scores
+
+
+def _real_music_pace(analyses: list[ClipAnalysis]) -> tuple[list[float], list[float]]:
+    """Per clip with real music: the video's pace and the real music's onsets per second."""
+    real = [a for a in analyses if a.music is not None]
+    return [a.visual_pace for a in real], [onset_density(a.music.onsets, a.duration) for a in real]
 
 
 def _alignment_values(record: GenerationRecord, ref: ClipAnalysis, tolerance: float) -> dict[str, Optional[float]]:
