@@ -170,6 +170,31 @@ def test_with_beat_lookahead_keeps_the_logits_and_then_sees_ahead():
         dummies.dummy_ar_generator(beat_fuse="none").with_beat_lookahead(2)
 
 
+def test_pace_starts_silent_then_tells_a_busy_video_from_a_calm_one():
+    """``pace_seconds``: a zero-initialised projection of the beat condition's local pace; a model trained
+    without it computes the same logits, and once it has weight a step far from any beat still sees
+    how busy the video is around it (the beat itself reaches only ``beat_lookahead`` steps)."""
+    plain = dummies.dummy_ar_generator(video_fuse="none")
+    paced = dummies.dummy_ar_generator(video_fuse="none", pace_seconds=1.0)
+    missing, unexpected = paced.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["pace_proj.weight"] and not unexpected and paced.pace_proj.weight.abs().max() == 0
+    _, inputs = teacher_inputs(plain, torch.randint(0, V, (1, K, 10)))
+    calm = torch.zeros(1, 40, 1)
+    busy = calm.clone()
+    busy[0, 20::4] = 1.0  # beats from music frame 20 on, past what steps 0-9 see
+    conds = {name: {"beat": Condition(b, torch.ones(1, 40, dtype=torch.bool), FR)} for name, b in (("calm", calm), ("busy", busy))}
+    torch.testing.assert_close(paced(inputs, conds["busy"]), plain(inputs, conds["busy"]), atol=0, rtol=0)
+    assert torch.equal(plain(inputs, conds["busy"]), plain(inputs, conds["calm"]))
+    torch.nn.init.normal_(paced.pace_proj.weight)
+    assert not torch.allclose(paced(inputs, conds["busy"]), paced(inputs, conds["calm"]), atol=1e-4)
+    # the dropped beat drops the pace with it: CFG's unconditional branch stays the no-video one
+    torch.testing.assert_close(paced(inputs, null(conds["busy"])), plain(inputs, null(conds["busy"])), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="pace_seconds"):
+        dummies.dummy_ar_generator(pace_seconds=-1.0)
+    with pytest.raises(ConfigError, match="beat_fuse='sum'"):
+        dummies.dummy_ar_generator(pace_seconds=1.0, beat_fuse="none")
+
+
 # -------------------------------------------------------------------------------------------- generation
 def guided_logits(model, inputs, conds, scale):
     cond, uncond = model(inputs, conds), model(inputs, null(conds))

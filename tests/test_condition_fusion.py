@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vmas_diffusion.conditions import Condition
+from vmas_diffusion.conditions import Condition, visual_pace
 from vmas_diffusion.errors import InputError
 from vmas_diffusion.modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from vmas_diffusion.modules.transformer import sinusoidal_embedding
@@ -70,3 +70,37 @@ def test_fused_conditions_concatenate_tokens_per_mode():
     fused = FusedConditions.from_tokens({"cross": [(a, m), (b, m[:, :1])], "prepend": []})
     assert fused.cross.shape == (1, 3, 3) and fused.cross_mask.shape == (1, 3)
     assert fused.prefix is None and fused.prefix_len == 0
+
+
+def test_visual_pace_counts_beats_per_second_in_its_window():
+    rate = 10.0
+    strength = torch.zeros(2, 120, 1)
+    strength[0, 5::10] = 1.0  # a cut every second
+    strength[1, 5::5] = 0.6  # a beat every half second ...
+    strength[1, 60:] = 0.1  # ... then calm: movement below a beat's height
+    mask = torch.ones(2, 120, dtype=torch.bool)
+    pace = visual_pace(Condition(strength, mask, rate), window_seconds=4.0)
+    assert pace.tensor.shape == (2, 120, 2) and pace.frame_rate == rate and torch.equal(pace.mask, mask)
+    window = 41 / rate  # 4 s centred on a frame: 41 frames
+    # frame 60 sees frames 40-80: cuts at 45, 55, 65, 75, strength 1 on those 4 frames
+    torch.testing.assert_close(pace.tensor[0, 60], torch.tensor([4 / window, 4 / 41]))
+    assert pace.tensor[1, 30, 0] == pytest.approx(9 / window)  # beats at 10, 15, ..., 50 and pace.tensor[1, 100, 0] == 0  # busy, then calm
+    assert pace.tensor[1, 100, 1] == pytest.approx(0.1)  # the calm part still moves a little
+    # at the start only the window's valid frames count: frames 0-20 hold two cuts
+    assert pace.tensor[0, 0, 0] == pytest.approx(2 / 2.1)
+
+
+def test_visual_pace_ignores_padding_and_keeps_a_null_beat_null():
+    g = torch.Generator().manual_seed(0)
+    strength = torch.rand(1, 50, 1, generator=g)
+    alone = visual_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)
+    padded = Condition(torch.cat([strength, torch.ones(1, 20, 1)], 1), torch.arange(70)[None] < 50, 10.0)
+    batched = visual_pace(padded, 4.0)
+    torch.testing.assert_close(batched.tensor[:, :50], alone.tensor)
+    assert batched.tensor[:, 50:].abs().max() == 0 and not batched.mask[:, 50:].any()
+    null = visual_pace(padded.null(), 4.0)
+    assert null.tensor.abs().max() == 0 and not null.mask.any()
+    with pytest.raises(InputError, match="frame_rate"):
+        visual_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool)), 4.0)
+    with pytest.raises(InputError, match="width 1"):
+        visual_pace(Condition(strength.expand(1, 50, 2), torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)

@@ -137,6 +137,28 @@ def test_adaln_beat_modulates_each_frame_and_starts_silent():
     assert fresh.fuse_conditions(conds, 100).frame_modulation.abs().max() == 0
 
 
+@pytest.mark.parametrize("beat_fuse", ["sum", "adaln"])
+def test_pace_enters_the_beats_way_and_starts_silent(beat_fuse):
+    """``pace_seconds``: the beat condition's local pace joins the beat's per-frame pathway through a
+    zero-initialised projection: a trained model computes the same output once it is added, then
+    a frame sees whether the video around it is busy."""
+    model = dummy_ldm_generator(beat_fuse=beat_fuse, pace_seconds=1.0)
+    assert model.pace_proj.weight.abs().max() == 0
+    plain = dummy_ldm_generator(beat_fuse=beat_fuse)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    x, t = randn(1, D, 100), torch.tensor([300])
+    conds = make_conditions(batch=1, seconds=2.0)
+    torch.testing.assert_close(model(x, t, conds), plain(x, t, conds), atol=0, rtol=0)
+    torch.nn.init.normal_(model.pace_proj.weight)
+    fused = model.fuse_conditions(conds, 100)
+    pathway = fused.frame_add if beat_fuse == "sum" else fused.frame_modulation
+    reference = plain.fuse_conditions(conds, 100)
+    assert (pathway - (reference.frame_add if beat_fuse == "sum" else reference.frame_modulation)).abs().max() > 1e-3
+    assert not torch.allclose(model(x, t, conds), plain(x, t, conds), atol=1e-4)
+    null = {name: c.null() for name, c in conds.items()}
+    torch.testing.assert_close(model(x, t, null), plain(x, t, null), atol=0, rtol=0)  # no beat, no pace
+
+
 def test_beat_dropout_drops_the_beat_alone():
     """beat_dropout 0.99 trains on the video without its beat (the beat guidance's middle branch)."""
     model = dummy_ldm_generator(cond_dropout=0.0, beat_dropout=0.99, align_features="denoiser").train()
@@ -521,6 +543,8 @@ def test_registry_builds_ldm():
         ({"cond_dropout": 1.0}, "cond_dropout"),
         ({"beat_dropout": -0.1}, "beat_dropout"),
         ({"beat_fuse": "film"}, "beat_fuse"),
+        ({"pace_seconds": -1.0}, "pace_seconds"),
+        ({"pace_seconds": 2.0, "beat_fuse": "cross"}, "pace_seconds"),
         ({"beta_schedule": "cosine"}, "beta_schedule"),
     ],
 )

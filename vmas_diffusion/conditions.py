@@ -4,18 +4,26 @@ A condition is a tensor ``[B, T, D]`` with a validity mask ``[B, T]`` (True wher
 valid) and the frame rate of its time axis, so a generator can resample it onto the
 music frame rate. Conditions travel as a ``dict[str, Condition]``; the names used
 across the project are ``"video"`` (temporal video encoder output) and ``"beat"``
-(per-frame visual beat strength, ``D == 1``).
+(per-frame visual beat strength, ``D == 1``). A generator may also read the video's local pace off
+the beat condition (:func:`visual_pace`): how many visual beats per second, how strong on average.
 """
 
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError
 
 VIDEO = "video"
 BEAT = "beat"
+
+#: channels of :func:`visual_pace`: visual beats per second, mean beat strength
+PACE_FEATURES = 2
+#: a local maximum of the beat strength at least this high counts as a visual beat (the ``peak_height``
+#: of :func:`vmas_diffusion.beats.visual_beats`)
+PACE_PEAK_HEIGHT = 0.3
 
 
 @dataclass
@@ -81,3 +89,31 @@ class Condition:
         mask = self.mask[:, lo] & (self.mask[:, hi] | (w[..., 0] == 0)) & inside
         out = out * mask[..., None].to(out.dtype)
         return Condition(out, mask, frame_rate)
+
+
+def visual_pace(beat: Condition, window_seconds: float) -> Condition:
+    """The video's local pace ``[B, T, 2]``, read off a beat condition ``[B, T, 1]`` (same frames and mask).
+
+    At each frame, over the valid frames of the ``window_seconds`` centred on it: the visual beats
+    per second (local maxima of the beat strength of at least :data:`PACE_PEAK_HEIGHT`) and the mean
+    beat strength. A per-frame beat says *where* a hit goes; whether a stretch of video is calm or
+    busy (how many notes the music should play) is this wider view, which a beat seen a few frames
+    ahead does not give. Only valid frames count, so an item's pace does not depend on its batch's
+    padding; a null beat condition gives a null pace.
+    """
+    if beat.frame_rate is None:
+        raise InputError("visual_pace needs a time-aligned beat condition (it has no frame_rate)")
+    if beat.tensor.shape[-1] != 1:
+        raise InputError(f"visual_pace needs a beat condition of width 1, got {beat.tensor.shape[-1]}")
+    valid = beat.mask.to(beat.tensor.dtype)
+    strength = beat.tensor[..., 0] * valid  # [B, T]
+    before = F.pad(strength, (1, 0))[:, :-1]
+    after = F.pad(strength, (0, 1))[:, 1:]
+    peaks = (strength >= PACE_PEAK_HEIGHT) & (strength > before) & (strength >= after)
+    width = 2 * int(round(window_seconds * beat.frame_rate / 2)) + 1  # odd, so the window is centred
+    ones = strength.new_ones(1, 1, width)
+    sums = F.conv1d(torch.stack([peaks.to(strength.dtype), strength, valid], 1).flatten(0, 1)[:, None], ones,
+                    padding=width // 2).view(strength.shape[0], 3, -1)
+    frames = sums[:, 2].clamp(min=1.0)
+    pace = torch.stack([sums[:, 0] * beat.frame_rate / frames, sums[:, 1] / frames], -1) * valid[..., None]
+    return Condition(pace, beat.mask, beat.frame_rate)

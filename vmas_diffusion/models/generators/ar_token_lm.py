@@ -15,7 +15,10 @@ Conditions (``dict[str, Condition]``) enter as the recipe says:
 * ``"beat"`` ``[B, Tv, 1]``: ``beat_fuse="sum"`` resamples it to the music frame rate and adds
   a projection to each step's input, or ``"none"``. The step sees the frame it predicts and the
   ``beat_lookahead`` frames after it: a drum hit is planned before its attack frame, and a single
-  value cannot tell the rising edge of a visual beat from a weak accent.
+  value cannot tell the rising edge of a visual beat from a weak accent. With ``pace_seconds > 0``
+  the step also gets a projection of the video's local pace around its frame
+  (:func:`~vmas_diffusion.conditions.visual_pace` over that many seconds, read off the beat
+  condition): whether the video is calm or busy there, so how many notes to play.
 * ``"text"`` ``[B, Tt, text_dim]`` (optional, ``text_dim > 0``): ``text_fuse="cross"|"prepend"``.
 
 A missing condition is treated as dropped (zeros, masked out); an unknown name is an error.
@@ -49,7 +52,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...conditions import BEAT, VIDEO, Condition
+from ...conditions import BEAT, PACE_FEATURES, VIDEO, Condition, visual_pace
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
@@ -261,6 +264,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         video_dim: int = 768,
         beat_dim: int = 1,
         beat_lookahead: int = 0,
+        pace_seconds: float = 0.0,
         text_dim: int = 0,
         frame_rate: float = 50.0,
         max_duration: float = 10.0,
@@ -293,7 +297,11 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         beat_width = beat_dim * (beat_lookahead + 1)
         self.beat_proj = nn.Linear(beat_width, hidden_size, bias=False) if beat_fuse == "sum" else None
         self.text_proj = nn.Linear(text_dim, hidden_size) if text_fuse != "none" else None
+        # no bias, zero at init: a model trained without the pace computes the same logits when it is added
+        self.pace_proj = nn.Linear(PACE_FEATURES, hidden_size, bias=False) if pace_seconds > 0 else None
         self.apply(self._init_weights)
+        if self.pace_proj is not None:
+            nn.init.zeros_(self.pace_proj.weight)
 
     # ------------------------------------------------------------------------------------------- the codec
     @classmethod
@@ -330,6 +338,12 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"text_fuse must be one of {TOKEN_FUSES} (got {c.text_fuse!r})")
         if c.text_fuse != "none" and c.text_dim < 1:
             problems.append(f"text_fuse={c.text_fuse!r} needs text_dim >= 1 (got {c.text_dim})")
+        if c.pace_seconds < 0:
+            problems.append(f"pace_seconds must be >= 0 (got {c.pace_seconds})")
+        if c.pace_seconds > 0 and c.beat_fuse != "sum":
+            problems.append(f"pace_seconds > 0 reads the pace off the beat condition, which needs beat_fuse='sum' (got {c.beat_fuse!r})")
+        if c.pace_seconds > 0 and c.beat_dim != 1:
+            problems.append(f"pace_seconds > 0 reads the pace off a beat strength, which needs beat_dim=1 (got {c.beat_dim})")
         if c.beat_lookahead < 0:
             problems.append(f"beat_lookahead must be >= 0 frames (got {c.beat_lookahead})")
         if c.beat_fuse not in BEAT_FUSES:
@@ -402,6 +416,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             taps = lead[:, None] + start_frame + torch.arange(c.beat_lookahead + 1, device=self.device)  # [S, L+1]
             values, _ = frame_values(conditions[BEAT], taps, c.frame_rate)  # [B, S, L+1, D]
             step_add = self.beat_proj(values.flatten(2))
+            if self.pace_proj is not None:
+                pace, _ = frame_values(visual_pace(conditions[BEAT], c.pace_seconds), lead + start_frame, c.frame_rate)
+                step_add = step_add + self.pace_proj(pace)  # [B, S, H]
         fused = FusedConditions.from_tokens(tokens, frame_add=step_add)
         # all-valid masks are dropped: attention then needs no mask at all
         if fused.cross is not None:
@@ -821,7 +838,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
 
     # ------------------------------------------------------------------------------------------ warm start
     #: parameter-name prefixes this model has and MusicGen's decoder does not: newly initialised
-    NEW_PARAMETERS = ("cross_attn", "cross_attn_layer_norm", "video_proj", "beat_proj", "text_proj", "beat_head")
+    NEW_PARAMETERS = ("cross_attn", "cross_attn_layer_norm", "video_proj", "beat_proj", "pace_proj", "text_proj", "beat_head")
 
     @classmethod
     def from_musicgen(cls, path: Union[str, Path], video_dim: int, **overrides) -> "ARTokenLM":

@@ -11,6 +11,9 @@ latent frame, at the codec's frame rate), conditioned on
   of the self-attention sequence) or ``"adaln"`` (resampled likewise, embedded with a little
   temporal context and added to the timestep embedding of each frame, so it modulates every
   block frame by frame: a pathway the denoiser cannot ignore as easily as one summed input).
+  With ``pace_seconds > 0`` the video's local pace (:func:`~vmas_diffusion.conditions.visual_pace`,
+  read off the beat condition) enters each frame the beat's way ("sum" or "adaln"): whether the
+  video is calm or busy there, so how dense the music should be.
 
 Time-aligned condition tokens carry the same sinusoidal position as the latent frame
 at the same instant, so cross-attention can line video events up with music frames.
@@ -50,7 +53,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...conditions import BEAT, VIDEO, Condition
+from ...conditions import BEAT, PACE_FEATURES, VIDEO, Condition, visual_pace
 from ...errors import ConfigError, InputError
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
@@ -201,6 +204,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         beat_fuse: str = "sum",
         align_features: str = "clean",
         beat_guidance_scale: Optional[float] = None,
+        pace_seconds: float = 0.0,
     ):
         super().__init__()
         self._check_config()
@@ -229,7 +233,11 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             nn.GELU(),
             nn.Linear(hidden_size // 2, 1),
         )
+        # no bias, zero at init: a model trained without the pace computes the same output when it is added
+        self.pace_proj = nn.Linear(PACE_FEATURES, hidden_size, bias=False) if pace_seconds > 0 else None
         self._init_weights()
+        if self.pace_proj is not None:
+            nn.init.zeros_(self.pace_proj.weight)
         self._noise_scheduler = None
 
     # ------------------------------------------------------------------ setup
@@ -256,6 +264,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("video_fuse", "beat_fuse"):
             if getattr(cfg, name) not in FUSE_MODES:
                 raise ConfigError(f"{where}: {name} {getattr(cfg, name)!r}; valid: {', '.join(FUSE_MODES)}")
+        if cfg.pace_seconds < 0 or (cfg.pace_seconds > 0 and (cfg.beat_fuse not in FRAME_MODES or cfg.beat_dim != 1)):
+            raise ConfigError(f"{where}: pace_seconds must be >= 0, and > 0 reads the pace off a beat strength "
+                              f"fused per frame (beat_dim=1, beat_fuse in {FRAME_MODES}); got pace_seconds="
+                              f"{cfg.pace_seconds}, beat_dim={cfg.beat_dim}, beat_fuse={cfg.beat_fuse!r}")
         if cfg.align_features not in ALIGN_FEATURES:
             raise ConfigError(f"{where}: align_features {cfg.align_features!r}; valid: {', '.join(ALIGN_FEATURES)}")
         for name in ("cond_dropout", "beat_dropout"):
@@ -434,6 +446,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 frames = torch.arange(start_frame, start_frame + num_frames, device=ref.device)
                 values, valid = frame_values(cond, frames, self.config.frame_rate)
                 emb = proj(values) * valid[..., None].to(ref.dtype)  # no condition = no contribution
+                if name == BEAT and self.pace_proj is not None:
+                    pace, _ = frame_values(visual_pace(cond, self.config.pace_seconds), frames, self.config.frame_rate)
+                    emb = emb + self.pace_proj(pace)
                 per_frame[mode] = emb if per_frame[mode] is None else per_frame[mode] + emb
                 continue
             found = window_tokens(cond, proj, start_frame, num_frames, self.config.frame_rate)
