@@ -148,11 +148,18 @@ def restage(args) -> None:
             fail(f"restage: the {pipe.backend} generator has no setting {key!r}")
         current = pipe.generator.config[key]
         try:
-            changes[key] = json.loads(value) if current is None else type(current)(json.loads(value))
+            parsed = json.loads(value) if not isinstance(current, str) or value[:1] == '"' else value  # a bare word is a string
+            changes[key] = parsed if current is None else type(current)(parsed)
         except (ValueError, TypeError):
             fail(f"restage: {key}={value!r} is not a value of the {type(current).__name__} setting {key!r}")
     old = pipe.generator
     config = {**old.config, **changes}
+    if config.get("pace_source") == "music" and config.get("pace_seconds", 0) > 0 and "pace_map" not in changes:
+        # what puts the video's pace on the music's scale at inference, fitted on the training samples
+        from vmas_diffusion.training.pace_map import fit_pace_map_on_shards
+
+        changes["pace_map"] = config["pace_map"] = fit_pace_map_on_shards(train_shards(args), config["pace_seconds"])
+        print(f"pace map (video -> music pace, per feature [xs, ys]): {json.dumps(config['pace_map'])}", file=sys.stderr)
     # diffusers gives keys the saved config lacked their defaults again, whatever the dict holds
     config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in changes]
     try:

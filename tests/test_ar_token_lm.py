@@ -2,7 +2,7 @@ import dummies
 import pytest
 import torch
 
-from vmas_diffusion.conditions import Condition
+from vmas_diffusion.conditions import Condition, local_pace
 from vmas_diffusion.errors import CheckpointError, ConfigError, InputError
 from vmas_diffusion.models.generators import build_generator
 from vmas_diffusion.models.generators.ar_token_lm import ARTokenLM, sample_from_logits
@@ -189,10 +189,21 @@ def test_pace_starts_silent_then_tells_a_busy_video_from_a_calm_one():
     assert not torch.allclose(paced(inputs, conds["busy"]), paced(inputs, conds["calm"]), atol=1e-4)
     # the dropped beat drops the pace with it: CFG's unconditional branch stays the no-video one
     torch.testing.assert_close(paced(inputs, null(conds["busy"])), plain(inputs, null(conds["busy"])), atol=0, rtol=0)
-    with pytest.raises(ConfigError, match="pace_seconds"):
-        dummies.dummy_ar_generator(pace_seconds=-1.0)
-    with pytest.raises(ConfigError, match="beat_fuse='sum'"):
-        dummies.dummy_ar_generator(pace_seconds=1.0, beat_fuse="none")
+    # a given pace (the target music's in pace_source="music" training) is what the step sees, and
+    # without one the video's is mapped by pace_map: a map onto a busy video's pace makes a calm one busy
+    busy_pace = local_pace(conds["busy"]["beat"], 1.0)
+    given = {**conds["calm"], "pace": busy_pace}
+    torch.testing.assert_close(paced(inputs, given), paced(inputs, conds["busy"]), atol=0, rtol=0)
+    constant = [[[0.0], [float(busy_pace.tensor[0, 5:35, f].mean())]] for f in range(2)]
+    mapped = dummies.dummy_ar_generator(video_fuse="none", pace_seconds=1.0, pace_source="music", pace_map=constant)
+    mapped.load_state_dict(paced.state_dict())
+    assert not torch.allclose(mapped(inputs, conds["calm"]), paced(inputs, conds["calm"]), atol=1e-4)
+    with pytest.raises(InputError, match="unknown condition"):
+        plain(inputs, given)  # a model without the pace takes none
+    for bad, needle in (({"pace_seconds": -1.0}, "pace_seconds"), ({"pace_seconds": 1.0, "beat_fuse": "none"}, "beat_fuse='sum'"),
+                        ({"pace_source": "audio"}, "pace_source"), ({"pace_map": [[[1, 0], [0, 1]]] * 2}, "pace_map")):
+        with pytest.raises(ConfigError, match=needle):
+            dummies.dummy_ar_generator(**bad)
 
 
 # -------------------------------------------------------------------------------------------- generation
@@ -305,6 +316,31 @@ def test_sampling_filters():
     assert torch.allclose(freq, logits[0].softmax(0), atol=0.03)
     # nucleus 0.7: {1} holds 0.64 < 0.7, so {1, 3} are kept
     assert set(sample_from_logits(logits, u, top_p=0.7).tolist()) == {1, 3}
+
+
+def test_sampling_defaults_come_from_the_config(tmp_path):
+    """top_k / temperature left out of generate() are the model's own, saved with it; a call's own win."""
+    conds = make_conditions(batch=1)
+    run = lambda m, **kw: m.generate(conds, 12, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    plain = dummies.dummy_ar_generator()
+    assert (plain.config.top_k, plain.config.temperature) == (250, 1.0)  # MusicGen's
+    torch.testing.assert_close(run(plain), run(plain, top_k=250, temperature=1.0), rtol=0, atol=0)
+    cool = dummies.dummy_ar_generator(temperature=0.5, top_k=4)
+    cool.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(run(cool), run(plain, top_k=4, temperature=0.5), rtol=0, atol=0)
+    torch.testing.assert_close(run(cool, top_k=250, temperature=1.0), run(plain), rtol=0, atol=0)
+    assert not torch.equal(run(cool), run(plain))
+    cool.save_pretrained(tmp_path)
+    loaded = ARTokenLM.from_pretrained(tmp_path).eval()
+    assert (loaded.config.top_k, loaded.config.temperature) == (4, 0.5)
+    torch.testing.assert_close(run(loaded), run(cool), rtol=0, atol=0)
+    # a config saved before these keys existed loads with MusicGen's defaults
+    config = {k: v for k, v in cool.config.items() if k not in ("top_k", "temperature")}
+    assert (ARTokenLM.from_config(config).config.top_k, ARTokenLM.from_config(config).config.temperature) == (250, 1.0)
+    for bad, needle in (({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+                        ({"top_k": 2.5}, "top_k"), ({"top_k": -1}, "top_k"), ({"top_k": True}, "top_k")):
+        with pytest.raises(ConfigError, match=needle):
+            dummies.dummy_ar_generator(**bad)
 
 
 # ------------------------------------------------------------------------------------- save, load, build

@@ -12,6 +12,7 @@ from vmas_diffusion.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_AR = str(ROOT / "recipes" / "tiny_ar.yaml")
+TINY_LDM = str(ROOT / "recipes" / "tiny_ldm.yaml")
 
 
 def error_line(capsys) -> str:
@@ -51,6 +52,22 @@ def test_generate_wav_from_recipe(media, tmp_path):
     assert abs(len(data) / sample_rate - 1.0) < 1e-3
 
 
+def test_generate_sampling_options_reach_the_sampler(media, saved_pipeline, tmp_path):
+    """Greedy decoding (--temperature 0) makes the seed irrelevant; sampling (the model's default) does not."""
+    import soundfile
+
+    def music(seed, *extra):
+        out = tmp_path / f"m{seed}{''.join(extra)}.wav"
+        argv = ["generate", str(media("carphone_pristine.mp4")), "-o", str(out), "--model", str(saved_pipeline),
+                "--duration", "1", "--seed", str(seed), *extra]
+        assert main(argv) == 0
+        return soundfile.read(out)[0]
+
+    greedy = ("--temperature", "0", "--top-k", "5")
+    assert (music(0, *greedy) == music(1, *greedy)).all()
+    assert not (music(0) == music(1)).all()
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -63,6 +80,8 @@ def test_generate_wav_from_recipe(media, tmp_path):
         (["generate", "{video}", "-o", "{out}", "--model", "{foreign}"], "not a VideoToMusicPipeline"),
         (["generate", "{video}", "-o", "{out}", "--model", "{bad_recipe}"], "genrator"),
         (["generate", "{video}", "-o", "{tmp}/out.avi", "--model", TINY_AR], ".mp4 or .wav"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--temperature", "-1"], "temperature"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--temperature", "0.8"], "takes no 'temperature'"),
         (["frobnicate"], "invalid choice"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--threads", "0"], "positive number of threads"),
     ],

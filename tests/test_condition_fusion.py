@@ -1,9 +1,19 @@
 """The shared condition fusion: one check, window slicing with window positions, sum-fusion values."""
 
+import numpy as np
 import pytest
 import torch
 
-from vmas_diffusion.conditions import Condition, visual_pace
+from vmas_diffusion.conditions import (
+    BEAT,
+    PACE,
+    Condition,
+    check_pace_map,
+    fit_pace_map,
+    local_pace,
+    map_pace,
+    pace_condition,
+)
 from vmas_diffusion.errors import InputError
 from vmas_diffusion.modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from vmas_diffusion.modules.transformer import sinusoidal_embedding
@@ -72,14 +82,14 @@ def test_fused_conditions_concatenate_tokens_per_mode():
     assert fused.prefix is None and fused.prefix_len == 0
 
 
-def test_visual_pace_counts_beats_per_second_in_its_window():
+def test_local_pace_counts_beats_per_second_in_its_window():
     rate = 10.0
     strength = torch.zeros(2, 120, 1)
     strength[0, 5::10] = 1.0  # a cut every second
     strength[1, 5::5] = 0.6  # a beat every half second ...
     strength[1, 60:] = 0.1  # ... then calm: movement below a beat's height
     mask = torch.ones(2, 120, dtype=torch.bool)
-    pace = visual_pace(Condition(strength, mask, rate), window_seconds=4.0)
+    pace = local_pace(Condition(strength, mask, rate), window_seconds=4.0)
     assert pace.tensor.shape == (2, 120, 2) and pace.frame_rate == rate and torch.equal(pace.mask, mask)
     window = 41 / rate  # 4 s centred on a frame: 41 frames
     # frame 60 sees frames 40-80: cuts at 45, 55, 65, 75, strength 1 on those 4 frames
@@ -90,17 +100,60 @@ def test_visual_pace_counts_beats_per_second_in_its_window():
     assert pace.tensor[0, 0, 0] == pytest.approx(2 / 2.1)
 
 
-def test_visual_pace_ignores_padding_and_keeps_a_null_beat_null():
+def test_local_pace_ignores_padding_and_keeps_a_null_beat_null():
     g = torch.Generator().manual_seed(0)
     strength = torch.rand(1, 50, 1, generator=g)
-    alone = visual_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)
+    alone = local_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)
     padded = Condition(torch.cat([strength, torch.ones(1, 20, 1)], 1), torch.arange(70)[None] < 50, 10.0)
-    batched = visual_pace(padded, 4.0)
+    batched = local_pace(padded, 4.0)
     torch.testing.assert_close(batched.tensor[:, :50], alone.tensor)
     assert batched.tensor[:, 50:].abs().max() == 0 and not batched.mask[:, 50:].any()
-    null = visual_pace(padded.null(), 4.0)
+    null = local_pace(padded.null(), 4.0)
     assert null.tensor.abs().max() == 0 and not null.mask.any()
     with pytest.raises(InputError, match="frame_rate"):
-        visual_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool)), 4.0)
+        local_pace(Condition(strength, torch.ones(1, 50, dtype=torch.bool)), 4.0)
     with pytest.raises(InputError, match="width 1"):
-        visual_pace(Condition(strength.expand(1, 50, 2), torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)
+        local_pace(Condition(strength.expand(1, 50, 2), torch.ones(1, 50, dtype=torch.bool), 10.0), 4.0)
+
+
+def test_fit_pace_map_pairs_quantiles_and_map_pace_interpolates():
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(4000, 2, generator=g) * torch.tensor([4.0, 0.5])
+    music = 2.0 * video + torch.tensor([1.0, 0.0])  # a monotone relation: the map recovers it
+    table = fit_pace_map(video[torch.randperm(4000, generator=g)], music, num_quantiles=11)
+    assert len(table) == 2 and all(len(xs) == len(ys) == 11 for xs, ys in table)
+    probe = Condition(torch.tensor([[[1.0, 0.1], [3.0, 0.4], [9.0, -1.0]]]), torch.ones(1, 3, dtype=torch.bool), 10.0)
+    mapped = map_pace(probe, table)
+    torch.testing.assert_close(mapped.tensor[0, :2], 2.0 * probe.tensor[0, :2] + torch.tensor([1.0, 0.0]), atol=0.05, rtol=0)
+    # flat beyond the fitted range, as np.interp
+    torch.testing.assert_close(mapped.tensor[0, 2], torch.tensor([table[0][1][-1], table[1][1][0]]))
+    xs, ys = table[0]
+    assert np.allclose(mapped.tensor[0, :, 0].numpy(), np.interp(probe.tensor[0, :, 0].numpy(), xs, ys), atol=1e-6)
+    # masked frames stay zero; no table: the pace as it is
+    half = Condition(probe.tensor, torch.tensor([[True, False, True]]), 10.0)
+    assert map_pace(half, table).tensor[0, 1].abs().max() == 0
+    assert map_pace(probe, None) is probe
+    # ties (600 frames without a beat: the levels 0 .. 0.5 all give 0) keep the mean of their partners
+    calm = torch.cat([torch.zeros(600, 2), torch.rand(400, 2, generator=g) + 1.0])
+    tied = fit_pace_map(calm, torch.arange(1000.0)[:, None].expand(1000, 2), num_quantiles=11)
+    xs, ys = tied[0]
+    assert xs[0] == 0.0 and xs[1] > 0 and ys[0] == pytest.approx(np.mean(np.quantile(np.arange(1000.0), np.linspace(0, 0.5, 6))), abs=1e-3)
+    assert check_pace_map(tied, "pace_map") is None and check_pace_map(None, "pace_map") is None
+    for bad in ([[[0, 1], [0]]] * 2, [[[1, 0], [0, 1]]] * 2, [[[0, 1], [0, 1]]], "map", [[[0, float("nan")], [0, 1]]] * 2):
+        assert "pace_map must be" in check_pace_map(bad, "pace_map")
+    with pytest.raises(InputError, match="same shape"):
+        fit_pace_map(torch.zeros(5, 2), torch.zeros(4, 2))
+
+
+def test_pace_condition_prefers_the_given_pace_and_follows_the_beat():
+    g = torch.Generator().manual_seed(0)
+    beat = Condition(torch.rand(2, 40, 1, generator=g), torch.ones(2, 40, dtype=torch.bool), 10.0)
+    table = [[[0.0, 10.0], [0.0, 20.0]], [[0.0, 1.0], [1.0, 2.0]]]  # doubles the beats per second, adds 1 to the strength
+    from_video = pace_condition({BEAT: beat}, 4.0, table)
+    torch.testing.assert_close(from_video.tensor, local_pace(beat, 4.0).tensor * torch.tensor([2.0, 1.0]) + torch.tensor([0.0, 1.0]))
+    given = Condition(torch.rand(2, 100, 2, generator=g), torch.ones(2, 100, dtype=torch.bool), 25.0)
+    assert pace_condition({BEAT: beat, PACE: given}, 4.0, table).tensor.equal(given.tensor)
+    # a dropped beat drops its pace: no beat, no pace; a null item's given pace is null
+    assert pace_condition({PACE: given}, 4.0, table) is None
+    dropped = pace_condition({BEAT: beat.drop_items(torch.tensor([True, False])), PACE: given}, 4.0, table)
+    assert dropped.tensor[0].abs().max() == 0 and not dropped.mask[0].any() and dropped.tensor[1].equal(given.tensor[1])

@@ -395,6 +395,7 @@ class FakePipeline:
     generator's seed and the model folder's ``config.json``; counts its calls."""
 
     calls: list = []
+    sampling: list = []  # the generator options of each call
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -407,8 +408,9 @@ class FakePipeline:
         return probe_video(video).duration if fps is None else len(video) / fps
 
     def __call__(self, video, fps=None, duration=None, num_inference_steps=None, guidance_scale=3.0,
-                 generator=None, output_type="np"):
+                 generator=None, output_type="np", **sampling):
         FakePipeline.calls.append((self.folder.name, str(video) if fps is None else len(video)))
+        FakePipeline.sampling.append(sampling)
         seconds = duration or self._duration(video, fps)
         u = torch.rand(2, generator=generator).numpy()
         t = np.arange(int(seconds * SR)) / SR
@@ -517,6 +519,20 @@ def test_table_one_column_per_model_deterministic_and_cached(tmp_path, eval_mani
     FakePipeline.calls = []
     run([a, b, c], tmp_path / "out", plots=False)
     assert {name for name, _ in FakePipeline.calls} == {"clean"}
+
+
+def test_sampling_options_reach_the_pipeline_and_key_the_cache(tmp_path, eval_manifest):
+    model = make_fake_model(tmp_path / "models", "m", noise=0.0)
+    run = lambda **kw: run_evaluation([model], str(eval_manifest), str(tmp_path / "out"), seed=0, progress=False,  # noqa: E731
+                                      plots=False, load_pipeline=FakePipeline, **kw)
+    FakePipeline.calls, FakePipeline.sampling = [], []
+    run()
+    assert FakePipeline.sampling == [{}] * 3  # none given: the model's own
+    cool = run(sampling={"temperature": 0.8, "top_k": 50})
+    assert FakePipeline.sampling[3:] == [{"temperature": 0.8, "top_k": 50}] * 3  # another key: generated again
+    assert cool.results["models"][0]["metrics"]["generated_this_run"] == 3
+    assert json.loads(Path(cool.json_path).read_text())["settings"]["sampling"] == {"temperature": 0.8, "top_k": 50}
+    assert run(sampling={"top_k": 50, "temperature": 0.8}).results["models"][0]["metrics"]["generated_this_run"] == 0
 
 
 def test_run_evaluation_bad_inputs(tmp_path, eval_manifest):

@@ -157,6 +157,13 @@ def test_pace_enters_the_beats_way_and_starts_silent(beat_fuse):
     assert not torch.allclose(model(x, t, conds), plain(x, t, conds), atol=1e-4)
     null = {name: c.null() for name, c in conds.items()}
     torch.testing.assert_close(model(x, t, null), plain(x, t, null), atol=0, rtol=0)  # no beat, no pace
+    # a given pace replaces the video's; it needs a frame rate, and a model without the pace takes none
+    other = Condition(randn(1, 40, 2), torch.ones(1, 40, dtype=torch.bool), 20.0)
+    assert not torch.allclose(model(x, t, {**conds, "pace": other}), model(x, t, conds), atol=1e-4)
+    with pytest.raises(InputError, match="frame_rate"):
+        model(x, t, {**conds, "pace": Condition(other.tensor, other.mask)})
+    with pytest.raises(InputError, match="unknown condition"):
+        plain(x, t, {**conds, "pace": other})
 
 
 def test_beat_dropout_drops_the_beat_alone():
@@ -545,6 +552,8 @@ def test_registry_builds_ldm():
         ({"beat_fuse": "film"}, "beat_fuse"),
         ({"pace_seconds": -1.0}, "pace_seconds"),
         ({"pace_seconds": 2.0, "beat_fuse": "cross"}, "pace_seconds"),
+        ({"pace_source": "audio"}, "pace_source"),
+        ({"pace_map": [[[0.0, 1.0], [0.0]], [[0.0], [0.0]]]}, "pace_map"),
         ({"beta_schedule": "cosine"}, "beta_schedule"),
     ],
 )

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_LDM = ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / "ldm"
 
 
-def restage(work: Path, *settings: str, source: Path = SHIPPED_LDM) -> subprocess.CompletedProcess:
+def restage(work: Path, *settings: str, source: Path = SHIPPED_LDM, shards: Path = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "scripts" / "train_vmas_tiny.py"), "restage", "--backend", "ldm",
-           "--work", str(work), "--source", str(source), "--set", *settings]
+           "--work", str(work), "--source", str(source), *(["--shards", str(shards)] if shards else []), "--set", *settings]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -49,3 +49,18 @@ def test_restage_rejects_unknown_and_unfit_settings(tmp_path):
     for setting, message in (("hidden_sise=64", "no setting 'hidden_sise'"), ("hidden_size=64", "do not fit")):
         done = restage(tmp_path, setting)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_restage_to_a_music_pace_control_fits_its_map_on_the_training_samples(tmp_path):
+    from dummies import make_synthetic_data
+
+    from vmas_diffusion.models.generators.latent_dit import LatentDiT
+    from vmas_diffusion.training.pace_map import fit_pace_map_on_shards
+
+    shards = make_synthetic_data(tmp_path / "shards")
+    done = restage(tmp_path / "w", "pace_seconds=2.0", "pace_source=music", shards=shards)
+    assert done.returncode == 0, done.stderr
+    model = LatentDiT.from_pretrained(str(tmp_path / "w" / "init_ldm" / "generator"))
+    assert model.config.pace_source == "music" and model.config.pace_seconds == 2.0
+    assert model.config.pace_map == fit_pace_map_on_shards(shards, 2.0) and "pace map" in done.stderr
+    assert model.pace_proj.weight.abs().max() == 0  # new, at its init: the music stays the shipped model's

@@ -15,7 +15,7 @@ from dummies import make_synthetic_data, tiny_recipe
 from safetensors.torch import load_file
 
 from vmas_diffusion.data import ShardDataset
-from vmas_diffusion.errors import ConfigError
+from vmas_diffusion.errors import ConfigError, InputError
 from vmas_diffusion.training import read_metrics
 from vmas_diffusion.training.checkpoints import (
     list_checkpoints,
@@ -80,6 +80,56 @@ def test_onset_emphasis_weights_the_generation_loss_by_the_music_onsets(data_dir
     assert emphasised > plain  # every weight is >= 1 and the onsets are not all zero
     with pytest.raises(ConfigError, match="onset_emphasis"):
         _task(backend, LossWeights(onset_emphasis=-1.0))
+
+
+@pytest.mark.parametrize("backend", ["ar", "ldm"])
+def test_music_pace_source_trains_on_the_target_musics_own_pace(data_dir, backend):
+    """pace_source="music": the generator gets the music's local pace, read off its onset envelope, as the
+    "pace" condition (a control it learns to follow); pace_source="video" leaves it to the beat."""
+    import dummies
+
+    from vmas_diffusion.conditions import PACE, Condition, local_pace
+    from vmas_diffusion.recipes import LossWeights
+
+    batch = next(iter(ShardDataset(data_dir, batch_size=2)))
+    make = dummies.dummy_ar_generator if backend == "ar" else dummies.dummy_ldm_generator
+    for source in ("video", "music"):
+        generator = make(pace_seconds=2.0, pace_source=source).train()
+        task = VideoMusicTask(dummies.dummy_video_encoder(), generator, None, LossWeights(contrastive=0), seed=0)
+        sent = {}
+        forward_train = generator.forward_train
+        generator.forward_train = lambda b: sent.update(b) or forward_train(b)
+        task(batch)
+        if source == "video":
+            assert PACE not in sent["conditions"]
+            continue
+        rate = float(generator.config.frame_rate)
+        want = local_pace(Condition(batch["onset"][..., None], batch["music_mask"], rate), 2.0)
+        torch.testing.assert_close(sent["conditions"][PACE].tensor, want.tensor)
+        assert sent["conditions"][PACE].frame_rate == rate
+    no_onset = {k: v for k, v in batch.items() if k != "onset"}
+    with pytest.raises(InputError, match="onset"):
+        task(no_onset)
+
+
+def test_pace_map_is_fitted_on_the_training_samples(data_dir):
+    from vmas_diffusion.conditions import Condition, check_pace_map, local_pace, map_pace
+    from vmas_diffusion.training.pace_map import fit_pace_map_on_shards, pace_pairs
+
+    data = ShardDataset(data_dir, batch_size=1, shuffle=False)
+    video, music = pace_pairs(data_dir, 2.0)
+    first = next(iter(data))
+    frames = int(first["video_mask"].sum())
+    assert video.shape == music.shape and video.shape[1] == 2
+    assert len(video) >= frames * min(data.num_samples, 2)  # every valid frame of every sample
+    own = local_pace(Condition(first["visual_envelope"][..., None], first["video_mask"], data.video_fps), 2.0)
+    torch.testing.assert_close(video[:frames], own.tensor[0, :frames])
+    table = fit_pace_map_on_shards(data_dir, 2.0, num_quantiles=5)
+    assert check_pace_map(table, "pace_map") is None
+    # the map puts the videos' pace on the music's scale: the busiest video frame maps to the busiest music
+    mapped = map_pace(Condition(video[None], torch.ones(1, len(video), dtype=torch.bool), 1.0), table).tensor[0]
+    torch.testing.assert_close(mapped.max(0).values, music.max(0).values, atol=1e-5, rtol=0)
+    assert (mapped >= music.min(0).values - 1e-6).all()
 
 
 def test_task_randomness_is_a_function_of_the_samples(data_dir):

@@ -87,6 +87,7 @@ def cmd_generate(args) -> int:
         generator=torch.Generator().manual_seed(args.seed),
         **limits,
         **alignment_kwargs(args),
+        **sampling_kwargs(args),
     )
     if out.suffix.lower() == ".mp4":
         export_to_video_with_audio(args.video, result.audios[0], result.sample_rate, str(out))
@@ -105,6 +106,11 @@ def alignment_kwargs(args) -> dict:
     if args.max_stretch is not None:
         kwargs["max_stretch"] = args.max_stretch
     return kwargs
+
+
+def sampling_kwargs(args) -> dict:
+    """The generator's own sampling options given on the command line (AR: top_k, temperature)."""
+    return {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None}
 
 
 def alignment_lines(result) -> List[str]:
@@ -137,6 +143,7 @@ def cmd_evaluate(args) -> int:
         fad_embedder=args.fad_embedder,
         clap_checkpoint=args.clap_checkpoint,
         max_videos=args.max_videos,
+        sampling=sampling_kwargs(args),
         **alignment_kwargs(args),
     )
     print(report.markdown)
@@ -191,13 +198,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _add_alignment_options(parser) -> None:
+def _add_generation_options(parser) -> None:
     parser.add_argument("--sync-beats", action="store_true",
                         help="warp the music's time so its beats land on the video's visual beats (length kept)")
     parser.add_argument("--max-stretch", type=float,
                         help="with --sync-beats: the most a stretch may differ from 1 (default 0.15 = ±15%%)")
     parser.add_argument("--candidates", type=int, default=1, metavar="N",
                         help="generate N and keep the one with the best beat hits and video-music similarity")
+    parser.add_argument("--temperature", type=float,
+                        help="AR backend: token sampling temperature (default the model's; lower: steadier, more held notes)")
+    parser.add_argument("--top-k", type=int, help="AR backend: sample among the k likeliest codes (default the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"refuse a video longer than this, by its header or frame count (default "
                           f"{MAX_VIDEO_SECONDS:g} s; 'none' lifts it)")
     gen.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
-    _add_alignment_options(gen)
+    _add_generation_options(gen)
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
@@ -238,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")
     ev.add_argument("--max-videos", type=int)
-    _add_alignment_options(ev)
+    _add_generation_options(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="offline demo: music for the bundled clip with the bundled vmas-tiny model, "

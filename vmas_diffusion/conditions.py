@@ -4,8 +4,11 @@ A condition is a tensor ``[B, T, D]`` with a validity mask ``[B, T]`` (True wher
 valid) and the frame rate of its time axis, so a generator can resample it onto the
 music frame rate. Conditions travel as a ``dict[str, Condition]``; the names used
 across the project are ``"video"`` (temporal video encoder output) and ``"beat"``
-(per-frame visual beat strength, ``D == 1``). A generator may also read the video's local pace off
-the beat condition (:func:`visual_pace`): how many visual beats per second, how strong on average.
+(per-frame visual beat strength, ``D == 1``). A generator may also take a local pace per frame
+(:func:`local_pace`: how many beats per second, how strong on average), ``"pace"``: in training the
+target music's own, read off its onset envelope, so that it is a control the music follows; at
+inference the video's, read off the beat condition and put on the music's scale by a quantile map
+(:func:`map_pace`, :func:`fit_pace_map`), unless the caller gives one.
 """
 
 from dataclasses import dataclass, replace
@@ -18,11 +21,14 @@ from .errors import InputError
 
 VIDEO = "video"
 BEAT = "beat"
+PACE = "pace"
 
-#: channels of :func:`visual_pace`: visual beats per second, mean beat strength
+#: where a generator's pace comes from in training: the video's (read off the beat) or the target music's
+PACE_SOURCES = ("video", "music")
+#: channels of :func:`local_pace`: beats per second, mean strength
 PACE_FEATURES = 2
-#: a local maximum of the beat strength at least this high counts as a visual beat (the ``peak_height``
-#: of :func:`vmas_diffusion.beats.visual_beats`)
+#: a local maximum of the strength at least this high counts as a beat (the ``peak_height`` of
+#: :func:`vmas_diffusion.beats.visual_beats`)
 PACE_PEAK_HEIGHT = 0.3
 
 
@@ -91,29 +97,100 @@ class Condition:
         return Condition(out, mask, frame_rate)
 
 
-def visual_pace(beat: Condition, window_seconds: float) -> Condition:
-    """The video's local pace ``[B, T, 2]``, read off a beat condition ``[B, T, 1]`` (same frames and mask).
+def local_pace(envelope: Condition, window_seconds: float) -> Condition:
+    """The local pace ``[B, T, 2]`` of a strength envelope ``[B, T, 1]`` (same frames and mask): a beat
+    condition (the video's pace) or a music onset envelope (the music's).
 
-    At each frame, over the valid frames of the ``window_seconds`` centred on it: the visual beats
-    per second (local maxima of the beat strength of at least :data:`PACE_PEAK_HEIGHT`) and the mean
-    beat strength. A per-frame beat says *where* a hit goes; whether a stretch of video is calm or
-    busy (how many notes the music should play) is this wider view, which a beat seen a few frames
-    ahead does not give. Only valid frames count, so an item's pace does not depend on its batch's
-    padding; a null beat condition gives a null pace.
+    At each frame, over the valid frames of the ``window_seconds`` centred on it: the beats per
+    second (local maxima of the strength of at least :data:`PACE_PEAK_HEIGHT`) and the mean
+    strength. A per-frame beat says *where* a hit goes; whether a stretch is calm or busy (how many
+    notes the music should play) is this wider view, which a beat seen a few frames ahead does not
+    give. Only valid frames count, so an item's pace does not depend on its batch's padding; a null
+    envelope gives a null pace.
     """
-    if beat.frame_rate is None:
-        raise InputError("visual_pace needs a time-aligned beat condition (it has no frame_rate)")
-    if beat.tensor.shape[-1] != 1:
-        raise InputError(f"visual_pace needs a beat condition of width 1, got {beat.tensor.shape[-1]}")
-    valid = beat.mask.to(beat.tensor.dtype)
-    strength = beat.tensor[..., 0] * valid  # [B, T]
+    if envelope.frame_rate is None:
+        raise InputError("local_pace needs a time-aligned envelope (it has no frame_rate)")
+    if envelope.tensor.shape[-1] != 1:
+        raise InputError(f"local_pace needs an envelope of width 1, got {envelope.tensor.shape[-1]}")
+    valid = envelope.mask.to(envelope.tensor.dtype)
+    strength = envelope.tensor[..., 0] * valid  # [B, T]
     before = F.pad(strength, (1, 0))[:, :-1]
     after = F.pad(strength, (0, 1))[:, 1:]
     peaks = (strength >= PACE_PEAK_HEIGHT) & (strength > before) & (strength >= after)
-    width = 2 * int(round(window_seconds * beat.frame_rate / 2)) + 1  # odd, so the window is centred
+    width = 2 * int(round(window_seconds * envelope.frame_rate / 2)) + 1  # odd, so the window is centred
     ones = strength.new_ones(1, 1, width)
     sums = F.conv1d(torch.stack([peaks.to(strength.dtype), strength, valid], 1).flatten(0, 1)[:, None], ones,
                     padding=width // 2).view(strength.shape[0], 3, -1)
     frames = sums[:, 2].clamp(min=1.0)
-    pace = torch.stack([sums[:, 0] * beat.frame_rate / frames, sums[:, 1] / frames], -1) * valid[..., None]
-    return Condition(pace, beat.mask, beat.frame_rate)
+    pace = torch.stack([sums[:, 0] * envelope.frame_rate / frames, sums[:, 1] / frames], -1) * valid[..., None]
+    return Condition(pace, envelope.mask, envelope.frame_rate)
+
+
+def fit_pace_map(source, target, num_quantiles: int = 21) -> list:
+    """A monotone map from one pace's scale onto another's: per feature, the ``num_quantiles`` quantiles
+    of ``source [N, PACE_FEATURES]`` (e.g. the videos' pace at training frames) paired with those of
+    ``target [N, PACE_FEATURES]`` (the music's pace at the same frames), as ``[[xs, ys], ...]`` for
+    :func:`map_pace`. Quantiles, not a regression: a regression shrinks the spread towards the mean
+    by the correlation, and a calm video should get music as calm as calm music is. Ties in ``xs``
+    (e.g. many frames without a beat) keep the mean of their ``ys``."""
+    source, target = (torch.as_tensor(x, dtype=torch.float64) for x in (source, target))
+    if source.dim() != 2 or source.shape != target.shape or source.shape[1] != PACE_FEATURES or len(source) < 2:
+        raise InputError(f"fit_pace_map needs two [N >= 2, {PACE_FEATURES}] arrays of the same shape, "
+                         f"got {tuple(source.shape)} and {tuple(target.shape)}")
+    if num_quantiles < 2:
+        raise InputError(f"fit_pace_map needs num_quantiles >= 2, got {num_quantiles}")
+    levels = torch.linspace(0, 1, num_quantiles, dtype=torch.float64)
+    table = []
+    for f in range(PACE_FEATURES):
+        xs, ys = torch.quantile(source[:, f], levels), torch.quantile(target[:, f], levels)
+        unique, which = torch.unique_consecutive(xs, return_inverse=True)
+        means = torch.zeros_like(unique).index_add_(0, which, ys) / torch.bincount(which).to(ys)
+        table.append([[round(float(v), 6) for v in unique], [round(float(v), 6) for v in means]])
+    return table
+
+
+def check_pace_map(table, who: str) -> Optional[str]:
+    """What is wrong with a :func:`fit_pace_map` table (None: nothing; None is also a valid table)."""
+    if table is None:
+        return None
+    try:
+        ok = len(table) == PACE_FEATURES and all(
+            len(xs) == len(ys) >= 1 and all(a < b for a, b in zip(xs, xs[1:]))
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf") for v in [*xs, *ys])
+            for xs, ys in table
+        )
+    except TypeError:
+        ok = False
+    return None if ok else (f"{who} must be {PACE_FEATURES} pairs [xs, ys] of finite numbers, xs increasing "
+                            f"(fit_pace_map's output), got {table!r}")
+
+
+def map_pace(pace: Condition, table) -> Condition:
+    """Each feature of ``pace`` through its piecewise-linear ``[xs, ys]`` of ``table`` (flat beyond the ends,
+    as ``np.interp``); masked frames stay zero. ``table`` None: the pace as it is."""
+    if table is None:
+        return pace
+    x = pace.tensor
+    out = []
+    for f, (xs, ys) in enumerate(table):
+        xs, ys = x.new_tensor(xs), x.new_tensor(ys)
+        v = x[..., f].clamp(xs[0], xs[-1])
+        hi = torch.searchsorted(xs, v.contiguous()).clamp(1, max(len(xs) - 1, 1)) if len(xs) > 1 else None
+        if hi is None:
+            out.append(ys[0].expand_as(v))
+            continue
+        lo = hi - 1
+        w = (v - xs[lo]) / (xs[hi] - xs[lo])
+        out.append(ys[lo] + w * (ys[hi] - ys[lo]))
+    return Condition(torch.stack(out, -1) * pace.mask[..., None].to(x.dtype), pace.mask, pace.frame_rate)
+
+
+def pace_condition(conditions: dict, window_seconds: float, table) -> Optional[Condition]:
+    """The pace a generator adds per frame next to the beat: the caller's ``"pace"`` when given (in
+    training the target music's own), else the beat's :func:`local_pace` through :func:`map_pace`.
+    A dropped beat drops its pace (None without a beat; null for items whose beat is null)."""
+    if BEAT not in conditions:
+        return None
+    if PACE in conditions:
+        return conditions[PACE].drop_items(~conditions[BEAT].mask.any(1))
+    return map_pace(local_pace(conditions[BEAT], window_seconds), table)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -70,6 +70,7 @@ class EvaluationConfig:
     num_candidates: int = 1  # best-of-N in the pipeline call
     sync_beats: bool = False  # warp each generation onto the pipeline's visual beats (beats.sync)
     max_stretch: Optional[float] = None  # beat sync's limit; None: its default
+    sampling: dict[str, Any] = field(default_factory=dict)  # the generator's own options (AR: top_k, temperature)
     # analysis (not part of the generation, so not in the cache key)
     beat_tolerance: float = 0.1  # seconds, the hit window of the windowed beat scores
     visual_fps: float = 25.0  # frames per second decoded for the visual beats
@@ -86,7 +87,7 @@ class EvaluationConfig:
         }
         if self.num_candidates != 1:  # only when used, so the keys of plain generations stay as they were
             kwargs["num_candidates"] = int(self.num_candidates)
-        return kwargs
+        return {**kwargs, **self.sampling}
 
     def sync_kwargs(self) -> dict[str, Any]:
         """Beat-sync settings (applied after the call); empty without sync."""
@@ -534,6 +535,7 @@ def run_evaluation(
     num_candidates: int = 1,
     sync_beats: bool = False,
     max_stretch: float | None = None,
+    sampling: Optional[dict[str, Any]] = None,
     plots: bool = True,
     load_pipeline: Optional[PipelineLoader] = None,
 ) -> EvaluationReport:
@@ -558,6 +560,8 @@ def run_evaluation(
         sync_beats, max_stretch: warp every generation onto the pipeline's visual beats, as
             ``pipe(sync_beats=True)`` does (part of the cache key); adds the BHS-before-sync and
             stretch rows.
+        sampling: the generator's own options, e.g. ``{"temperature": 0.8, "top_k": 50}`` for the AR
+            (part of the cache key; a generator that does not take one raises InputError).
         load_pipeline: ``model path -> pipeline`` (tests and custom loading); default loads from disk.
 
     Raises:
@@ -583,6 +587,7 @@ def run_evaluation(
         num_candidates=num_candidates,
         sync_beats=bool(sync_beats),
         max_stretch=max_stretch,
+        sampling=dict(sampling or {}),
         plots=plots,
     )
     for model in models:

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..conditions import BEAT, VIDEO, Condition
+from ..conditions import BEAT, PACE, VIDEO, Condition, local_pace
 from ..errors import ConfigError, InputError
 from ..losses import BeatAlignmentLoss, InfoNCELoss, resample_envelope
 from ..modules.item_randomness import mix_seed, per_item_dropout
@@ -89,6 +89,8 @@ class VideoMusicTask(nn.Module):
         if not getattr(generator, "music_key", ""):
             raise ConfigError(f"{type(generator).__name__} is not a MusicGenerator (it names no music_key)")
         self.music_key = generator.music_key
+        config = getattr(generator, "config", {})
+        self.pace_seconds = float(config.get("pace_seconds", 0)) if config.get("pace_source") == "music" else 0.0
 
     # ------------------------------------------------------------------ conditions
     def encode_video(self, batch: Dict[str, torch.Tensor]):
@@ -110,9 +112,15 @@ class VideoMusicTask(nn.Module):
                 f"the {self.generator.backend} backend trains on '{self.music_key}', which the data lacks: prepare "
                 f"the data with a codec that offers them"
             )
+        conditions = {VIDEO: video_out.condition(), BEAT: beat}
+        if self.pace_seconds > 0:  # the target music's own pace: a control the music learns to follow
+            if "onset" not in batch:
+                raise InputError("pace_source='music' trains on the music's onset envelope ('onset'), which the data lacks")
+            onset = Condition(batch["onset"][..., None], batch["music_mask"], float(self.generator.config.frame_rate))
+            conditions[PACE] = local_pace(onset, self.pace_seconds)
         out = {
             self.music_key: batch[self.music_key],
-            "conditions": {VIDEO: video_out.condition(), BEAT: beat},
+            "conditions": conditions,
             "mask": batch["music_mask"],
             "generator": item_generators(self.seed, batch["uid"], salt),
         }

@@ -16,9 +16,11 @@ Conditions (``dict[str, Condition]``) enter as the recipe says:
   a projection to each step's input, or ``"none"``. The step sees the frame it predicts and the
   ``beat_lookahead`` frames after it: a drum hit is planned before its attack frame, and a single
   value cannot tell the rising edge of a visual beat from a weak accent. With ``pace_seconds > 0``
-  the step also gets a projection of the video's local pace around its frame
-  (:func:`~vmas_diffusion.conditions.visual_pace` over that many seconds, read off the beat
-  condition): whether the video is calm or busy there, so how many notes to play.
+  the step also gets a projection of the local pace around its frame over that many seconds
+  (:func:`~vmas_diffusion.conditions.pace_condition`): whether the music should be calm or busy
+  there, so how many notes to play. It is the ``"pace"`` condition when given (``[B, T, 2]``; with
+  ``pace_source="music"`` training gives the target music's own, so the model learns it as a
+  control), else the video's, read off the beat and put on the music's scale by ``pace_map``.
 * ``"text"`` ``[B, Tt, text_dim]`` (optional, ``text_dim > 0``): ``text_fuse="cross"|"prepend"``.
 
 A missing condition is treated as dropped (zeros, masked out); an unknown name is an error.
@@ -52,7 +54,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...conditions import BEAT, PACE_FEATURES, VIDEO, Condition, visual_pace
+from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
 from ...errors import CheckpointError, ConfigError, InputError
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
@@ -265,6 +267,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         beat_dim: int = 1,
         beat_lookahead: int = 0,
         pace_seconds: float = 0.0,
+        pace_source: str = "video",
+        pace_map: Optional[list] = None,
         text_dim: int = 0,
         frame_rate: float = 50.0,
         max_duration: float = 10.0,
@@ -276,6 +280,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         cond_dropout: float = 0.3,
         dropout: float = 0.1,
         align_features: str = "clean",
+        top_k: int = 250,
+        temperature: float = 1.0,
     ):
         super().__init__()
         self._check_config()
@@ -344,6 +350,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"pace_seconds > 0 reads the pace off the beat condition, which needs beat_fuse='sum' (got {c.beat_fuse!r})")
         if c.pace_seconds > 0 and c.beat_dim != 1:
             problems.append(f"pace_seconds > 0 reads the pace off a beat strength, which needs beat_dim=1 (got {c.beat_dim})")
+        if c.pace_source not in PACE_SOURCES:
+            problems.append(f"pace_source must be one of {PACE_SOURCES} (got {c.pace_source!r})")
+        if (problem := check_pace_map(c.pace_map, "pace_map")) is not None:
+            problems.append(problem)
         if c.beat_lookahead < 0:
             problems.append(f"beat_lookahead must be >= 0 frames (got {c.beat_lookahead})")
         if c.beat_fuse not in BEAT_FUSES:
@@ -356,6 +366,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"align_features must be one of {ALIGN_FEATURES} (got {c.align_features!r})")
         if c.frame_rate <= 0:
             problems.append(f"frame_rate must be > 0 (got {c.frame_rate})")
+        if isinstance(c.top_k, bool) or not isinstance(c.top_k, int) or c.top_k < 0:
+            problems.append(f"top_k must be a whole number >= 0, 0 = all codes (got {c.top_k!r})")
+        if isinstance(c.temperature, bool) or not isinstance(c.temperature, (int, float)) or not 0 <= c.temperature < math.inf:
+            problems.append(f"temperature must be a finite number >= 0, 0 = greedy (got {c.temperature!r})")
         window = round(c.max_duration * c.frame_rate)
         stride = round(c.extend_stride * c.frame_rate)
         if window < 2 or not 1 <= stride < window:
@@ -387,7 +401,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     def _conditions(self, conditions: Optional[Dict[str, Condition]], batch_size: Optional[int]):
         """Checked conditions on the model's device and dtype, and the batch size (None without either)."""
         c = self.config
-        widths = {VIDEO: c.video_dim, BEAT: c.beat_dim, TEXT: c.text_dim}
+        widths = {VIDEO: c.video_dim, BEAT: c.beat_dim, TEXT: c.text_dim, **({PACE: PACE_FEATURES} if c.pace_seconds > 0 else {})}
         batch_size = check_conditions(conditions, widths, batch_size, "ARTokenLM")
         return {name: cond.to(self.device, self.dtype) for name, cond in (conditions or {}).items()}, batch_size
 
@@ -417,7 +431,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             values, _ = frame_values(conditions[BEAT], taps, c.frame_rate)  # [B, S, L+1, D]
             step_add = self.beat_proj(values.flatten(2))
             if self.pace_proj is not None:
-                pace, _ = frame_values(visual_pace(conditions[BEAT], c.pace_seconds), lead + start_frame, c.frame_rate)
+                pace, _ = frame_values(pace_condition(conditions, c.pace_seconds, c.pace_map), lead + start_frame, c.frame_rate)
                 step_add = step_add + self.pace_proj(pace)  # [B, S, H]
         fused = FusedConditions.from_tokens(tokens, frame_add=step_add)
         # all-valid masks are dropped: attention then needs no mask at all
@@ -645,15 +659,17 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         conditions: Dict[str, Condition],
         num_frames: int,
         guidance_scale: float = 3.0,
-        top_k: int = 250,
+        top_k: Optional[int] = None,
         top_p: float = 0.0,
-        temperature: float = 1.0,
+        temperature: Optional[float] = None,
         generator: GeneratorArg = None,
         progress_bar: Optional[Callable] = None,
         callback: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample codes ``[B, K, num_frames]`` (ids in ``[0, cardinality)``).
 
+        ``top_k`` / ``temperature``: None takes the model's own (``config.top_k`` / ``config.temperature``,
+        what it was chosen with, as a transformers generation config).
         ``conditions``: ``dict[str, Condition]``; a missing one counts as dropped, and ``B`` comes
         from them (or from a generator list; 1 when both are absent). ``guidance_scale``: CFG
         weight, ``logits = uncond + scale * (cond - uncond)``; 1 turns CFG off. ``generator``: a
@@ -673,6 +689,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             num_frames = None
         if num_frames is None or num_frames < 1:
             raise InputError(f"ARTokenLM.generate: num_frames must be a positive int, got {num_frames!r}")
+        top_k = self.config.top_k if top_k is None else top_k
+        temperature = self.config.temperature if temperature is None else temperature
         values = (guidance_scale, top_k, top_p, temperature)
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values) or not (
             guidance_scale >= 0 and top_k >= 0 and 0 <= top_p <= 1 and temperature >= 0 and top_k == int(top_k)

@@ -11,9 +11,10 @@ latent frame, at the codec's frame rate), conditioned on
   of the self-attention sequence) or ``"adaln"`` (resampled likewise, embedded with a little
   temporal context and added to the timestep embedding of each frame, so it modulates every
   block frame by frame: a pathway the denoiser cannot ignore as easily as one summed input).
-  With ``pace_seconds > 0`` the video's local pace (:func:`~vmas_diffusion.conditions.visual_pace`,
-  read off the beat condition) enters each frame the beat's way ("sum" or "adaln"): whether the
-  video is calm or busy there, so how dense the music should be.
+  With ``pace_seconds > 0`` a local pace (:func:`~vmas_diffusion.conditions.pace_condition`: the
+  ``"pace"`` condition when given, which ``pace_source="music"`` training fills with the target
+  music's own; else the video's, read off the beat and mapped by ``pace_map``) enters each frame the
+  beat's way ("sum" or "adaln"): whether the music should be calm or busy there.
 
 Time-aligned condition tokens carry the same sinusoidal position as the latent frame
 at the same instant, so cross-attention can line video events up with music frames.
@@ -53,7 +54,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...conditions import BEAT, PACE_FEATURES, VIDEO, Condition, visual_pace
+from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
 from ...errors import ConfigError, InputError
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
@@ -205,6 +206,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         align_features: str = "clean",
         beat_guidance_scale: Optional[float] = None,
         pace_seconds: float = 0.0,
+        pace_source: str = "video",
+        pace_map: Optional[list] = None,
     ):
         super().__init__()
         self._check_config()
@@ -268,6 +271,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise ConfigError(f"{where}: pace_seconds must be >= 0, and > 0 reads the pace off a beat strength "
                               f"fused per frame (beat_dim=1, beat_fuse in {FRAME_MODES}); got pace_seconds="
                               f"{cfg.pace_seconds}, beat_dim={cfg.beat_dim}, beat_fuse={cfg.beat_fuse!r}")
+        if cfg.pace_source not in PACE_SOURCES:
+            raise ConfigError(f"{where}: pace_source {cfg.pace_source!r}; valid: {', '.join(PACE_SOURCES)}")
+        if (problem := check_pace_map(cfg.pace_map, f"{where}: pace_map")) is not None:
+            raise ConfigError(problem)
         if cfg.align_features not in ALIGN_FEATURES:
             raise ConfigError(f"{where}: align_features {cfg.align_features!r}; valid: {', '.join(ALIGN_FEATURES)}")
         for name in ("cond_dropout", "beat_dropout"):
@@ -421,7 +428,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         if conditions is None:  # None is for "no conditions" elsewhere; here the caller must say {}
             raise InputError("LatentDiT: conditions must be a dict[str, Condition], got NoneType")
         per_frame = [name for name, mode in self.fuse.items() if mode in FRAME_MODES]
-        found = check_conditions(conditions, self.condition_dims, batch_size, "LatentDiT", time_aligned=per_frame)
+        widths = {**self.condition_dims, **({PACE: PACE_FEATURES} if self.pace_proj is not None else {})}
+        found = check_conditions(conditions, widths, batch_size, "LatentDiT", time_aligned=per_frame + [PACE])
         return 1 if found is None else found
 
     def fuse_conditions(
@@ -447,7 +455,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 values, valid = frame_values(cond, frames, self.config.frame_rate)
                 emb = proj(values) * valid[..., None].to(ref.dtype)  # no condition = no contribution
                 if name == BEAT and self.pace_proj is not None:
-                    pace, _ = frame_values(visual_pace(cond, self.config.pace_seconds), frames, self.config.frame_rate)
+                    pace = pace_condition(conditions, self.config.pace_seconds, self.config.pace_map).to(ref.device, ref.dtype)
+                    pace, _ = frame_values(pace, frames, self.config.frame_rate)
                     emb = emb + self.pace_proj(pace)
                 per_frame[mode] = emb if per_frame[mode] is None else per_frame[mode] + emb
                 continue
