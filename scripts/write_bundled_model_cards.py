@@ -47,20 +47,24 @@ CARDS = {
         summary="The bundled offline default of vmas-diffusion: a 1.32 M-parameter autoregressive token LM "
         "(4 layers, 128 wide, sees the visual beat 0.2 s ahead) over a mel + Griffin-Lim codec, conditioned on "
         "a 10 fps video encoder and the visual beat envelope. Small enough to run on a CPU "
-        "(0.28 x real time, one thread); use guidance 6.",
+        "(0.28 x real time, one thread); use guidance 6. It samples at temperature 0.8 (top-k 250, its "
+        "config's `temperature` / `top_k`; `temperature=1.0` in the call or `--temperature 1.0` for the "
+        "weights' full distribution).",
         alignment=HEADER
-        + "| beat cuts (10 clips) | **0.545** | 0.278 (1.96x) | 0.362 (1.51x) | 0.659 |\n"
-        "| motion, cuts every 2-4 beats (45) | **0.472** | 0.278 (1.70x) | 0.376 (1.26x) | 0.528 |\n"
-        "| events on onsets (17) | 0.448 | 0.262 (1.71x) | 0.395 (1.13x) | 0.418 |\n"
-        "| all (86) | 0.405 | 0.241 (1.68x) | 0.329 (1.23x) | 0.459 |\n\n"
-        "(Videos of the music set's fourth version.) Music (86 held-out clips, seeds 0 and 1): FAD 29.7 / "
-        "29.6 (mel statistics, against held-out real music), harmonic share 0.726 / 0.735 (real 0.792), "
-        "sustained pitched share 0.331 / 0.369 (real 0.706); R@5 video to its generated music 0.07 / 0.08 "
-        "(chance 0.06).",
-        limitations="Held notes come out smeared (the 4 x 256 k-means tokens keep about a third of the "
-        "sustained pitched energy); how many onsets it makes does not follow the footage's pace (rank "
-        "correlation 0.04-0.10, real music 0.60); retrieval of real music from video is near chance. "
-        "Float32 only: in float16 its sampled music diverges from float32's.",
+        + "| beat cuts (10 clips) | **0.582** | 0.321 (1.81x) | 0.352 (1.65x) | 0.659 |\n"
+        "| motion, cuts every 2-4 beats (45) | **0.435** | 0.323 (1.35x) | 0.393 (1.11x) | 0.528 |\n"
+        "| events on onsets (17) | 0.419 | 0.350 (1.20x) | 0.334 (1.25x) | 0.418 |\n"
+        "| all (86) | 0.395 | 0.281 (1.41x) | 0.336 (1.18x) | 0.459 |\n\n"
+        "(Videos of the music set's fourth version; at temperature 1.0 the same weights score 0.545 (1.96x, "
+        "1.51x) on beat cuts and 0.472 (1.70x, 1.26x) on motion.) Music (86 held-out clips, seeds 0 and 1): "
+        "FAD 37.4 / 29.1 (mel statistics, against held-out real music; 29.7 / 29.6 at temperature 1.0), "
+        "harmonic share 0.855 / 0.852 (real 0.792), sustained pitched share 0.566 / 0.530 (real 0.706; "
+        "0.331 / 0.369 at temperature 1.0); R@5 video to its generated music 0.06 / 0.09 (chance 0.06).",
+        limitations="Its margin over music made for another video is small on footage whose beats are motion "
+        "and sparse cuts (1.11x; 1.26x at temperature 1.0, which holds fewer notes); how many onsets it makes "
+        "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60); retrieval of "
+        "real music from video is near chance. Float32 only: in float16 its sampled music diverges from "
+        "float32's.",
     ),
     "ldm": dict(
         name="vmas-tiny (latent DiT)",

@@ -175,10 +175,10 @@ def map_pace(pace: Condition, table) -> Condition:
     for f, (xs, ys) in enumerate(table):
         xs, ys = x.new_tensor(xs), x.new_tensor(ys)
         v = x[..., f].clamp(xs[0], xs[-1])
-        hi = torch.searchsorted(xs, v.contiguous()).clamp(1, max(len(xs) - 1, 1)) if len(xs) > 1 else None
-        if hi is None:
+        if len(xs) == 1:  # a constant map
             out.append(ys[0].expand_as(v))
             continue
+        hi = torch.searchsorted(xs, v.contiguous()).clamp(1, len(xs) - 1)
         lo = hi - 1
         w = (v - xs[lo]) / (xs[hi] - xs[lo])
         out.append(ys[lo] + w * (ys[hi] - ys[lo]))
