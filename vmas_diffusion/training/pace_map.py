@@ -23,7 +23,7 @@ def pace_pairs(data_dir, window_seconds: float, max_samples: Optional[int] = Non
     count = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     fps, music_rate = data.video_fps, data.music_frame_rate
     videos, musics = [], []
-    for i, batch in zip(range(count), data):
+    for _, batch in zip(range(count), data):
         if "visual_envelope" not in batch or "onset" not in batch:
             raise InputError(f"{data_dir}: the samples lack 'visual_envelope' or 'onset'; prepare them with this toolkit")
         video = local_pace(Condition(batch["visual_envelope"][..., None].float(), batch["video_mask"], fps), window_seconds)
