@@ -592,3 +592,20 @@ def test_evaluate_real_tiny_pipelines(tmp_path, media):
     assert [m["metrics"]["generated_this_run"] for m in second.results["models"]] == [0, 0]
     assert _quality(second) == _quality(report)
     assert second.results["reference"]["harmonic_share"] == report.results["reference"]["harmonic_share"]
+
+
+def test_evaluate_takes_a_bundled_name_and_the_sampling_of_its_config(tmp_path, media):
+    """``--model vmas-tiny-ar`` is the bundled folder, as for ``generate``; its own temperature (0.8) is what a
+    plain run samples with, and naming it gives the same generations (the cache key differs, the music not)."""
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"video": str(media("bikes.mp4")), "start": 1.0, "end": 2.0, "id": "bikes"}) + "\n")
+    run = lambda out, **kw: run_evaluation(["vmas-tiny-ar"], str(manifest), str(tmp_path / out), seed=0,  # noqa: E731
+                                           guidance_scale=6.0, progress=False, plots=False, **kw)
+    plain = run("plain")
+    assert plain.columns == ["ar (ar)"] and plain.results["models"][0]["metrics"]["generated_this_run"] == 1
+    named = run("named", sampling={"temperature": 0.8})
+    assert _quality(named) == _quality(plain)
+    warmer = run("warmer", sampling={"temperature": 1.0})
+    assert _quality(warmer) != _quality(plain)
+    with pytest.raises(CheckpointError, match="bundled name"):
+        run_evaluation(["vmas-tiny-xyz"], str(manifest), str(tmp_path / "o"), progress=False)

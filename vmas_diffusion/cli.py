@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="print the FAD / BCS / BHS / retrieval table for one or more models")
-    ev.add_argument("--model", action="append", required=True, help="pipeline folder (repeat for an ablation table)")
+    ev.add_argument("--model", action="append", required=True,
+                    help="pipeline folder, bundled name or recipe .yaml (repeat for an ablation table)")
     ev.add_argument("--data", required=True, help="folder of videos or a JSON Lines manifest")
     ev.add_argument("--out", default="eval_out", help="folder for the JSON table, plots and the cache")
     ev.add_argument("--seed", type=seed, default=0)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..defaults import resolve_model
 from ..errors import CheckpointError, InputError, VMASError
 from .analysis import ClipAnalysis, analysis_key, load_analysis, save_analysis
 from .cache import GenerationCache, GenerationRecord, generation_key, model_fingerprint
@@ -542,8 +543,8 @@ def run_evaluation(
     """Evaluate one or more models on a set of videos and write the table.
 
     Args:
-        models: saved pipeline folders (or recipe YAMLs, random weights seeded by ``seed``); one
-            column each, in this order.
+        models: saved pipeline folders, bundled names (``"vmas-tiny-ar"``) or recipe YAMLs (random
+            weights seeded by ``seed``); one column each, in this order.
         data: folder of videos or JSON Lines manifest (see :mod:`vmas_diffusion.evaluation.dataset`).
         out_dir: receives ``evaluation.md``, ``evaluation.json``, ``plots/`` and ``cache/`` (generations
             per model/clip/seed/settings, and clip analyses); re-running in the same folder reuses it.
@@ -590,9 +591,10 @@ def run_evaluation(
         sampling=dict(sampling or {}),
         plots=plots,
     )
+    models = [str(resolve_model(model)) for model in models]  # bundled names ("vmas-tiny-ar") -> their folders
     for model in models:
         if not Path(model).exists():
-            raise CheckpointError(f"model {model} does not exist (give a saved pipeline folder or a recipe .yaml)")
+            raise CheckpointError(f"model {model} does not exist (give a saved pipeline folder, a bundled name or a recipe .yaml)")
     evaluator = Evaluator(
         data, out_dir, config, fad_embedder=fad_embedder, clap_checkpoint=clap_checkpoint,
         max_videos=max_videos, progress=progress, load_pipeline=load_pipeline,
