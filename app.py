@@ -125,7 +125,7 @@ class Settings:
     model: str
     backend: Optional[str]  # None: whatever the model holds
     steps: int
-    guidance_scale: float
+    guidance_scale: Optional[float]  # None: the model's own (default_guidance: 6 AR / 3 LDM for vmas-tiny)
     seed: int
     sync_beats: bool = False  # warp the music onto the visual beats after generation
 
@@ -140,16 +140,16 @@ def check_settings(model, backend, steps, guidance, seed, models: Sequence[str],
     steps = DEFAULT_STEPS if steps is None else steps
     if not (float(steps).is_integer() and 1 <= steps <= limits.max_steps):
         raise InputError(f"steps must be a whole number from 1 to {limits.max_steps}, got {steps!r}")
-    guidance = 3.0 if guidance is None else guidance
-    if not (math.isfinite(guidance) and 1.0 <= guidance <= 20.0):
-        raise InputError(f"guidance must be between 1 and 20, got {guidance!r}")
+    guidance = None if guidance in (None, 0) else guidance  # 0 on the slider: the model's own
+    if guidance is not None and not (math.isfinite(guidance) and 1.0 <= guidance <= 20.0):
+        raise InputError(f"guidance must be 0 (the model's own) or between 1 and 20, got {guidance!r}")
     seed = 0 if seed is None else seed
     if not (float(seed).is_integer() and 0 <= seed < 2**63):
         raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     if sync_beats not in (True, False, None):
         raise InputError(f"sync beats must be on or off, got {sync_beats!r}")
-    return Settings(str(model), None if backend == "auto" else backend, int(steps), float(guidance), int(seed),
-                    bool(sync_beats))
+    return Settings(str(model), None if backend == "auto" else backend, int(steps),
+                    None if guidance is None else float(guidance), int(seed), bool(sync_beats))
 
 
 # ---------------------------------------------------------------------------- models
@@ -311,10 +311,11 @@ def generate(
     def step(done: int, total: int) -> None:
         tell(0.05 + 0.85 * done / max(total, 1), f"generating music ({pipe.backend}) {done}/{total}")
 
+    guidance = defaults.default_guidance(pipe) if settings.guidance_scale is None else settings.guidance_scale
     result = pipe(
         video=str(video_path),
         num_inference_steps=settings.steps,  # a generator without diffusion steps ignores it
-        guidance_scale=settings.guidance_scale,
+        guidance_scale=guidance,
         generator=torch.Generator().manual_seed(settings.seed),
         # a backend with no sampling steps (none bundled) reports no step
         callback_on_step_end=step_reporter(step) if progress is not None and pipe.generator.callback_tensor_inputs else None,
@@ -338,7 +339,7 @@ def generate(
     note = " Random-weight recipe: expect noise, not music." if settings.model in RECIPE_MODELS else ""
     message = (
         f"Wrote {audio.shape[-1] / rate:.1f} s of music for {info.duration:.1f} s of video with {settings.model} "
-        f"({pipe.backend} backend{steps}, guidance {settings.guidance_scale:g}, seed {settings.seed}) in {seconds:.1f} s; "
+        f"({pipe.backend} backend{steps}, guidance {guidance:g}, seed {settings.seed}) in {seconds:.1f} s; "
         f"{len(visual.times)} visual beats.{note}"
     )
     if result.beat_sync is not None:
@@ -409,7 +410,8 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
                 with gr.Row():
                     steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Diffusion steps (ldm)",
                                       elem_id="steps")
-                    guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="Guidance")
+                    guidance = gr.Slider(0.0, 10.0, value=0.0, step=0.5, label="Guidance",
+                                         info="0: the model's own (vmas-tiny: 6 ar, 3 ldm)")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                 sync_beats = gr.Checkbox(value=False, label="Sync beats to the video", elem_id="sync-beats",
                                          info="after generating, warp the music (at most ±15 % locally, length kept) "
@@ -422,7 +424,7 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
                 audio_out = gr.Audio(label="Music", type="filepath", elem_id="audio-out", interactive=False)
                 plot_out = gr.Image(label="Beat alignment", type="filepath", elem_id="plot-out", interactive=False)
         gr.Examples(
-            examples=[[str(DEMO_CLIP), models[0], "auto", DEFAULT_STEPS, 3.0, 0, False]],
+            examples=[[str(DEMO_CLIP), models[0], "auto", DEFAULT_STEPS, 0.0, 0, False]],
             inputs=[video_in, model, backend, steps, guidance, seed, sync_beats],
             label="Example (a 6 s bike clip with three scene cuts)",
             cache_examples=False,

@@ -126,13 +126,15 @@ def test_check_settings_normalises_and_refuses():
     s = vmas_app.check_settings(LDM, "auto", 4.0, 2.5, 7.0, models, LIMITS)
     assert s == vmas_app.Settings(LDM, None, 4, 2.5, 7)
     assert isinstance(s.steps, int) and isinstance(s.seed, int)
-    assert vmas_app.check_settings(LDM, "ldm", None, None, None, models, LIMITS) == vmas_app.Settings(LDM, "ldm", 25, 3.0, 0)
+    # no guidance, or 0 on the slider: the model's own (the bundled AR's 6, not a generic 3)
+    assert vmas_app.check_settings(LDM, "ldm", None, None, None, models, LIMITS) == vmas_app.Settings(LDM, "ldm", 25, None, 0)
+    assert vmas_app.check_settings(LDM, "ldm", None, 0, None, models, LIMITS).guidance_scale is None
     bad = [
         (("nope", "auto", 4, 3.0, 0), "unknown model 'nope'"),
         ((LDM, "gan", 4, 3.0, 0), "unknown backend 'gan'"),
         ((LDM, "auto", 51, 3.0, 0), "steps must be a whole number from 1 to 50"),
         ((LDM, "auto", 2.5, 3.0, 0), "steps must be"),
-        ((LDM, "auto", 4, float("nan"), 0), "guidance must be between 1 and 20"),
+        ((LDM, "auto", 4, float("nan"), 0), "guidance must be 0 .the model's own. or between 1 and 20"),
         ((LDM, "auto", 4, 0.5, 0), "guidance must be"),
         ((LDM, "auto", 4, 3.0, -1), "seed must be"),
     ]
@@ -331,6 +333,15 @@ def test_handle_request_with_the_ar_backend(tmp_path):
     )
     assert status.startswith("**Done.**") and "(ar backend, guidance 3" in status, status
     assert probe_video(video).has_audio and Path(audio).is_file() and Path(plot).is_file()
+
+
+def test_the_page_uses_the_bundled_models_own_guidance_by_default(tmp_path):
+    """The slider's 0 is the guidance the bundled AR was chosen with (6), as on the command line."""
+    video, audio, plot, status = vmas_app.handle_request(
+        str(DEMO), "vmas-tiny", "auto", 25, 0.0, 0, models=["vmas-tiny"], pipes=vmas_app.PipelineCache(),
+        limits=LIMITS, out_root=tmp_path,
+    )
+    assert status.startswith("**Done.**") and "(ar backend, guidance 6" in status, status
 
 
 def test_build_demo_wires_the_page():
