@@ -177,6 +177,36 @@ def test_best_of_n_keeps_the_best_scoring_candidate_deterministically(pipe):
     assert scores.similarity[scores.selected] == pytest.approx(similarity, abs=1e-5)
 
 
+def test_best_of_n_keeps_the_candidate_as_busy_as_the_video_asks():
+    """With a pace map, of candidates that hit the (no) visual beats alike the one whose onset rate is the
+    video's pace on the music's scale is kept: a calm map picks the calm candidate, a busy one the busy."""
+    from types import SimpleNamespace
+
+    from vmas_diffusion.beats.visual import VisualBeats
+    from vmas_diffusion.pipelines.video_to_music.alignment import select_candidates
+
+    seconds = 8.0
+    candidates = [torch.from_numpy(_clicks(np.arange(0.1, seconds, period), seconds)).float()[None, None]
+                  for period in (1 / 1.5, 1 / 6.0)]  # N of (B=1, C=1, S): 1.5 and 6 onsets a second
+    envelope = np.zeros(int(seconds * FPS), np.float32)
+    envelope[::5] = 1.0  # the video: 2 beats a second (none found as times, so both candidates hit nothing)
+    analysis = VisualBeats(times=np.zeros(0), envelope=envelope, fps=FPS, cuts=np.zeros(0))
+
+    def kept(table):
+        pipe = SimpleNamespace(sample_rate=RATE, contrastive_head=None, codec=SimpleNamespace(frame_rate=50.0),
+                               generator=SimpleNamespace(config={"pace_map": table, "pace_seconds": 0.0}))
+        _, (scores,), _ = select_candidates(pipe, candidates, [analysis], [], 1)
+        return scores
+
+    strength = [[0.0, 1.0], [0.0, 1.0]]  # the second feature (mean strength) is not scored
+    calm, busy = kept([[[0.0, 10.0], [0.0, 7.5]], strength]), kept([[[0.0, 10.0], [0.0, 30.0]], strength])
+    assert calm.target_pace == pytest.approx(1.5, rel=0.15) and busy.target_pace == pytest.approx(6.0, rel=0.15)
+    assert calm.pace[0] < calm.pace[1] and calm.bhs[0] == calm.bhs[1]
+    assert (calm.selected, busy.selected) == (0, 1)
+    plain = kept(None)  # no map: no pace term, the tie goes to the first
+    assert plain.pace is None and plain.target_pace is None and plain.selected == 0
+
+
 def test_pipeline_sync_beats_reports_the_warp_and_keeps_the_length(pipe):
     plain = _run(pipe)
     out = _run(pipe, sync_beats=True, max_stretch=0.1)

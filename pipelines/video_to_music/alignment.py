@@ -4,14 +4,18 @@
 per candidate, the same ``generator`` consumed in turn, so candidate 0 is what ``N = 1`` gives
 and a seed fixes all N) and the candidate with the highest
 
-    score = BHS + SIMILARITY_WEIGHT * cosine
+    score = BHS + SIMILARITY_WEIGHT * cosine - PACE_WEIGHT * |log((1 + music pace) / (1 + target pace))|
 
 is kept, where BHS is the window-form Beat Hit Score (0.1 s) of the candidate's beats
 (:func:`~vmas_diffusion.beats.music_beats`) against the video's visual beats, and cosine the
 pipeline's contrastive video-music similarity (``embed_video`` / ``embed_music``; left out for a
 pipeline without a contrastive head or a video given as ``video_embeds`` only). BHS is in [0, 1]
 and moves by 1 / (visual beats) per hit; the weight makes a cosine gap of 0.2 worth one hit in
-ten. Ties go to the lower index.
+ten. The pace term is there when the generator has a ``pace_map`` (the video's pace put on its
+training music's scale, :func:`~vmas_diffusion.conditions.fit_pace_map`): the music pace is the
+beats per second of the candidate's onset envelope, the target that of the video's beat envelope
+mapped, both clip means of :func:`~vmas_diffusion.conditions.local_pace`; so of candidates that
+hit the beats alike, the one as busy as music for such a video is kept. Ties go to the lower index.
 
 **Beat sync** (``sync_beats=True``): :func:`~vmas_diffusion.beats.sync.sync_to_beats` on the kept
 waveform, with the visual beats its video was conditioned on.
@@ -27,9 +31,14 @@ import torch
 
 from vmas_diffusion.beats import beat_scores
 from vmas_diffusion.beats.sync import BeatSync, check_max_stretch, sync_to_beats
+from vmas_diffusion.conditions import Condition, local_pace, map_pace
 from vmas_diffusion.errors import InputError
 
 SIMILARITY_WEIGHT = 0.5
+PACE_WEIGHT = 0.5
+#: the window of the pace measures when the generator has none of its own (``pace_seconds``); its
+#: ``pace_map`` is fitted over the same window (``train_vmas_tiny.py restage``)
+PACE_SECONDS = 4.0
 BEAT_TOLERANCE = 0.1  # seconds, the BHS window
 
 
@@ -41,13 +50,18 @@ class CandidateScores:
         selected: index of the kept candidate.
         bhs: float64 ``(N,)`` BHS (window) of each candidate against the visual beats.
         similarity: float64 ``(N,)`` contrastive video-music cosine, or None without a contrastive head.
-        score: float64 ``(N,)`` ``bhs + SIMILARITY_WEIGHT * similarity`` (``bhs`` alone without similarity).
+        score: float64 ``(N,)`` the module docstring's score (the terms there are).
+        pace: float64 ``(N,)`` each candidate's music pace (beats per second of its onset envelope), or
+            None without a pace map.
+        target_pace: the video's pace on the music's scale, or None without a pace map.
     """
 
     selected: int
     bhs: np.ndarray
     similarity: Optional[np.ndarray]
     score: np.ndarray
+    pace: Optional[np.ndarray] = None
+    target_pace: Optional[float] = None
 
     def summary(self) -> dict:
         return {
@@ -55,6 +69,8 @@ class CandidateScores:
             "bhs": [float(x) for x in self.bhs],
             "similarity": None if self.similarity is None else [float(x) for x in self.similarity],
             "score": [float(x) for x in self.score],
+            "pace": None if self.pace is None else [float(x) for x in self.pace],
+            "target_pace": self.target_pace,
         }
 
 
@@ -73,18 +89,31 @@ def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
     return [pipe._embed_prepared_video(p, pipe.contrastive_head) for p in prepared]
 
 
+def _mean_pace(envelope, frame_rate: float, window_seconds: float, table=None) -> float:
+    """Beats per second of an envelope ``(T,)``, the clip mean of :func:`local_pace` (through ``table``)."""
+    strength = torch.as_tensor(np.asarray(envelope, np.float32))[None, :, None]
+    pace = local_pace(Condition(strength, torch.ones(strength.shape[:2], dtype=torch.bool), frame_rate), window_seconds)
+    return float(map_pace(pace, table).tensor[0, :, 0].mean())
+
+
 def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int):
     """``(kept audio (B, C, S), [CandidateScores per waveform], [MusicBeats of each kept waveform])`` from
     ``candidates`` (N of ``(B, C, S)``); the beats spare :func:`sync_waveforms` tracking them again."""
-    from vmas_diffusion.beats.music import music_beats  # librosa: only when candidates are scored
+    from vmas_diffusion.beats.music import music_beats, onset_envelope  # librosa: only when candidates are scored
 
     sample_rate = pipe.sample_rate
     videos = _video_embeddings(pipe, prepared)
+    config = pipe.generator.config
+    table, window = config.get("pace_map"), float(config.get("pace_seconds") or PACE_SECONDS)
+    music_rate = float(pipe.codec.frame_rate)  # the map's music side: the shards' onset envelope, at the codec's rate
     kept, reports, kept_beats = [], [], []
     for b in range(candidates[0].shape[0]):
         v = b // num_waveforms_per_video
         visual = np.zeros(0) if analyses[v] is None else np.asarray(analyses[v].times, np.float64)
-        bhs, sim, beats = [], [], []
+        target = None
+        if table is not None and analyses[v] is not None:
+            target = _mean_pace(analyses[v].envelope, analyses[v].fps, window, table)
+        bhs, sim, beats, pace = [], [], [], []
         for audio in candidates:
             wav = audio[b].numpy()
             duration = wav.shape[-1] / sample_rate
@@ -92,12 +121,17 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
             bhs.append(beat_scores(beats[-1].times, visual, duration, BEAT_TOLERANCE)["bhs_window"])
             if videos is not None:
                 sim.append(float(torch.dot(videos[v], pipe.embed_music(wav, sample_rate).to(videos[v].device))))
+            if target is not None:
+                pace.append(_mean_pace(onset_envelope(wav, sample_rate, music_rate), music_rate, window))
         bhs_a = np.asarray(bhs, np.float64)
         sim_a = np.asarray(sim, np.float64) if videos is not None else None
-        score = bhs_a + SIMILARITY_WEIGHT * sim_a if sim_a is not None else bhs_a
+        pace_a = np.asarray(pace, np.float64) if target is not None else None
+        score = bhs_a + SIMILARITY_WEIGHT * sim_a if sim_a is not None else bhs_a.copy()
+        if pace_a is not None:
+            score -= PACE_WEIGHT * np.abs(np.log((1.0 + pace_a) / (1.0 + target)))
         best = int(np.argmax(score))  # the first of equal scores
         kept.append(candidates[best][b])
-        reports.append(CandidateScores(best, bhs_a, sim_a, score))
+        reports.append(CandidateScores(best, bhs_a, sim_a, score, pace_a, target))
         kept_beats.append(beats[best])
     return torch.stack(kept), reports, kept_beats
 
