@@ -195,7 +195,7 @@ def test_best_of_n_keeps_the_candidate_as_busy_as_the_video_asks():
     def kept(table):
         pipe = SimpleNamespace(sample_rate=RATE, contrastive_head=None, codec=SimpleNamespace(frame_rate=50.0),
                                generator=SimpleNamespace(config={"pace_map": table, "pace_seconds": 0.0}))
-        _, (scores,), _ = select_candidates(pipe, candidates, [analysis], [], 1)
+        _, (scores,), _ = select_candidates(pipe, candidates, [analysis], [], 1, pace_weight=0.0 if table is None else 1.0)
         return scores
 
     strength = [[0.0, 1.0], [0.0, 1.0]]  # the second feature (mean strength) is not scored
@@ -203,8 +203,12 @@ def test_best_of_n_keeps_the_candidate_as_busy_as_the_video_asks():
     assert calm.target_pace == pytest.approx(1.5, rel=0.15) and busy.target_pace == pytest.approx(6.0, rel=0.15)
     assert calm.pace[0] < calm.pace[1] and calm.bhs[0] == calm.bhs[1]
     assert (calm.selected, busy.selected) == (0, 1)
-    plain = kept(None)  # no map: no pace term, the tie goes to the first
+    plain = kept(None)  # no pace term: the tie goes to the first
     assert plain.pace is None and plain.target_pace is None and plain.selected == 0
+    pipe = SimpleNamespace(sample_rate=RATE, contrastive_head=None, codec=SimpleNamespace(frame_rate=50.0),
+                           generator=SimpleNamespace(config={"pace_seconds": 0.0}))
+    with pytest.raises(InputError, match="pace_map"):
+        select_candidates(pipe, candidates, [analysis], [], 1, pace_weight=1.0)
 
 
 def test_pipeline_sync_beats_reports_the_warp_and_keeps_the_length(pipe):
@@ -240,6 +244,8 @@ def test_sync_without_visual_beats_returns_the_music_with_a_reason(pipe):
     ({"num_candidates": -2}, "num_candidates"),
     ({"num_candidates": 1.5}, "num_candidates"),
     ({"num_candidates": True}, "num_candidates"),
+    ({"num_candidates": 2, "pace_weight": -1.0}, "pace_weight"),
+    ({"num_candidates": 2, "pace_weight": float("nan")}, "pace_weight"),
     ({"sync_beats": "yes"}, "sync_beats"),
     ({"sync_beats": True, "max_stretch": 1.5}, "max_stretch"),
     ({"max_stretch": 0}, "max_stretch"),
@@ -260,7 +266,8 @@ def test_cli_generate_with_sync_and_candidates(media, tmp_path, capsys):
     assert main(args + ["--sync-beats", "--max-stretch", "0.1", "--candidates", "2"]) == 0
     err = capsys.readouterr().err
     assert out.is_file() and "best of 2 candidates: kept #" in err and "beat sync" in err
-    for extra, needle in ((["--candidates", "0"], "num_candidates"), (["--sync-beats", "--max-stretch", "2"], "max_stretch")):
+    for extra, needle in ((["--candidates", "0"], "num_candidates"), (["--sync-beats", "--max-stretch", "2"], "max_stretch"),
+                          (["--candidates", "2", "--pace-weight", "1"], "pace_map")):  # a random recipe has no pace map
         assert main(args + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("vmas-diffusion: error:") and needle in err[0]

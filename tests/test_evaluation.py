@@ -533,6 +533,12 @@ def test_sampling_options_reach_the_pipeline_and_key_the_cache(tmp_path, eval_ma
     assert cool.results["models"][0]["metrics"]["generated_this_run"] == 3
     assert json.loads(Path(cool.json_path).read_text())["settings"]["sampling"] == {"temperature": 0.8, "top_k": 50}
     assert run(sampling={"top_k": 50, "temperature": 0.8}).results["models"][0]["metrics"]["generated_this_run"] == 0
+    # best-of-N's pace term reaches the pipeline and the cache key too
+    FakePipeline.sampling = []
+    run(num_candidates=2, pace_weight=1.0)
+    assert FakePipeline.sampling == [{"num_candidates": 2, "pace_weight": 1.0}] * 3
+    with pytest.raises(InputError, match="pace_weight"):
+        run(num_candidates=2, pace_weight=-1.0)
 
 
 def test_run_evaluation_bad_inputs(tmp_path, eval_manifest):

@@ -103,8 +103,9 @@ def cmd_generate(args) -> int:
 def alignment_kwargs(args) -> dict:
     """The pipeline's best-of-N and beat-sync arguments from the command line (its defaults where not given)."""
     kwargs = {"num_candidates": args.candidates, "sync_beats": args.sync_beats}
-    if args.max_stretch is not None:
-        kwargs["max_stretch"] = args.max_stretch
+    for name in ("max_stretch", "pace_weight"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     return kwargs
 
 
@@ -205,6 +206,8 @@ def _add_generation_options(parser) -> None:
                         help="with --sync-beats: the most a stretch may differ from 1 (default 0.15 = ±15%%)")
     parser.add_argument("--candidates", type=int, default=1, metavar="N",
                         help="generate N and keep the one with the best beat hits and video-music similarity")
+    parser.add_argument("--pace-weight", type=float, metavar="W",
+                        help="with --candidates: also prefer music as busy as the video's pace asks (1.0 measured; default 0)")
     parser.add_argument("--temperature", type=float,
                         help="AR backend: token sampling temperature (default the model's; lower: steadier, more held notes)")
     parser.add_argument("--top-k", type=int, help="AR backend: sample among the k likeliest codes (default the model's)")

@@ -4,17 +4,19 @@
 per candidate, the same ``generator`` consumed in turn, so candidate 0 is what ``N = 1`` gives
 and a seed fixes all N) and the candidate with the highest
 
-    score = BHS + SIMILARITY_WEIGHT * cosine - PACE_WEIGHT * |log((1 + music pace) / (1 + target pace))|
+    score = BHS + SIMILARITY_WEIGHT * cosine - pace_weight * |log((1 + music pace) / (1 + target pace))|
 
 is kept, where BHS is the window-form Beat Hit Score (0.1 s) of the candidate's beats
 (:func:`~vmas_diffusion.beats.music_beats`) against the video's visual beats, and cosine the
 pipeline's contrastive video-music similarity (``embed_video`` / ``embed_music``; left out for a
 pipeline without a contrastive head or a video given as ``video_embeds`` only). BHS is in [0, 1]
 and moves by 1 / (visual beats) per hit; the weight makes a cosine gap of 0.2 worth one hit in
-ten. The pace term is there when the generator has a ``pace_map`` (the video's pace put on its
+ten. The pace term (``pace_weight > 0``, off by default) needs a generator with a ``pace_map`` (the video's pace put on its
 training music's scale, :func:`~vmas_diffusion.conditions.fit_pace_map`): the music pace is the
-beats per second of the candidate's onset envelope, the target that of the video's beat envelope
-mapped, both clip means of :func:`~vmas_diffusion.conditions.local_pace`; so of candidates that
+candidate's onsets per second (its tracked ``onsets``), the target the video's beats per second (clip
+mean of :func:`~vmas_diffusion.conditions.local_pace` of its beat envelope) through the map, whose
+music side (beats per second of the training music's onset envelope) runs close to the onset rate
+(0.85x on real validation music, rank correlation 0.77); so of candidates that
 hit the beats alike, the one as busy as music for such a video is kept. Ties go to the lower index.
 
 **Beat sync** (``sync_beats=True``): :func:`~vmas_diffusion.beats.sync.sync_to_beats` on the kept
@@ -35,7 +37,6 @@ from vmas_diffusion.conditions import Condition, local_pace, map_pace
 from vmas_diffusion.errors import InputError
 
 SIMILARITY_WEIGHT = 0.5
-PACE_WEIGHT = 1.0  # chosen on validation (docs/alignment_results.md): rank corr. pace-onsets 0.56 at N = 4
 #: the window of the pace measures when the generator has none of its own (``pace_seconds``); its
 #: ``pace_map`` is fitted over the same window (``train_vmas_tiny.py restage``)
 PACE_SECONDS = 4.0
@@ -51,7 +52,7 @@ class CandidateScores:
         bhs: float64 ``(N,)`` BHS (window) of each candidate against the visual beats.
         similarity: float64 ``(N,)`` contrastive video-music cosine, or None without a contrastive head.
         score: float64 ``(N,)`` the module docstring's score (the terms there are).
-        pace: float64 ``(N,)`` each candidate's music pace (beats per second of its onset envelope), or
+        pace: float64 ``(N,)`` each candidate's onsets per second, or
             None without a pace map.
         target_pace: the video's pace on the music's scale, or None without a pace map.
     """
@@ -74,9 +75,11 @@ class CandidateScores:
         }
 
 
-def check_alignment_inputs(num_candidates, sync_beats, max_stretch) -> None:
+def check_alignment_inputs(num_candidates, sync_beats, max_stretch, pace_weight=0.0) -> None:
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise InputError(f"`num_candidates` must be an integer >= 1, got {num_candidates!r}")
+    if isinstance(pace_weight, bool) or not isinstance(pace_weight, (int, float)) or not 0 <= pace_weight < float("inf"):
+        raise InputError(f"`pace_weight` must be a finite number >= 0, got {pace_weight!r}")
     if not isinstance(sync_beats, bool):
         raise InputError(f"`sync_beats` must be True or False, got {sync_beats!r}")
     check_max_stretch(max_stretch)
@@ -89,23 +92,36 @@ def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
     return [pipe._embed_prepared_video(p, pipe.contrastive_head) for p in prepared]
 
 
-def _mean_pace(envelope, frame_rate: float, window_seconds: float, table=None) -> float:
-    """Beats per second of an envelope ``(T,)``, the clip mean of :func:`local_pace` (through ``table``)."""
+def pace_table(generator, pace_weight: float) -> Optional[list]:
+    """The generator's ``pace_map`` when the pace term is on, None when it is off; InputError when it is on
+    and the generator has no map."""
+    if not pace_weight:
+        return None
+    table = generator.config.get("pace_map")
+    if table is None:
+        raise InputError("`pace_weight` scores the music's pace against the video's, which needs a generator with a "
+                         "pace_map (the bundled models have one; train_vmas_tiny.py restage fits it)")
+    return table
+
+
+def _mean_pace(envelope, frame_rate: float, window_seconds: float, table) -> float:
+    """Beats per second of an envelope ``(T,)``, the clip mean of :func:`local_pace` through ``table``."""
     strength = torch.as_tensor(np.asarray(envelope, np.float32))[None, :, None]
     pace = local_pace(Condition(strength, torch.ones(strength.shape[:2], dtype=torch.bool), frame_rate), window_seconds)
     return float(map_pace(pace, table).tensor[0, :, 0].mean())
 
 
-def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int):
+def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, num_waveforms_per_video: int,
+                      pace_weight: float = 0.0):
     """``(kept audio (B, C, S), [CandidateScores per waveform], [MusicBeats of each kept waveform])`` from
-    ``candidates`` (N of ``(B, C, S)``); the beats spare :func:`sync_waveforms` tracking them again."""
-    from vmas_diffusion.beats.music import music_beats, onset_envelope  # librosa: only when candidates are scored
+    ``candidates`` (N of ``(B, C, S)``); the beats spare :func:`sync_waveforms` tracking them again.
+    ``pace_weight > 0`` with a generator without a ``pace_map`` raises InputError."""
+    from vmas_diffusion.beats.music import music_beats  # librosa: only when candidates are scored
 
     sample_rate = pipe.sample_rate
     videos = _video_embeddings(pipe, prepared)
     config = pipe.generator.config
-    table, window = config.get("pace_map"), float(config.get("pace_seconds") or PACE_SECONDS)
-    music_rate = float(pipe.codec.frame_rate)  # the map's music side: the shards' onset envelope, at the codec's rate
+    table, window = pace_table(pipe.generator, pace_weight), float(config.get("pace_seconds") or PACE_SECONDS)
     kept, reports, kept_beats = [], [], []
     for b in range(candidates[0].shape[0]):
         v = b // num_waveforms_per_video
@@ -122,13 +138,13 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
             if videos is not None:
                 sim.append(float(torch.dot(videos[v], pipe.embed_music(wav, sample_rate).to(videos[v].device))))
             if target is not None:
-                pace.append(_mean_pace(onset_envelope(wav, sample_rate, music_rate), music_rate, window))
+                pace.append(len(beats[-1].onsets) / duration)
         bhs_a = np.asarray(bhs, np.float64)
         sim_a = np.asarray(sim, np.float64) if videos is not None else None
         pace_a = np.asarray(pace, np.float64) if target is not None else None
         score = bhs_a + SIMILARITY_WEIGHT * sim_a if sim_a is not None else bhs_a.copy()
         if pace_a is not None:
-            score -= PACE_WEIGHT * np.abs(np.log((1.0 + pace_a) / (1.0 + target)))
+            score -= pace_weight * np.abs(np.log((1.0 + pace_a) / (1.0 + target)))
         best = int(np.argmax(score))  # the first of equal scores
         kept.append(candidates[best][b])
         reports.append(CandidateScores(best, bhs_a, sim_a, score, pace_a, target))

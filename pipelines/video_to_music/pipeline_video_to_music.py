@@ -32,7 +32,7 @@ from vmas_diffusion.models.generators import MusicGenerator
 from vmas_diffusion.models.generators.base import onload
 from vmas_diffusion.models.video_encoder import TemporalVideoEncoder
 
-from .alignment import CandidateScores, check_alignment_inputs, select_candidates, sync_waveforms
+from .alignment import CandidateScores, check_alignment_inputs, pace_table, select_candidates, sync_waveforms
 
 VideoInput = Union[str, Path, np.ndarray, torch.Tensor]
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -425,6 +425,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         num_candidates: int = 1,
         sync_beats: bool = False,
         max_stretch: float = DEFAULT_MAX_STRETCH,
+        pace_weight: float = 0.0,
         **generation_kwargs,
     ):
         """Write music for ``video``.
@@ -461,6 +462,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             sync_beats: warp the music's time so its beats land on the visual beats
                 (:func:`~vmas_diffusion.beats.sync.sync_to_beats`, length kept); report in ``beat_sync``.
             max_stretch: the most a stretch of the music may differ from 1 under ``sync_beats`` (0.15 = ±15 %).
+            pace_weight: with ``num_candidates > 1``, also prefer the candidate whose onset rate is the video's pace
+                on the music's scale (the generator's ``pace_map``; :mod:`.alignment`); 0 = beats and similarity only.
             generation_kwargs: passed to the generator (AR: ``top_k``, ``top_p``, ``temperature``).
         """
         # 1. check inputs
@@ -468,7 +471,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         _check_generator_arg(generator)
         _check_generation_kwargs(self.generator, generation_kwargs)
         videos = [] if video is None else (list(video) if isinstance(video, (list, tuple)) else [video])
-        check_alignment_inputs(num_candidates, sync_beats, max_stretch)
+        check_alignment_inputs(num_candidates, sync_beats, max_stretch, pace_weight)
+        pace_table(self.generator, pace_weight)  # a pace term without a pace map fails before any work
         # every candidate is music written: the limit counts them all
         batch = num_candidates * num_waveforms_per_video * (len(videos) or _embeds_batch(video_embeds))
         check_lengths(videos, fps, duration, max_music_seconds, max_video_seconds, batch)
@@ -518,7 +522,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         scores = syncs = kept_beats = None
         audio = candidates[0]
         if num_candidates > 1:
-            audio, scores, kept_beats = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video)
+            audio, scores, kept_beats = select_candidates(self, candidates, analyses, prepared, num_waveforms_per_video,
+                                                         pace_weight)
         if sync_beats:
             audio, syncs = sync_waveforms(audio, self.sample_rate, analyses, num_waveforms_per_video, max_stretch,
                                           kept_beats)

@@ -69,6 +69,7 @@ class EvaluationConfig:
     guidance_scale: float = 3.0
     duration: Optional[float] = None
     num_candidates: int = 1  # best-of-N in the pipeline call
+    pace_weight: float = 0.0  # best-of-N's pace term
     sync_beats: bool = False  # warp each generation onto the pipeline's visual beats (beats.sync)
     max_stretch: Optional[float] = None  # beat sync's limit; None: its default
     sampling: dict[str, Any] = field(default_factory=dict)  # the generator's own options (AR: top_k, temperature)
@@ -88,6 +89,8 @@ class EvaluationConfig:
         }
         if self.num_candidates != 1:  # only when used, so the keys of plain generations stay as they were
             kwargs["num_candidates"] = int(self.num_candidates)
+        if self.pace_weight:
+            kwargs["pace_weight"] = float(self.pace_weight)
         return {**kwargs, **self.sampling}
 
     def sync_kwargs(self) -> dict[str, Any]:
@@ -534,6 +537,7 @@ def run_evaluation(
     progress: bool = True,
     *,
     num_candidates: int = 1,
+    pace_weight: float = 0.0,
     sync_beats: bool = False,
     max_stretch: float | None = None,
     sampling: Optional[dict[str, Any]] = None,
@@ -557,7 +561,7 @@ def run_evaluation(
         progress: tqdm bars on stderr.
         plots: write the alignment and offset PNGs.
         num_candidates: best-of-N in every pipeline call (part of the cache key; N > 1 adds the
-            kept and the mean candidate's BHS rows).
+            kept and the mean candidate's BHS rows); ``pace_weight``: its pace term (``pipe(pace_weight=...)``).
         sync_beats, max_stretch: warp every generation onto the pipeline's visual beats, as
             ``pipe(sync_beats=True)`` does (part of the cache key); adds the BHS-before-sync and
             stretch rows.
@@ -576,6 +580,8 @@ def run_evaluation(
         raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise InputError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    if isinstance(pace_weight, bool) or not isinstance(pace_weight, (int, float)) or not 0 <= pace_weight < float("inf"):
+        raise InputError(f"pace_weight must be a finite number >= 0, got {pace_weight!r}")
     if max_stretch is not None:
         from ..beats.sync import check_max_stretch
 
@@ -586,6 +592,7 @@ def run_evaluation(
         guidance_scale=float(guidance_scale),
         duration=None if duration is None else float(duration),
         num_candidates=num_candidates,
+        pace_weight=pace_weight,
         sync_beats=bool(sync_beats),
         max_stretch=max_stretch,
         sampling=dict(sampling or {}),
