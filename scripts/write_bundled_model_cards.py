@@ -62,7 +62,8 @@ CARDS = {
         "0.331 / 0.369 at temperature 1.0); R@5 video to its generated music 0.06 / 0.09 (chance 0.06).",
         limitations="Its margin over music made for another video is small on footage whose beats are motion "
         "and sparse cuts (1.11x; 1.26x at temperature 1.0, which holds fewer notes); how many onsets it makes "
-        "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60); retrieval of "
+        "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60) unless best-of-N "
+        "picks for it (`num_candidates=4, pace_weight=1`: 0.44-0.58, four times the cost); retrieval of "
         "real music from video is near chance. Float32 only: in float16 its sampled music diverges from "
         "float32's.",
     ),

@@ -11,13 +11,14 @@ is kept, where BHS is the window-form Beat Hit Score (0.1 s) of the candidate's 
 pipeline's contrastive video-music similarity (``embed_video`` / ``embed_music``; left out for a
 pipeline without a contrastive head or a video given as ``video_embeds`` only). BHS is in [0, 1]
 and moves by 1 / (visual beats) per hit; the weight makes a cosine gap of 0.2 worth one hit in
-ten. The pace term (``pace_weight > 0``, off by default) needs a generator with a ``pace_map`` (the video's pace put on its
-training music's scale, :func:`~vmas_diffusion.conditions.fit_pace_map`): the music pace is the
-candidate's onsets per second (its tracked ``onsets``), the target the video's beats per second (clip
-mean of :func:`~vmas_diffusion.conditions.local_pace` of its beat envelope) through the map, whose
-music side (beats per second of the training music's onset envelope) runs close to the onset rate
-(0.85x on real validation music, rank correlation 0.77); so of candidates that
-hit the beats alike, the one as busy as music for such a video is kept. Ties go to the lower index.
+ten. The pace term (``pace_weight > 0``, off by default) needs a generator with a ``pace_map``
+(the video's pace put on its training music's scale, :func:`~vmas_diffusion.conditions.fit_pace_map`):
+the music pace is the candidate's onsets per second (its tracked ``onsets``), the target the video's
+beats per second (clip mean of :func:`~vmas_diffusion.conditions.local_pace` of its beat envelope)
+through the map, whose music side (beats per second of the training music's onset envelope) runs
+close to the onset rate (0.85x on real validation music, rank correlation 0.77). So of candidates
+that hit the beats alike, the one as busy as music for such a video is kept. Ties go to the lower
+index.
 
 **Beat sync** (``sync_beats=True``): :func:`~vmas_diffusion.beats.sync.sync_to_beats` on the kept
 waveform, with the visual beats its video was conditioned on.
@@ -51,7 +52,7 @@ class CandidateScores:
         selected: index of the kept candidate.
         bhs: float64 ``(N,)`` BHS (window) of each candidate against the visual beats.
         similarity: float64 ``(N,)`` contrastive video-music cosine, or None without a contrastive head.
-        score: float64 ``(N,)`` the module docstring's score (the terms there are).
+        score: float64 ``(N,)`` the module docstring's score, of the terms that apply.
         pace: float64 ``(N,)`` each candidate's onsets per second, or
             None without a pace map.
         target_pace: the video's pace on the music's scale, or None without a pace map.
