@@ -578,14 +578,11 @@ def run_evaluation(
         raise InputError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     if duration is not None and not (np.isfinite(duration) and duration > 0):
         raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-        raise InputError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
-    if isinstance(pace_weight, bool) or not isinstance(pace_weight, (int, float)) or not 0 <= pace_weight < float("inf"):
-        raise InputError(f"pace_weight must be a finite number >= 0, got {pace_weight!r}")
-    if max_stretch is not None:
-        from ..beats.sync import check_max_stretch
+    from ..beats.sync import DEFAULT_MAX_STRETCH
+    from ..pipelines.video_to_music.alignment import check_alignment_inputs  # the pipeline's own checks of them
 
-        check_max_stretch(max_stretch)
+    check_alignment_inputs(num_candidates, bool(sync_beats), DEFAULT_MAX_STRETCH if max_stretch is None else max_stretch,
+                           pace_weight)
     config = EvaluationConfig(
         seed=int(seed),
         num_inference_steps=num_inference_steps,
