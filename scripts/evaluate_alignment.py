@@ -50,17 +50,40 @@ def generate_unconditional(pipe, seconds: float, seed: int, steps: Optional[int]
     return audio[0, :, : int(round(seconds * pipe.sample_rate))].float().clamp(-1, 1).numpy()
 
 
+def real_music_retrieval(pipe, clips, args) -> dict:
+    """``{"retrieval": R@1, R@5, chance, pairs}`` of windows of the clips' REAL music from their videos'
+    windows (``{}`` when ``--retrieval-seconds`` is shorter than a window)."""
+    import torch
+
+    from vmas_diffusion.evaluation.windows import clip_windows
+    from vmas_diffusion.losses import retrieval_recall
+
+    fps, size = float(pipe.video_encoder.config.fps), int(pipe.video_encoder.config.frame_size)
+    video_emb, music_emb = [], []
+    with torch.no_grad():
+        for clip in clips:
+            for frames, wav in clip_windows(str(clip["video"]), str(clip["audio"]), fps=fps, size=size,
+                                            sample_rate=pipe.sample_rate, window=args.window, seconds=args.retrieval_seconds):
+                video_emb.append(pipe.embed_video(frames, fps=fps))
+                music_emb.append(pipe.embed_music(wav, pipe.sample_rate))
+    if not video_emb:
+        return {}
+    recall = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
+    return {"retrieval": {**recall, "pairs": len(video_emb)}}
+
+
 def evaluate_model(name: str, model: str, clips, args) -> dict:
     import torch
 
     from vmas_diffusion.beats import beat_scores, music_beats, plot_alignment, visual_beats
-    from vmas_diffusion.losses import retrieval_recall
     from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
     from vmas_diffusion.media import load_audio, load_video
     from vmas_diffusion.pipelines import VideoToMusicPipeline
 
     pipe = VideoToMusicPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
+    if args.retrieval_only:
+        return real_music_retrieval(pipe, clips, args)
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     # token sampling options, for a generator that takes them; the same for the model, shuffled and unconditional rows
     takes = inspect.signature(pipe.generator.generate).parameters
@@ -132,18 +155,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
         for i, clip in enumerate(clips)
     }
 
-    # retrieval on windows of the held-out clips, real music
-    video_emb, music_emb = [], []
-    with torch.no_grad():
-        for clip in clips:
-            for t0 in np.arange(0.0, args.retrieval_seconds - args.window + 1e-6, args.window):
-                frames = load_video(str(clip["video"]), fps=fps, size=size, start=t0, end=t0 + args.window).frames
-                video_emb.append(pipe.embed_video(frames, fps=fps))
-                wav = load_audio(str(clip["audio"]), pipe.sample_rate, start=t0, end=t0 + args.window)
-                music_emb.append(pipe.embed_music(wav, pipe.sample_rate))
-    if video_emb:  # --retrieval-seconds shorter than a window: no retrieval rows
-        table["retrieval"] = retrieval_recall(torch.stack(video_emb), torch.stack(music_emb), ks=(1, 5))
-        table["retrieval"]["pairs"] = len(video_emb)
+    table.update(real_music_retrieval(pipe, clips, args))
     table["guidance"], table["sampling"] = guidance, sampling
     return table
 
@@ -165,6 +177,8 @@ def markdown(results: dict) -> str:
     lines = ["| backend | videos | music | BHS (window) | BCS (window) | F1 (window) | BHS (1 s bins) | BCS (1 s bins) | n |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, table in results.items():
+        if "model" not in table:  # --retrieval-only
+            continue
         for group, part in [("all", table)] + sorted(table.get("groups", {}).items()):
             model_bhs = part["model"]["bhs_window"]
             for cond in ("model", "unconditional", "shuffled video", "real music", "real music, shuffled"):
@@ -201,6 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
+    parser.add_argument("--retrieval-only", action="store_true", help="only the real-music retrieval rows (no generation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clips", type=int, default=None, help="N clips spread evenly over the split")
     args = parser.parse_args(argv)

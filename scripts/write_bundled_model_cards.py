@@ -63,8 +63,10 @@ CARDS = {
         limitations="Its margin over music made for another video is small on footage whose beats are motion "
         "and sparse cuts (1.11x; 1.26x at temperature 1.0, which holds fewer notes); how many onsets it makes "
         "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60) unless best-of-N "
-        "picks for it (`num_candidates=4, pace_weight=1`: 0.44-0.58, four times the cost); retrieval of "
-        "real music from video is near chance. Float32 only: in float16 its sampled music diverges from "
+        "picks for it (`num_candidates=4, pace_weight=1`: 0.44-0.58, four times the cost); its contrastive "
+        "head retrieves real music by rhythm (R@5 0.218 on held-out windows, 15x chance: whether the music's "
+        "onsets land on the video's beats), not by style (its global part alone is at chance). Float32 only: in "
+        "float16 its sampled music diverges from "
         "float32's.",
     ),
     "ldm": dict(
@@ -86,7 +88,8 @@ CARDS = {
         "sustained pitched share 0.079 (real 0.701); R@5 video to its generated music 0.19 (chance 0.12).",
         limitations="Held notes come out smeared (11% of the real music's sustained pitched share) and it "
         "makes more onsets than real music; its pace does not follow the footage's (on videos with fewer "
-        "visual beats it makes more onsets, not fewer); retrieval of real music from video is at chance. "
+        "visual beats it makes more onsets, not fewer); its contrastive head retrieves real music by rhythm "
+        "(R@5 0.218 on held-out windows, 15x chance), not by style (its global part alone is at chance). "
         "In float16 its music moves by about 5% relative L2 from float32's.",
     ),
 }

@@ -61,8 +61,9 @@ def measure(name: str) -> dict:
         "weighted_sum": float((flat * np.linspace(-1.0, 1.0, flat.size)).sum() / flat.size),
         "video_beats": np.asarray(out.video_beats, dtype=np.float64).tolist(),
     }
-    if pipe.contrastive_head is not None:  # retrieval embedding of the music it just wrote
-        record["music_embedding"] = pipe.embed_music(out.audios[0], out.sample_rate)[:8].double().tolist()
+    if pipe.contrastive_head is not None:  # retrieval embedding of the music it just wrote, 8 values across its parts
+        embedding = pipe.embed_music(out.audios[0], out.sample_rate).double()
+        record["music_embedding"] = embedding[np.linspace(0, embedding.numel() - 1, 8).round().astype(int)].tolist()
     return record
 
 

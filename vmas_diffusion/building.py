@@ -49,6 +49,9 @@ def build_components(recipe: RecipeLike, overrides: Optional[Sequence[str]] = No
             embed_dim=cfg.contrastive.embed_dim,
             init_temperature=cfg.contrastive.init_temperature,
             learn_temperature=cfg.contrastive.learn_temperature,
+            rhythm_frames=cfg.contrastive.rhythm_frames,
+            rhythm_reach=cfg.contrastive.rhythm_reach,
+            rhythm_share=cfg.contrastive.rhythm_share,
         )
     return dict(
         video_encoder=video_encoder, generator=generator, codec=codec, scheduler=scheduler, contrastive_head=contrastive_head

@@ -37,6 +37,10 @@ class ContrastiveSpec:
     embed_dim: int = 128
     init_temperature: float = 0.07
     learn_temperature: bool = True
+    #: bins of the rhythm part (visual beat vs music onset envelopes, models/contrastive_head.py); 0 = none
+    rhythm_frames: int = 0
+    rhythm_reach: int = 3
+    rhythm_share: float = 0.0
 
 
 @dataclass

@@ -86,11 +86,12 @@ def check_alignment_inputs(num_candidates, sync_beats, max_stretch, pace_weight=
     check_max_stretch(max_stretch)
 
 
-def _video_embeddings(pipe, prepared) -> Optional[List[torch.Tensor]]:
-    """Each video's contrastive embedding ``[E]``, or None (no contrastive head, or no frames)."""
+def _video_embeddings(pipe, prepared, seconds: float) -> Optional[List[torch.Tensor]]:
+    """Each video's contrastive embedding ``[E]`` over its first ``seconds`` (the music's length), or None
+    (no contrastive head, or no frames)."""
     if pipe.contrastive_head is None or not prepared:
         return None
-    return [pipe._embed_prepared_video(p, pipe.contrastive_head) for p in prepared]
+    return [pipe._embed_prepared_video(p, pipe.contrastive_head, seconds) for p in prepared]
 
 
 def pace_table(generator, pace_weight: float) -> Optional[list]:
@@ -120,7 +121,7 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
     from vmas_diffusion.beats.music import music_beats  # librosa: only when candidates are scored
 
     sample_rate = pipe.sample_rate
-    videos = _video_embeddings(pipe, prepared)
+    videos = _video_embeddings(pipe, prepared, candidates[0].shape[-1] / sample_rate)
     config = pipe.generator.config
     table, window = pace_table(pipe.generator, pace_weight), float(config.get("pace_seconds") or PACE_SECONDS)
     kept, reports, kept_beats = [], [], []
@@ -137,7 +138,8 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
             beats.append(music_beats(wav, sample_rate))
             bhs.append(beat_scores(beats[-1].times, visual, duration, BEAT_TOLERANCE)["bhs_window"])
             if videos is not None:
-                sim.append(float(torch.dot(videos[v], pipe.embed_music(wav, sample_rate).to(videos[v].device))))
+                seen = wav[..., : max(1, int(round(prepared[v].duration * sample_rate)))]  # the music the video covers
+                sim.append(float(torch.dot(videos[v], pipe.embed_music(seen, sample_rate).to(videos[v].device))))
             if target is not None:
                 pace.append(len(beats[-1].onsets) / duration)
         bhs_a = np.asarray(bhs, np.float64)

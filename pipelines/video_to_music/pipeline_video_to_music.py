@@ -374,12 +374,41 @@ class VideoToMusicPipeline(DiffusionPipeline):
         check_lengths([video], fps, None, None, max_video_seconds)
         return self._embed_prepared_video(self.prepare_video(video, fps), head)
 
-    def _embed_prepared_video(self, prepared: _PreparedVideo, head) -> torch.Tensor:
-        """The contrastive embedding ``[E]`` of frames already at the encoder's fps and size."""
-        frames = torch.from_numpy(prepared.frames)[None].to(self._execution_device)
-        pooled = self.video_encoder(frames).pooled
+    def _embed_prepared_video(self, prepared: _PreparedVideo, head, seconds: Optional[float] = None) -> torch.Tensor:
+        """The contrastive embedding ``[E]`` of frames already at the encoder's fps and size (their first
+        ``seconds`` when given: a rhythm part compares clips of the same length)."""
+        fps = float(self.video_encoder.config.fps)
+        frames = prepared.frames if seconds is None else prepared.frames[: max(1, math.ceil(seconds * fps - 1e-9))]
+        envelope = self.visual_beat_envelope(frames) if head.config.rhythm_frames else None
+        pooled = self.pooled_video(frames)
         onload(head)
-        return head.embed_video(pooled)[0]
+        return head.embed_video(pooled, envelope)[0]
+
+    # What the contrastive head reads: pooled embeddings, and for a rhythm part the envelopes that say when
+    # things happen. Frames are uint8 (T, H, W, 3) at the encoder's fps and size; audio (C, S) at the
+    # pipeline's rate with the codec's channels.
+
+    def pooled_video(self, frames: np.ndarray) -> torch.Tensor:
+        """``[1, Dv]``: the video encoder's pooled embedding of ``frames``."""
+        return self.video_encoder(torch.from_numpy(frames)[None].to(self._execution_device)).pooled
+
+    def pooled_music(self, audio: np.ndarray) -> torch.Tensor:
+        """``[1, Dm]``: the generator's embedding of ``audio`` read with every condition dropped."""
+        onload(self.codec)
+        target = self.generator.encode_music(self.codec, torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device))
+        onload(self.generator)
+        return self.generator.embed_music(target)
+
+    def visual_beat_envelope(self, frames: np.ndarray) -> torch.Tensor:
+        """``[1, T]``: the visual beat envelope of ``frames`` (:func:`~vmas_diffusion.beats.visual_beats`)."""
+        beats = visual_beats(frames, float(self.video_encoder.config.fps))
+        return torch.as_tensor(np.asarray(beats.envelope, np.float32))[None]
+
+    def music_onset_envelope(self, audio: np.ndarray) -> torch.Tensor:
+        """``[1, T]``: the onset envelope of ``audio`` at the codec's frame rate."""
+        from vmas_diffusion.beats import onset_envelope  # librosa: only for a head with a rhythm part
+
+        return torch.as_tensor(onset_envelope(audio.mean(0), self.sample_rate, float(self.codec.frame_rate)))[None]
 
     @torch.no_grad()
     def embed_music(self, wav, sample_rate: int) -> torch.Tensor:
@@ -394,13 +423,10 @@ class VideoToMusicPipeline(DiffusionPipeline):
         if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
             audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
         audio = resample(audio, rate, self.sample_rate)
-        wav_t = torch.from_numpy(np.ascontiguousarray(audio))[None].to(self._execution_device)
-        onload(self.codec)
-        target = self.generator.encode_music(self.codec, wav_t)
-        onload(self.generator)
-        music = self.generator.embed_music(target)
+        envelope = self.music_onset_envelope(audio) if head.config.rhythm_frames else None
+        music = self.pooled_music(audio)
         onload(head)
-        return head.embed_music(music)[0]
+        return head.embed_music(music, envelope)[0]
 
     # ------------------------------------------------------------------ __call__
 

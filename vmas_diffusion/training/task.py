@@ -149,7 +149,13 @@ class VideoMusicTask(nn.Module):
         counts = dict(out.loss_counts)
         metrics: Dict[str, torch.Tensor] = {}
         if self.contrastive_head is not None:
-            result = self.contrastive_loss(*self.contrastive_head(video_out.pooled, out.music_embedding))
+            rhythm = {}
+            if self.contrastive_head.config.rhythm_frames:  # when things happen: visual beats, the music's onsets
+                if "onset" not in batch:
+                    raise InputError("a contrastive head with a rhythm part trains on the music's onset envelope ('onset'), "
+                                     "which the data lacks")
+                rhythm = dict(beat_envelope=beat.tensor[..., 0], onset_envelope=batch["onset"] * batch["music_mask"])
+            result = self.contrastive_loss(*self.contrastive_head(video_out.pooled, out.music_embedding, **rhythm))
             losses["contrastive"] = result["contrastive"]
             metrics["logit_scale"] = result["logit_scale"]
             metrics["contrastive_accuracy"] = result["contrastive_accuracy"]
