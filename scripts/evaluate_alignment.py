@@ -12,6 +12,10 @@ For every held-out video of the alignment set (``scripts/build_alignment_set.py`
 * ``shuffled video``: the same model given ANOTHER held-out video (a derangement), scored against
   this video's beats.
 
+With ``--candidates N`` the model (and so the shuffled row, which reuses its music) keeps the best of N
+candidates for the video it was given (the pipeline's best-of-N, ``--pace-weight`` its pace term); the
+unconditional row has no video to choose for and stays one draw.
+
 ``real music`` (the drum render the video was cut to) is the ceiling; ``real music, shuffled``
 (another clip's render against this video) is what a model that follows ITS video perfectly scores
 in the shuffled condition: the floor that condition can reach. Retrieval: every held-out
@@ -101,7 +105,10 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     # Every piece of music is generated and beat-tracked once: the shuffled row of clip i is the music
     # made for clip shuffle[i]'s video (same seed), scored against clip i's beats; the unconditional
     # music depends on the seed only.
-    kwargs = dict(duration=args.seconds, guidance_scale=guidance, num_inference_steps=args.steps, **sampling)
+    # best-of-N: the model and shuffled rows choose among N candidates for the video they were given; the
+    # unconditional row has no video to choose for (one draw)
+    kwargs = dict(duration=args.seconds, guidance_scale=guidance, num_inference_steps=args.steps,
+                  num_candidates=args.candidates, pace_weight=args.pace_weight, **sampling)
     real_times, model_times = [], {}  # clip -> real music's beats; (clip, seed) -> generated music's beats
     start = time.time()
     for i, clip in enumerate(clips):
@@ -157,6 +164,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
 
     table.update(real_music_retrieval(pipe, clips, args))
     table["guidance"], table["sampling"] = guidance, sampling
+    table["candidates"], table["pace_weight"] = args.candidates, args.pace_weight
     return table
 
 
@@ -215,6 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
+    parser.add_argument("--candidates", type=int, default=1, help="best-of-N for the model and shuffled rows")
+    parser.add_argument("--pace-weight", type=float, default=0.0, help="with --candidates: best-of-N's pace term")
     parser.add_argument("--retrieval-only", action="store_true", help="only the real-music retrieval rows (no generation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clips", type=int, default=None, help="N clips spread evenly over the split")

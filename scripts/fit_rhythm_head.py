@@ -66,18 +66,18 @@ def cached_inputs(pipe, args, split: str, pooled: bool) -> dict:
 def fit_kernel(head, train: dict, steps: int, batch: int, lr: float, seed: int) -> list:
     """InfoNCE on the rhythm part alone; returns the loss every 100 steps."""
     import torch
-    import torch.nn.functional as F
 
-    scale = torch.tensor(np.log(10.0), requires_grad=True)  # a temperature of the fit's own
-    opt = torch.optim.Adam([head.rhythm_kernel, scale], lr=lr)
+    from vmas_diffusion.losses import InfoNCELoss
+
+    objective = InfoNCELoss()
+    log_scale = torch.tensor(np.log(10.0), requires_grad=True)  # a temperature of the fit's own
+    opt = torch.optim.Adam([head.rhythm_kernel, log_scale], lr=lr)
     g = torch.Generator().manual_seed(seed)
     n, losses = train["beat"].shape[0], []
     for step in range(steps):
         idx = torch.randperm(n, generator=g)[:batch]
         v, m = head.rhythm(train["beat"][idx], video=True), head.rhythm(train["onset"][idx], video=False)
-        logits = scale.exp() * v @ m.T
-        target = torch.arange(len(idx))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = objective(v, m, log_scale.exp())["contrastive"]
         opt.zero_grad()
         loss.backward()
         opt.step()
