@@ -8,8 +8,10 @@ and a seed fixes all N) and the candidate with the highest
 
 is kept, where BHS is the window-form Beat Hit Score (0.1 s) of the candidate's beats
 (:func:`~vmas_diffusion.beats.music_beats`) against the video's visual beats, and cosine the
-pipeline's contrastive video-music similarity (``embed_video`` / ``embed_music``; left out for a
-pipeline without a contrastive head or a video given as ``video_embeds`` only). BHS is in [0, 1]
+pipeline's contrastive video-music similarity (``embed_video`` over the music's duration /
+``embed_music`` over the video's; left out for a pipeline without a contrastive head or a video given
+as ``video_embeds`` only). With a head that has a rhythm part (the bundled ones) the cosine includes
+the correlation of the candidate's onsets with the video's beat envelope: a soft beat hit score. BHS is in [0, 1]
 and moves by 1 / (visual beats) per hit; the weight makes a cosine gap of 0.2 worth one hit in
 ten. The pace term (``pace_weight > 0``, off by default) needs a generator with a ``pace_map``
 (the video's pace put on its training music's scale, :func:`~vmas_diffusion.conditions.fit_pace_map`):
