@@ -25,7 +25,7 @@ DEFAULT_BACKEND = "ar"
 BACKENDS = ("ar", "ldm")
 #: classifier-free guidance each bundled backend aligns best with on a validation split (docs/alignment_results.md);
 #: the LDM's beat has a guidance of its own, 12, stored in its generator config (``beat_guidance_scale``)
-RECOMMENDED_GUIDANCE = {"ar": 6.0, "ldm": 3.0}
+RECOMMENDED_GUIDANCE = {"ar": 6.0, "ldm": 6.0}
 
 
 def bundled_model_path(name: str = DEFAULT_MODEL, backend: Optional[str] = None) -> Path:
