@@ -420,7 +420,7 @@ class FakePipeline:
         audio = np.clip(0.7 * clicks + noise, -1, 1).astype(np.float32)[None, None]
         return FakeOutput(audio, SR)
 
-    def embed_video(self, video, fps=None):
+    def embed_video(self, video, fps=None, seconds=None):
         if not self.config.get("contrastive", True):
             raise VMASError("this pipeline has no contrastive head")
         key = sum(map(ord, str(video))) if fps is None else int(np.asarray(video).mean() * 1000)

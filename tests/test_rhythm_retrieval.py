@@ -132,6 +132,11 @@ def test_pipeline_embeddings_rank_music_on_the_video_beats_first(tmp_path, recip
     late = [float(video @ pipe.embed_music(_clicks([t + shift for t in EVENTS if t + shift < SECONDS - 0.1]), SR))
             for shift in (0.3, 0.5)]
     assert on_beat > 0.5 > max(late)
+    # `seconds`: the stretch of video a piece of music was written for, the same as cutting the video first
+    half = _cuts(EVENTS, fps)[: int(2 * fps)]
+    torch.testing.assert_close(pipe.embed_video(_cuts(EVENTS, fps), fps=fps, seconds=2.0), pipe.embed_video(half, fps=fps))
+    with pytest.raises(InputError, match="seconds"):
+        pipe.embed_video(half, fps=fps, seconds=0.0)
     pipe.save_pretrained(tmp_path / "p")  # the rhythm part travels with the pipeline
     again = VideoToMusicPipeline.from_pretrained(tmp_path / "p")
     assert again.contrastive_head.config.rhythm_frames == 40

@@ -364,15 +364,19 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def embed_video(self, video: VideoInput, fps: Optional[float] = None,
-                    max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS) -> torch.Tensor:
+                    max_video_seconds: Optional[float] = MAX_VIDEO_SECONDS, seconds: Optional[float] = None) -> torch.Tensor:
         """The video's contrastive embedding ``[E]`` (L2-normalised), as used for retrieval.
 
-        ``max_video_seconds`` bounds the video read, as in ``__call__``.
+        ``max_video_seconds`` bounds the video read, as in ``__call__``. ``seconds`` embeds only the
+        video's first seconds: music written for that stretch is compared with it (a head with a rhythm
+        part compares clips of the same length).
         """
         head = self._contrastive_head()
         _check_videos([video], fps)
+        if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise InputError(f"seconds must be a positive number, got {seconds!r}")
         check_lengths([video], fps, None, None, max_video_seconds)
-        return self._embed_prepared_video(self.prepare_video(video, fps), head)
+        return self._embed_prepared_video(self.prepare_video(video, fps), head, seconds)
 
     def _embed_prepared_video(self, prepared: _PreparedVideo, head, seconds: Optional[float] = None) -> torch.Tensor:
         """The contrastive embedding ``[E]`` of frames already at the encoder's fps and size (their first

@@ -247,7 +247,8 @@ class Evaluator:
         embed_video, embed_music = getattr(pipe, "embed_video", None), getattr(pipe, "embed_music", None)
         if embed_video is not None and embed_music is not None:
             try:
-                video_emb = _to_numpy(embed_video(video, fps=fps))
+                # the stretch of video the music was written for (as long as the music)
+                video_emb = _to_numpy(embed_video(video, fps=fps, seconds=audio.shape[-1] / int(out.sample_rate)))
                 music_emb = _to_numpy(embed_music(audio, int(out.sample_rate)))
             except VMASError as exc:  # no contrastive head: retrieval is n/a
                 logger.info("no contrastive embeddings: %s", exc)
