@@ -51,15 +51,23 @@ def window_inputs(pipe, data: Path, split: str, window: float, seconds: float, f
 
 
 def cached_inputs(pipe, args, split: str, pooled: bool) -> dict:
-    import torch
+    """``window_inputs``, cached as safetensors; the pooled embeddings are keyed by the model's files."""
+    import hashlib
 
-    name = f"{split}_{args.window:g}s_{args.seconds:g}s_{args.frames}" + (f"_{Path(args.model).name}" if pooled else "")
-    path = Path(args.cache) / f"{name}.pt"
+    from safetensors.torch import load_file, save_file
+
+    from vmas_diffusion.evaluation.cache import model_fingerprint
+
+    name = f"{split}_{args.window:g}s_{args.seconds:g}s_{args.frames}"
+    if pooled:
+        model = json.dumps(model_fingerprint(pipe.name_or_path), sort_keys=True)
+        name += "_" + hashlib.sha256(model.encode()).hexdigest()[:16]
+    path = Path(args.cache) / f"{name}.safetensors"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return load_file(path)
     inputs = window_inputs(pipe, args.data, split, args.window, args.seconds, args.frames, pooled)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(inputs, path)
+    save_file(inputs, path)
     return inputs
 
 

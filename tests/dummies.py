@@ -167,3 +167,24 @@ def remux_video(src, dst, faststart: bool = False) -> None:
             if packet.dts is not None:
                 packet.stream = vout
                 out.mux(packet)
+
+
+def make_music_set(folder: Path, splits=("test",), clips: int = 3) -> Path:
+    """A music set (as ``scripts/build_music_set.py`` writes one) of real footage, the bundled demo clip, with
+    clicks at a different tempo per clip: ``SPLIT.jsonl`` for each split, its 6 s wav files beside it."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    rate, video = 16000, ROOT / "vmas_diffusion" / "assets" / "demo_bikes.mp4"
+    for split in splits:
+        lines = []
+        for i in range(clips):
+            wav = np.zeros(6 * rate, np.float32)
+            for t in np.arange(0.2, 6.0, 0.4 + 0.15 * i):
+                wav[int(t * rate) : int(t * rate) + 200] = 0.5
+            sf.write(folder / f"{split}{i}.wav", wav, rate)
+            lines.append(json.dumps({"id": f"{split}{i}", "video": str(video), "audio": f"{split}{i}.wav"}))
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

@@ -4,32 +4,16 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
+from dummies import make_music_set
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_VIDEO = ROOT / "vmas_diffusion" / "assets" / "demo_bikes.mp4"
 _spec = importlib.util.spec_from_file_location("evaluate_alignment", ROOT / "scripts" / "evaluate_alignment.py")
 evaluate_alignment = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_alignment)
 
 
-def _music_set(folder: Path, n: int = 3) -> Path:
-    """n clips: the bundled real footage with clicks at a different tempo each, as a music set's ``test`` split."""
-    rate = 16000
-    lines = []
-    for i in range(n):
-        wav = np.zeros(6 * rate, np.float32)
-        for t in np.arange(0.2, 6.0, 0.4 + 0.15 * i):
-            wav[int(t * rate) : int(t * rate) + 200] = 0.5
-        sf.write(folder / f"clip{i}.wav", wav, rate)
-        lines.append(json.dumps({"id": f"clip{i}", "video": str(DEMO_VIDEO), "audio": f"clip{i}.wav"}))
-    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
 def test_best_of_n_rows_and_retrieval_only(tmp_path, capsys):
-    data = _music_set(tmp_path)
+    data = make_music_set(tmp_path)
     common = ["--data", str(data), "--model", "ar=vmas-tiny-ar", "--threads", "1", "--seconds", "2", "--window", "2",
               "--retrieval-seconds", "4"]
     assert evaluate_alignment.main(common + ["--seeds", "1", "--candidates", "2", "--out", str(tmp_path / "bon")]) == 0

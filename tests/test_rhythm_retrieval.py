@@ -162,3 +162,22 @@ def test_training_feeds_the_rhythm_part_its_envelopes(tmp_path):
     assert math.isfinite(float(terms["contrastive"]))
     with pytest.raises(InputError, match="onset"):
         task({k: v for k, v in batch.items() if k != "onset"})
+
+
+def test_fit_script_gives_a_pipeline_a_fitted_rhythm_head(tmp_path, capsys):
+    from dummies import make_music_set
+
+    from vmas_diffusion.pipelines import VideoToMusicPipeline
+
+    data = make_music_set(tmp_path, splits=("train", "val"))
+    args = ["--model", "vmas-tiny-ar", "--data", str(data), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+            "--seconds", "4", "--window", "2", "--frames", "20", "--steps", "20", "--batch", "4", "--shares", "0,1"]
+    assert fit_rhythm_head.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "6 training windows, 6 validation windows" in printed and "| 1 |" in printed
+    head = VideoToMusicPipeline.from_pretrained(tmp_path / "out").contrastive_head
+    assert head.config.rhythm_frames == 20 and head.config.rhythm_share in (0.0, 1.0)
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".safetensors"] * 2  # no pickle
+    original = VideoToMusicPipeline.from_pretrained("vmas-tiny-ar").contrastive_head
+    torch.testing.assert_close(head.video_proj.weight, original.video_proj.weight)  # the global part as trained
+    assert fit_rhythm_head.main(args) == 0  # the second run reads the cached envelopes
