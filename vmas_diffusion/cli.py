@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--duration", type=seconds, help="seconds of music (default: the video's duration)")
     gen.add_argument("--steps", type=int, help="diffusion steps (LDM backend)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
-                     "model was chosen with, 6 AR / 1 LDM with its beat guidance; 3 for other models)")
+                     "model was chosen with, 6 for both (the LDM adds its own beat guidance); 3 for other models)")
     gen.add_argument("--max-music-seconds", type=parse_limit, default=MAX_MUSIC_SECONDS, metavar="S",
                      help=f"refuse to write more music than this (default {MAX_MUSIC_SECONDS:g} s; 'none' lifts it)")
     gen.add_argument("--max-video-seconds", type=parse_limit, default=MAX_VIDEO_SECONDS, metavar="S",
@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="eval_out", help="folder for the JSON table, plots and the cache")
     ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--steps", type=int)
-    ev.add_argument("--guidance", type=float, default=3.0)
+    ev.add_argument("--guidance", type=float, default=3.0,
+                    help="classifier-free guidance for every model (default 3; the bundled ones were chosen at 6)")
     ev.add_argument("--duration", type=seconds)
     ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")
