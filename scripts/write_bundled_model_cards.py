@@ -59,7 +59,8 @@ CARDS = {
         "1.51x) on beat cuts and 0.472 (1.70x, 1.26x) on motion.) Music (86 held-out clips, seeds 0 and 1): "
         "FAD 37.4 / 29.1 (mel statistics, against held-out real music; 29.7 / 29.6 at temperature 1.0), "
         "harmonic share 0.855 / 0.852 (real 0.792), sustained pitched share 0.566 / 0.530 (real 0.706; "
-        "0.331 / 0.369 at temperature 1.0); R@5 video to its generated music 0.06 / 0.09 (chance 0.06).",
+        "0.331 / 0.369 at temperature 1.0); R@5 video to its generated music 0.21 at seed 0 with the rhythm "
+        "head (chance 0.06).",
         limitations="Its margin over music made for another video is small on footage whose beats are motion "
         "and sparse cuts (1.11x; 1.26x at temperature 1.0, which holds fewer notes); how many onsets it makes "
         "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60) unless best-of-N "
@@ -86,7 +87,7 @@ CARDS = {
         "visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD 61.0 / 78.6 (mel statistics; 40.5 "
         "/ 49.3 sampled as before, DPM-Solver++ at guidance 3 + beat guidance 6), harmonic share 0.729 / "
         "0.765 (real 0.792), sustained pitched share 0.248 / 0.266 (real 0.706; 0.082 / 0.125 before), "
-        "4.7 / 5.7 onsets a second (real 4.6); R@5 video to its generated music 0.16 / 0.04 (chance 0.06).",
+        "4.7 / 5.7 onsets a second (real 4.6); R@5 video to its generated music 0.56 at seed 0 (chance 0.06).",
         limitations="Held notes come out smeared (35-38% of the real music's sustained pitched share) and "
         "its pace does not follow the footage's (rank correlation of onset density -0.15 / -0.52, real "
         "music 0.60); the guidance that holds more notes costs FAD (61-79 against 40-49 at guidance 3). Its "
