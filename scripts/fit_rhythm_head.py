@@ -41,7 +41,7 @@ def window_inputs(pipe, data: Path, split: str, window: float, seconds: float, f
         for clip in tqdm(clips, desc=f"{split} windows"):
             for frames, wav in clip_windows(str(data / clip["video"]), str(data / clip["audio"]), fps=fps, size=size,
                                             sample_rate=pipe.sample_rate, window=window, seconds=seconds):
-                audio = np.repeat(wav.mean(0, keepdims=True), pipe.codec.channels, axis=0)
+                audio = pipe.prepare_music(wav, pipe.sample_rate)
                 for key, envelope in (("beat", pipe.visual_beat_envelope(frames)), ("onset", pipe.music_onset_envelope(audio))):
                     out[key].append(F.adaptive_max_pool1d(envelope.float()[:, None], frames_out)[0, 0])
                 if pooled:
@@ -121,7 +121,11 @@ def main(argv=None) -> int:
     pipe = VideoToMusicPipeline.from_pretrained(args.model)
     old = pipe._contrastive_head()
     config = {k: v for k, v in old.config.items() if not k.startswith("_")}
-    head = ContrastiveHead(**{**config, "rhythm_frames": args.frames, "rhythm_reach": args.reach, "rhythm_share": 0.0})
+
+    def rhythm_head(share: float) -> ContrastiveHead:
+        return ContrastiveHead(**{**config, "rhythm_frames": args.frames, "rhythm_reach": args.reach, "rhythm_share": share})
+
+    head = rhythm_head(0.0)
     state = {k: v for k, v in old.state_dict().items() if k != "rhythm_kernel"}
     head.load_state_dict(state, strict=False)  # the global projections and temperature as trained
 
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     rows, best = [], None
     with torch.no_grad():
         for share in [float(s) for s in args.shares.split(",")]:
-            trial = ContrastiveHead(**{**config, "rhythm_frames": args.frames, "rhythm_reach": args.reach, "rhythm_share": share})
+            trial = rhythm_head(share)
             trial.load_state_dict(head.state_dict())
             video, music = trial.embed_video(val["video"], val["beat"]), trial.embed_music(val["music"], val["onset"])
             recall = retrieval_recall(video, music, ks=(1, 5))

@@ -279,8 +279,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
             raise InputError("give `video` (a path or frames) or `video_embeds`")
         if video_embeds is not None and video is None and duration is None:
             raise InputError("`duration` is required when only `video_embeds` are given")
-        if duration is not None and not (_is_number(duration) and math.isfinite(duration) and duration > 0):
-            raise InputError(f"`duration` must be a positive number of seconds, got {duration!r}")
+        if duration is not None:
+            _check_seconds(duration, "duration")
         if not (_is_number(guidance_scale) and math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise InputError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}")
         if not (_is_int(num_waveforms_per_video) and num_waveforms_per_video >= 1):
@@ -373,8 +373,8 @@ class VideoToMusicPipeline(DiffusionPipeline):
         """
         head = self._contrastive_head()
         _check_videos([video], fps)
-        if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-            raise InputError(f"seconds must be a positive number, got {seconds!r}")
+        if seconds is not None:
+            _check_seconds(seconds, "seconds")
         check_lengths([video], fps, None, None, max_video_seconds)
         return self._embed_prepared_video(self.prepare_video(video, fps), head, seconds)
 
@@ -414,6 +414,15 @@ class VideoToMusicPipeline(DiffusionPipeline):
 
         return torch.as_tensor(onset_envelope(audio.mean(0), self.sample_rate, float(self.codec.frame_rate)))[None]
 
+    def prepare_music(self, wav, sample_rate: int) -> np.ndarray:
+        """``wav`` ``(C, S)`` or ``(S,)`` at ``sample_rate`` -> float32 ``(C, S)`` at the pipeline's rate with
+        the codec's channels (what ``pooled_music`` and ``music_onset_envelope`` read)."""
+        rate = _check_sample_rate(sample_rate)
+        audio = audio_to_numpy(wav, "music")  # float32 (C, S), finite, with samples
+        if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
+            audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
+        return resample(audio, rate, self.sample_rate)
+
     @torch.no_grad()
     def embed_music(self, wav, sample_rate: int) -> torch.Tensor:
         """The music's contrastive embedding ``[E]`` from ``wav`` ``(C, S)`` or ``(S,)``.
@@ -422,11 +431,7 @@ class VideoToMusicPipeline(DiffusionPipeline):
         depends on the music alone.
         """
         head = self._contrastive_head()
-        rate = _check_sample_rate(sample_rate)
-        audio = audio_to_numpy(wav, "music")  # float32 (C, S), finite, with samples
-        if audio.shape[0] != self.codec.channels:  # mono codec from stereo music, or the reverse
-            audio = np.repeat(audio.mean(0, keepdims=True), self.codec.channels, axis=0)
-        audio = resample(audio, rate, self.sample_rate)
+        audio = self.prepare_music(wav, sample_rate)
         envelope = self.music_onset_envelope(audio) if head.config.rhythm_frames else None
         music = self.pooled_music(audio)
         onload(head)
@@ -629,6 +634,11 @@ def _embeds_batch(video_embeds) -> int:
 def _is_number(value) -> bool:
     """A real number, not a bool or a string (``fps="8"`` is a mistake worth naming)."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_seconds(value, name: str) -> None:
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise InputError(f"`{name}` must be a positive number of seconds, got {value!r}")
 
 
 def _is_int(value) -> bool:
