@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=None, help="AR sampling: keep the k likeliest codes")
     parser.add_argument("--temperature", type=float, default=None, help="AR sampling temperature")
     parser.add_argument("--beat-guidance", type=float, default=None,
-                        help="LDM: a guidance scale of its own for the beat condition (default the model's)")
+                        help="a guidance scale of its own for the beat condition (default the model's)")
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")

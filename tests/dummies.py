@@ -79,7 +79,7 @@ def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **override
     """Tiny LatentDiT: hidden 32, 2 layers, 4 heads, v-prediction, 4 s windows (1 s overlap), eval mode;
     latent_dim 16 and 50 frames/s match dummy_codec().
 
-    Its adaLN-Zero gates and output projection (zeros at init) get small random weights, so
+    Its adaLN-Zero gates and output projections (zeros at init) get small random weights, so
     the untrained model's output already depends on the latents, timestep and conditions.
     """
     from vmas_diffusion.models.generators.latent_dit import LatentDiT
@@ -92,7 +92,8 @@ def dummy_ldm_generator(latent_dim=16, video_dim=16, frame_rate=50.0, **override
     model = LatentDiT(**config)
     with torch.no_grad():
         frame_outs = [proj.out for proj in model.cond_proj.values() if hasattr(proj, "out")]  # "adaln" conditions
-        for layer in [block.ada_ln for block in model.blocks] + [model.ada_ln_out, model.proj_out] + frame_outs:
+        cross_outs = [block.cross_attn.out_proj for block in model.blocks if block.cross_attn is not None]
+        for layer in [block.ada_ln for block in model.blocks] + [model.ada_ln_out, model.proj_out] + frame_outs + cross_outs:
             layer.weight.normal_(0.0, 0.1)
     return model.eval()
 

@@ -227,6 +227,35 @@ def test_greedy_generation_matches_teacher_forcing(pattern, video_fuse):
     assert torch.equal(argmax[:, valid], steps[:, valid])
 
 
+def test_beat_guidance_is_a_third_branch_without_the_beat():
+    """Greedy decoding with a guidance of the beat's own follows
+    ``null + g (no_beat - null) + g_beat (cond - no_beat)`` of the full forward; ``g_beat = g`` is plain
+    CFG; the config's value is the default and the argument overrides it."""
+    model = dummies.dummy_ar_generator()
+    conds = make_conditions(batch=2)
+    greedy = dict(guidance_scale=2.5, temperature=0.0)
+    codes = model.generate(conds, 12, beat_guidance_scale=8.0, **greedy)
+    steps, inputs = teacher_inputs(model, codes)
+    no_beat = {**conds, "beat": conds["beat"].null()}
+    cond, middle, uncond = model(inputs, conds), model(inputs, no_beat), model(inputs, null(conds))
+    argmax = (uncond + 2.5 * (middle - uncond) + 8.0 * (cond - middle)).argmax(-1)
+    valid = model.codebook_pattern.valid_mask(12)
+    assert torch.equal(argmax[:, valid], steps[:, valid])
+    plain = model.generate(conds, 12, **greedy)
+    assert not torch.equal(codes, plain)
+    assert torch.equal(model.generate(conds, 12, beat_guidance_scale=2.5, **greedy), plain)
+    video_only = {"video": conds["video"]}  # no beat to guide: plain CFG
+    assert torch.equal(model.generate(video_only, 12, beat_guidance_scale=8.0, **greedy), model.generate(video_only, 12, **greedy))
+    model.register_to_config(beat_guidance_scale=8.0)
+    assert torch.equal(model.generate(conds, 12, **greedy), codes)
+    assert torch.equal(model.generate(conds, 12, beat_guidance_scale=2.5, **greedy), plain)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(InputError, match="beat_guidance_scale"):
+            model.generate(conds, 12, beat_guidance_scale=bad, **greedy)
+    with pytest.raises(ConfigError, match="beat_guidance_scale"):
+        dummies.dummy_ar_generator(beat_guidance_scale=-2.0)
+
+
 def test_generation_is_reproducible_and_batch_equals_singles():
     model = dummies.dummy_ar_generator()
     conds = make_conditions(batch=2)

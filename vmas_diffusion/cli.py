@@ -110,8 +110,9 @@ def alignment_kwargs(args) -> dict:
 
 
 def sampling_kwargs(args) -> dict:
-    """The generator's own sampling options given on the command line (AR: top_k, temperature)."""
-    return {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature)) if v is not None}
+    """The generator's own sampling options given on the command line (top_k, temperature, beat guidance)."""
+    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance))
+    return {k: v for k, v in options if v is not None}
 
 
 def alignment_lines(result) -> List[str]:
@@ -211,6 +212,9 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--temperature", type=float,
                         help="AR backend: token sampling temperature (default the model's; lower: steadier, more held notes)")
     parser.add_argument("--top-k", type=int, help="AR backend: sample among the k likeliest codes (default the model's)")
+    parser.add_argument("--beat-guidance", type=float, metavar="G",
+                        help="a guidance scale of its own for the visual beats (default the model's; higher: "
+                             "the music follows the video's cuts and motion more closely)")
 
 
 def build_parser() -> argparse.ArgumentParser:

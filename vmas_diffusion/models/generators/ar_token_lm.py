@@ -56,6 +56,7 @@ from torch import nn
 
 from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
 from ...errors import CheckpointError, ConfigError, InputError
+from ...guidance import Guidance, check_beat_guidance, plan_guidance
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.item_randomness import ItemDropout
@@ -282,6 +283,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         align_features: str = "clean",
         top_k: int = 250,
         temperature: float = 1.0,
+        beat_guidance_scale: Optional[float] = None,
+        beat_guidance_reach: Optional[float] = None,
     ):
         super().__init__()
         self._check_config()
@@ -370,6 +373,12 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"top_k must be a whole number >= 0, 0 = all codes (got {c.top_k!r})")
         if isinstance(c.temperature, bool) or not isinstance(c.temperature, (int, float)) or not 0 <= c.temperature < math.inf:
             problems.append(f"temperature must be a finite number >= 0, 0 = greedy (got {c.temperature!r})")
+        for name in ("beat_guidance_scale", "beat_guidance_reach"):
+            if c.get(name) is not None:
+                try:
+                    check_beat_guidance(c[name], name, ValueError)
+                except ValueError as err:
+                    problems.append(str(err))
         window = round(c.max_duration * c.frame_rate)
         stride = round(c.extend_stride * c.frame_rate)
         if window < 2 or not 1 <= stride < window:
@@ -665,6 +674,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         generator: GeneratorArg = None,
         progress_bar: Optional[Callable] = None,
         callback: Optional[Callable] = None,
+        beat_guidance_scale: Optional[float] = None,
     ) -> torch.Tensor:
         """Sample codes ``[B, K, num_frames]`` (ids in ``[0, cardinality)``).
 
@@ -672,7 +682,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         what it was chosen with, as a transformers generation config).
         ``conditions``: ``dict[str, Condition]``; a missing one counts as dropped, and ``B`` comes
         from them (or from a generator list; 1 when both are absent). ``guidance_scale``: CFG
-        weight, ``logits = uncond + scale * (cond - uncond)``; 1 turns CFG off. ``generator``: a
+        weight, ``logits = uncond + scale * (cond - uncond)``; 1 turns CFG off. ``beat_guidance_scale``
+        (default the config's, None = off): a guidance of the beat's own, through a third branch without
+        the beat, gated by the visual beats when the config has a ``beat_guidance_reach``
+        (:mod:`vmas_diffusion.guidance`). ``generator``: a
         ``torch.Generator`` or one per item (see :meth:`_item_generators`). ``progress_bar``: a
         factory like ``DiffusionPipeline.progress_bar`` (``total=`` -> tqdm); tqdm when None.
         Music longer than ``max_duration`` is generated in windows (:meth:`plan_windows`).
@@ -704,9 +717,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             batch_size = 1 if generator is None or isinstance(generator, torch.Generator) else len(list(generator))
         generators = self._item_generators(generator, batch_size)
         sampling = dict(top_k=top_k, top_p=top_p, temperature=temperature)
-        use_cfg = guidance_scale != 1.0
-        if use_cfg:  # one batched forward of [cond; uncond]
-            conds = {name: cond.with_null() for name, cond in conds.items()}
+        guidance = plan_guidance(conds, guidance_scale, beat_guidance_scale, self.config)
+        if guidance is not None:  # one batched forward of its branches
+            conds = guidance.conditions(conds)
 
         plan = self.plan_windows(num_frames)
         total = sum(self._sampling_steps(length, prompt) for _, length, prompt in plan)
@@ -727,7 +740,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             for start, length, prompt_len in plan:
                 prompt = out[:, :, start : start + prompt_len] if prompt_len else None
                 out[:, :, start : start + length] = self._generate_window(
-                    conds, batch_size, length, start, prompt, guidance_scale if use_cfg else None,
+                    conds, batch_size, length, start, prompt, guidance,
                     sampling, generators, table, heads, layer_weights, step_end,
                 )  # fmt: skip
         return out
@@ -735,7 +748,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
     @staticmethod
     def _step_cross(cross_kv: List, cross_attend: Optional[Tuple[torch.Tensor, torch.Tensor]]):
         """Cross-attention keys/values and mask for :meth:`ARDecoderLayer.decode_step`: only the leading
-        rows that have a context. Rows whose whole context is masked (CFG's unconditional half, after
+        rows that have a context. Rows whose whole context is masked (the null branch of guidance, after
         the conditional one) get exactly zero from cross-attention, so the steps skip them."""
         if cross_attend is None or cross_kv[0] is None:
             return cross_kv, cross_attend
@@ -759,7 +772,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         num_frames: int,
         start_frame: int,
         prompt: Optional[torch.Tensor],
-        guidance_scale: Optional[float],
+        guidance: Optional[Guidance],
         sampling: dict,
         generators: List[Optional[torch.Generator]],
         table: torch.Tensor,
@@ -787,7 +800,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # every item draws its own uniforms, the same amount whatever the batch: batch == singles
         uniforms = draw_items(torch.rand, (b, s_total, k), generators, device)  # [B, S, K]
 
-        rows = 2 * b if guidance_scale is not None else b
+        branches = guidance.branches if guidance is not None else 1
+        rows = branches * b
+        gate = None if guidance is None else guidance.gate(pattern.lead_frame(s_total, device) + start_frame, self.config.frame_rate)
         fused = self.fuse_conditions(conds, s_total, start_frame, rows)
         cross_kv = self._cross_kv(fused)
         p = fused.prefix_len
@@ -803,9 +818,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         pos_table = sinusoidal_embedding(positions, self.config.hidden_size).to(table.dtype)
 
         def embed(inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            """Inputs ``[B, K, L]`` -> ``[rows, L, H]`` (both CFG halves read the same tokens)."""
-            if guidance_scale is not None:
-                inputs = torch.cat([inputs, inputs])
+            """Inputs ``[B, K, L]`` -> ``[rows, L, H]`` (every guidance branch reads the same tokens)."""
+            if branches > 1:
+                inputs = torch.cat([inputs] * branches)
             return self._embed(inputs, positions, fused, table, pos_table)
 
         def step_logits(inputs: torch.Tensor, positions: torch.Tensor, with_prefix: bool) -> torch.Tensor:
@@ -813,17 +828,16 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             x = embed(inputs, positions)
             if with_prefix and p:
                 x = torch.cat([fused.prefix, x], 1)
-            return guided_logits(self._decode(x, fused, cross_kv, key_mask, caches)[:, -1])  # [rows, H] in
+            return guided_logits(self._decode(x, fused, cross_kv, key_mask, caches)[:, -1], int(positions[-1]))
 
-        def guided_logits(h: torch.Tensor) -> torch.Tensor:
-            """Final hidden states ``[rows, H]`` -> guided logits ``[B, K, V]``.
+        def guided_logits(h: torch.Tensor, step: int) -> torch.Tensor:
+            """Final hidden states ``[rows, H]`` -> guided logits ``[B, K, V]`` of ``step`` (the input's position).
 
             The heads are linear and bias-free, so guiding the hidden states before them equals guiding
-            the logits (to float rounding) and sends one row per item through them instead of two.
+            the logits (to float rounding) and sends one row per item through them instead of two or three.
             """
-            if guidance_scale is not None:
-                cond, uncond = h.chunk(2)
-                h = uncond + guidance_scale * (cond - uncond)
+            if guidance is not None:
+                h = guidance.combine(h, None if gate is None else gate[:, step, None])
             return F.linear(h, heads).view(b, k, -1)
 
         step_cross_kv, step_cross_mask = self._step_cross(cross_kv, fused.cross_attend)
@@ -836,7 +850,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             x = embed(tokens[..., None], positions[position : position + 1])[:, 0]  # [rows, H]
             for layer, weights, kv, cache in zip(self.layers, layer_weights, step_cross_kv, caches):
                 x = layer.decode_step(x, weights, kv, step_cross_mask, key_mask, cache)
-            return guided_logits(F.layer_norm(x, *final_norm))
+            return guided_logits(F.layer_norm(x, *final_norm), position)
 
         # prefill: the prefix, the start token and every known step before the first one to sample
         inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)

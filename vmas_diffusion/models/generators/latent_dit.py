@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
 from ...errors import ConfigError, InputError
+from ...guidance import Guidance, check_beat_guidance, plan_guidance
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
 from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, draw_items_normal, frame_weights, pool_frames
@@ -166,6 +167,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         cond_dropout: share of training items whose conditions are all dropped (CFG).
         beat_dropout: share of training items (of those that keep their conditions) whose beat
             alone is dropped: trains the branch without the beat that beat guidance contrasts with.
+        beat_guidance_scale: the sampling default of the beat's own guidance (None: plain CFG), and
+        beat_guidance_reach: seconds around the visual beats where it applies in full (None: everywhere;
+            :mod:`vmas_diffusion.guidance`).
         video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"``, ``"prepend"`` or
             ``"adaln"`` (per-frame modulation of every block).
         align_features: where :meth:`forward_train` takes ``music_embedding`` and
@@ -205,6 +209,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         beat_fuse: str = "sum",
         align_features: str = "clean",
         beat_guidance_scale: Optional[float] = None,
+        beat_guidance_reach: Optional[float] = None,
         pace_seconds: float = 0.0,
         pace_source: str = "video",
         pace_map: Optional[list] = None,
@@ -280,8 +285,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("cond_dropout", "beat_dropout"):
             if not 0.0 <= getattr(cfg, name) < 1.0:
                 raise ConfigError(f"{where}: {name} must be in [0, 1), got {getattr(cfg, name)}")
-        if cfg.get("beat_guidance_scale") is not None:
-            _check_beat_guidance(cfg.beat_guidance_scale, f"{where}: beat_guidance_scale", ConfigError)
+        for name in ("beat_guidance_scale", "beat_guidance_reach"):
+            if cfg.get(name) is not None:
+                check_beat_guidance(cfg[name], f"{where}: {name}", ConfigError)
         if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
             raise ConfigError(f"{where}: frame_rate, flow_shift and ffn_mult must be > 0")
         if round(cfg.max_duration * cfg.frame_rate) < 1:
@@ -303,10 +309,13 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
         for param in self.cond_type.values():
             nn.init.normal_(param, std=0.02)
-        # adaLN-Zero: gates and the output projection start at zero (each block starts as the identity)
+        # adaLN-Zero: gates and the output projection start at zero, and so does the ungated cross-attention's
+        # output (as in PixArt-alpha): every block starts as the identity, so a trained model can grow deeper
         for block in self.blocks:
             nn.init.zeros_(block.ada_ln.weight)
             nn.init.zeros_(block.ada_ln.bias)
+            if block.cross_attn is not None:
+                nn.init.zeros_(block.cross_attn.out_proj.weight)
         frame_outs = [proj.out for proj in self.cond_proj.values() if isinstance(proj, FrameModulation)]
         for layer in (self.ada_ln_out, self.proj_out, *frame_outs):
             nn.init.zeros_(layer.weight)
@@ -471,20 +480,6 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
     def null_conditions(conditions: Dict[str, Condition]) -> Dict[str, Condition]:
         """The dropped form of every condition (what CFG's unconditional branch sees)."""
         return {name: cond.null() for name, cond in conditions.items()}
-
-    @staticmethod
-    def _cfg_conditions(conditions: Dict[str, Condition], beat_branch: bool = False) -> Dict[str, Condition]:
-        """Conditions for one batched CFG call: items ``[cond..., null...]`` (``2B``), or with
-        ``beat_branch`` ``[cond..., cond without the beat..., null...]`` (``3B``)."""
-        if not beat_branch:
-            return {name: cond.with_null() for name, cond in conditions.items()}
-        out = {}
-        for name, cond in conditions.items():
-            null = cond.null()
-            middle = null if name == BEAT else cond
-            out[name] = replace(cond, tensor=torch.cat([cond.tensor, middle.tensor, null.tensor]),
-                                mask=torch.cat([cond.mask, middle.mask, null.mask]))
-        return out
 
     # ------------------------------------------------------------------ the network
     def _check_sample(self, sample: torch.Tensor, name: str = "sample") -> None:
@@ -659,25 +654,20 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         sample: torch.Tensor,
         timestep: torch.Tensor,
         prepared: FusedConditions,
-        guidance_scale: float,
-        cfg: bool,
-        beat_guidance_scale: Optional[float] = None,
+        guidance: Optional[Guidance],
+        start_frame: int = 0,
     ) -> torch.Tensor:
-        """One guided model call. With ``cfg`` the prepared conditions hold ``2B`` items
-        ``[cond, null]`` and both branches run as one batched forward; with ``beat_guidance_scale``
-        too, ``3B`` items ``[cond, no beat, null]`` (:meth:`_cfg_conditions`), combined as
-        ``null + guidance_scale * (no_beat - null) + beat_guidance_scale * (cond - no_beat)``."""
-        b = sample.shape[0]
-        branches = 1 if not cfg else 3 if beat_guidance_scale is not None else 2
+        """One guided model call: with ``guidance`` the prepared conditions hold its branches
+        (:meth:`Guidance.conditions`), which run as one batched forward and are combined (a gated beat
+        scale read at the window's frames from ``start_frame``)."""
+        b, _, t_len = sample.shape
+        branches = guidance.branches if guidance is not None else 1
         t = timestep.reshape(-1)[:1].float().expand(b * branches).to(sample.device)
         out = self._denoise(torch.cat([sample] * branches), t, prepared)[0]
-        if branches == 1:
+        if guidance is None:
             return out
-        if branches == 2:
-            cond, uncond = out.chunk(2)
-            return uncond + guidance_scale * (cond - uncond)
-        cond, no_beat, uncond = out.chunk(3)
-        return uncond + guidance_scale * (no_beat - uncond) + beat_guidance_scale * (cond - no_beat)
+        gate = guidance.gate(torch.arange(start_frame, start_frame + t_len), self.config.frame_rate)
+        return guidance.combine(out, None if gate is None else gate[:, None, :])
 
     def guided_output(
         self,
@@ -694,22 +684,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         ``timestep`` is one scalar timestep; in a hand-written loop use :meth:`model_timestep`."""
         self._check_sample(sample)
         self.check_conditions(conditions, sample.shape[0])
-        cfg, cond_in, beat_guidance_scale = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
+        guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
         prepared = self.fuse_conditions(cond_in, sample.shape[-1])
-        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance_scale, cfg,
-                            beat_guidance_scale)
+        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance)
 
     def _guidance_plan(self, conditions: Dict[str, Condition], guidance_scale: float, beat_guidance_scale):
-        """``(cfg, conditions to fuse, beat guidance)``: the beat guidance is the argument, else the
-        config's, None without a beat condition; with it the conditions hold three branches."""
-        if beat_guidance_scale is None:
-            beat_guidance_scale = self.config.get("beat_guidance_scale")
-        if beat_guidance_scale is not None:
-            _check_beat_guidance(beat_guidance_scale, "beat_guidance_scale", InputError)
-            beat_guidance_scale = float(beat_guidance_scale) if BEAT in (conditions or {}) else None
-        cfg = bool(conditions) and (guidance_scale != 1.0 or beat_guidance_scale is not None)
-        cond_in = self._cfg_conditions(conditions, beat_guidance_scale is not None) if cfg else conditions
-        return cfg, cond_in, beat_guidance_scale
+        """``(guidance or None, the conditions to fuse)``: the beat guidance is the argument, else the config's."""
+        guidance = plan_guidance(conditions, guidance_scale, beat_guidance_scale, self.config)
+        return guidance, conditions if guidance is None else guidance.conditions(conditions)
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
@@ -750,13 +732,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         shape: Tuple[int, int, int],
         scheduler,
         num_inference_steps: int,
-        guidance_scale: float,
-        cfg: bool,
+        guidance: Optional[Guidance],
         generator: GeneratorArg,
         known: Optional[torch.Tensor],
         step_end: StepEnd,
         noise: Optional[torch.Tensor] = None,
-        beat_guidance_scale: Optional[float] = None,
+        start_frame: int = 0,
     ) -> torch.Tensor:
         """Run the denoising loop for one window ``shape = (B, D, T)``; the first
         ``known.shape[-1]`` frames are in-painted from ``known``. ``noise``: the window's initial
@@ -782,8 +763,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     fresh = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
                 sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
-            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance_scale, cfg,
-                                  beat_guidance_scale)
+            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance, start_frame)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
@@ -823,7 +803,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 None = off): a third branch without the beat, and the output
                 ``null + guidance_scale * (no_beat - null) + beat_guidance_scale * (cond - no_beat)``.
                 The beat moves a small model's prediction far less than the video does (its timing
-                is a small part of the loss), so one scale for both leaves it unheard.
+                is a small part of the loss), so one scale for both leaves it unheard. With the config's
+                ``beat_guidance_reach`` it is gated by the visual beats (plain CFG between them).
             latents: the initial noise ``[B, latent_dim, num_frames]`` instead of drawing it from
                 ``generator`` (one window: the same output as a generator that draws this noise).
                 Each window starts from its frames of it, and past the first window the overlap is
@@ -858,7 +839,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
-        cfg, cond_in, beat_guidance_scale = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
+        guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
@@ -876,20 +857,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     (batch, self.config.latent_dim, length),
                     scheduler,
                     num_inference_steps,
-                    float(guidance_scale),
-                    cfg,
+                    guidance,
                     generator,
                     known_latents,
                     step_end,
                     None if noise is None else noise[..., start : start + length],
-                    beat_guidance_scale,
+                    start,
                 )
         return latents
-
-
-def _check_beat_guidance(value, name: str, error) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise error(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
 
 def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Classifier-free guidance, with an optional guidance of the beat's own, as every backend applies it.
+
+Plain CFG runs each item twice in one batch, ``[cond, null]``, and combines the two outputs (LDM:
+the denoiser's prediction; AR: the final hidden states, which the linear heads turn into logits)
+as ``null + g * (cond - null)``. A beat guidance scale ``g_beat`` adds a third branch that drops
+the beat alone, ``[cond, no_beat, null]``, combined as
+``null + g * (no_beat - null) + g_beat * (cond - no_beat)``: the video's look and the beat's
+timing each get their own scale (``g_beat == g`` is plain CFG). A model that learnt the beat as a
+small part of its input follows it only with a beat scale of its own (docs/alignment_results.md).
+
+The beat scale can be *gated* by the visual beats (``reach``, seconds): at each music frame it is
+``g + (g_beat - g) * gate``, the gate being the strongest visual beat within ``reach`` of the frame
+(the envelope is in [0, 1]). Near a cut or a motion accent the beat gets its full scale; between
+them guidance is plain CFG, which leaves the music's held notes alone.
+"""
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, Optional
+
+import torch
+
+from .conditions import BEAT, Condition
+from .modules.condition_fusion import frame_values
+
+
+def check_beat_guidance(value, name: str, error) -> None:
+    """Raise ``error`` unless ``value`` is a finite number >= 0 (None is checked by the caller); the
+    check of a beat guidance scale and of its reach."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0 or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How one sampling call is guided: ``scale`` on the conditions, ``beat_scale`` on the beat (None: plain CFG),
+    gated by ``beat`` (the call's beat condition, ``[B, T, 1]``) within ``reach`` seconds (None: everywhere)."""
+
+    scale: float
+    beat_scale: Optional[float] = None
+    beat: Optional[Condition] = None
+    reach: Optional[float] = None
+
+    @property
+    def branches(self) -> int:
+        """Rows per item in a guided batch: 2 (``[cond, null]``) or 3 (``[cond, no_beat, null]``)."""
+        return 2 if self.beat_scale is None else 3
+
+    def conditions(self, conditions: Dict[str, Condition]) -> Dict[str, Condition]:
+        """The conditions of one guided batch: ``[B, ...]`` -> ``[branches * B, ...]``, branch by branch."""
+        if self.beat_scale is None:
+            return {name: cond.with_null() for name, cond in conditions.items()}
+        out = {}
+        for name, cond in conditions.items():
+            null = cond.null()
+            middle = null if name == BEAT else cond
+            out[name] = replace(cond, tensor=torch.cat([cond.tensor, middle.tensor, null.tensor]),
+                                mask=torch.cat([cond.mask, middle.mask, null.mask]))
+        return out
+
+    def gate(self, frames: torch.Tensor, frame_rate: float) -> Optional[torch.Tensor]:
+        """``[B, N]`` in [0, 1] at music frames ``frames [N]`` (absolute indices at ``frame_rate``): the
+        strongest visual beat within ``reach``; None when the beat scale is not gated."""
+        if self.beat_scale is None or self.reach is None:
+            return None
+        r = round(self.reach * frame_rate)
+        frames = frames.to(self.beat.tensor.device)
+        taps = (frames[:, None] + torch.arange(-r, r + 1, device=frames.device)).clamp(min=0)  # [N, 2r + 1]
+        values, _ = frame_values(self.beat, taps, frame_rate)  # [B, N, 2r + 1, D]
+        return values.amax(dim=(2, 3)).clamp(0.0, 1.0)
+
+    def combine(self, out: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The guided output ``[B, ...]`` of a batch's outputs ``[branches * B, ...]``; ``gate`` (from
+        :meth:`gate`, shaped to broadcast over ``[B, ...]``) sets the beat scale frame by frame."""
+        if self.beat_scale is None:
+            cond, null = out.chunk(2)
+            return null + self.scale * (cond - null)
+        cond, no_beat, null = out.chunk(3)
+        beat_scale = self.beat_scale if gate is None else self.scale + (self.beat_scale - self.scale) * gate.to(out)
+        return null + self.scale * (no_beat - null) + beat_scale * (cond - no_beat)
+
+
+def plan_guidance(
+    conditions: Optional[Dict[str, Condition]], scale: float, beat_scale: Optional[float], config
+) -> Optional[Guidance]:
+    """The guidance of a sampling call, or None when it runs the conditional branch alone (no conditions,
+    or ``scale == 1`` without beat guidance). ``beat_scale`` None takes the model's (``config``'s
+    ``beat_guidance_scale``, gated by its ``beat_guidance_reach``); it applies only when the conditions
+    hold a beat. Raises InputError for a bad ``beat_scale``."""
+    from .errors import InputError
+
+    if beat_scale is None:
+        beat_scale = config.get("beat_guidance_scale")
+    if beat_scale is not None:
+        check_beat_guidance(beat_scale, "beat_guidance_scale", InputError)
+        beat_scale = float(beat_scale) if BEAT in (conditions or {}) else None
+    if not conditions or (scale == 1.0 and beat_scale is None):
+        return None
+    reach = config.get("beat_guidance_reach") if beat_scale is not None else None
+    return Guidance(float(scale), beat_scale, conditions[BEAT] if reach is not None else None, reach)
