@@ -44,6 +44,22 @@ def test_forward_train_shapes_and_gradients():
     assert model.beat_head.weight.grad.abs().sum() > 0
 
 
+def test_beat_dropout_drops_the_beat_alone():
+    """beat_dropout 0.99 trains on the video without its beat (the beat guidance's middle branch)."""
+    model = dummies.dummy_ar_generator(cond_dropout=0.0, beat_dropout=0.99, dropout=0.0).train()
+    codes, conds = torch.randint(0, V, (2, K, 20), generator=torch.Generator().manual_seed(0)), make_conditions()
+    no_beat = dict(conds, beat=conds["beat"].null())
+
+    def ce(conditions):
+        return model.forward_train({"codes": codes, "conditions": conditions, "generator": torch.Generator().manual_seed(5)}).losses["ce"]
+
+    torch.testing.assert_close(ce(conds), ce(no_beat))
+    model.eval()  # no dropout: the beat is heard
+    assert (ce(conds) - ce(no_beat)).abs() > 1e-6
+    with pytest.raises(ConfigError, match="beat_dropout"):
+        dummies.dummy_ar_generator(beat_dropout=1.0)
+
+
 def test_alignment_features_read_the_music_alone_when_clean():
     codes = torch.randint(0, V, (2, K, 20))
     a, b = make_conditions(seed=0), make_conditions(seed=1)

@@ -27,13 +27,15 @@ A missing condition is treated as dropped (zeros, masked out); an unknown name i
 
 Training (:meth:`ARTokenLM.forward_train`): cross-entropy per codebook over valid slots,
 averaged over codebooks; during training every condition of an item is dropped together with
-probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance. With
+probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance, and of the others the
+beat alone with probability ``beat_dropout`` (the branch beat guidance contrasts with). With
 ``align_features="clean"`` (default) the alignment features (``music_embedding``,
 ``onset_logits``) come from a second pass with every condition dropped, so the alignment losses
 shape what the model hears in the music rather than rewarding a copy of the video condition.
 
 Generation (:meth:`ARTokenLM.generate`): static KV cache, CFG as one batched forward of
-``[cond; uncond]`` (guided before the linear heads), one-position steps through
+``[cond; uncond]``, or ``[cond; no beat; uncond]`` with a beat guidance scale (guided before the
+linear heads, :mod:`vmas_diffusion.guidance`), one-position steps through
 :meth:`ARDecoderLayer.decode_step` (fused q/k/v, few ops a step), per-item random streams (so a
 batch equals its items run alone), and windowed continuation past ``max_duration``: after each
 window the last ``max_duration - extend_stride`` seconds become the prompt of the next window, as
@@ -279,6 +281,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         beat_fuse: str = "sum",
         text_fuse: str = "none",
         cond_dropout: float = 0.3,
+        beat_dropout: float = 0.0,
         dropout: float = 0.1,
         align_features: str = "clean",
         top_k: int = 250,
@@ -361,8 +364,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"beat_lookahead must be >= 0 frames (got {c.beat_lookahead})")
         if c.beat_fuse not in BEAT_FUSES:
             problems.append(f"beat_fuse must be one of {BEAT_FUSES} (got {c.beat_fuse!r})")
-        if not 0.0 <= c.cond_dropout < 1.0:
-            problems.append(f"cond_dropout must be in [0, 1) (got {c.cond_dropout})")
+        for name in ("cond_dropout", "beat_dropout"):
+            if not 0.0 <= c[name] < 1.0:
+                problems.append(f"{name} must be in [0, 1) (got {c[name]})")
         if not 0.0 <= c.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {c.dropout})")
         if c.align_features not in ALIGN_FEATURES:
@@ -572,6 +576,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if self.training and self.config.cond_dropout > 0:
             drop = draw_items(torch.rand, (b,), batch.get("generator"), codes.device) < self.config.cond_dropout
             conds = {name: cond.drop_items(drop) for name, cond in conds.items()}
+        if self.training and self.config.beat_dropout > 0 and BEAT in conds:  # trains beat guidance's middle branch
+            drop_beat = draw_items(torch.rand, (b,), batch.get("generator"), codes.device) < self.config.beat_dropout
+            conds = {**conds, BEAT: conds[BEAT].drop_items(drop_beat)}
 
         pattern = self.codebook_pattern
         # padded frames read as the special token, as past the end of an unpadded item: with a delay
