@@ -20,7 +20,8 @@ are not trusted, events on their strongest onsets or, when calm, steady drifts) 
 bigbuckbunny and bikes footage (BSD-3-Clause) and `xblast-tnt-images` art. Trained on a 2-core CPU:
 6000 steps from scratch, then 3000 steps (the AR then 4000 more on the set's fourth version, whose
 busy untrusted clips got onset events instead of drifts; the LDM 4000 + 4000 more with its beat as
-per-frame modulation), batch 8 windows of 4 s. How the
+per-frame modulation, then 5000 more on the fourth version after growing from 4 to 8 layers), batch 8
+windows of 4 s. How the
 set is built: `scripts/build_music_set.py`; training: `scripts/train_vmas_tiny.py`
 (docs/alignment_results.md)."""
 
@@ -49,7 +50,8 @@ CARDS = {
         "a 10 fps video encoder and the visual beat envelope. Small enough to run on a CPU "
         "(0.28 x real time, one thread); use guidance 6. It samples at temperature 0.8 (top-k 250, its "
         "config's `temperature` / `top_k`; `temperature=1.0` in the call or `--temperature 1.0` for the "
-        "weights' full distribution).",
+        "weights' full distribution). For footage whose motion the music should follow, guide the beat on its "
+        "own: `guidance_scale=3, beat_guidance_scale=12` (`--guidance 3 --beat-guidance 12`).",
         alignment=HEADER
         + "| beat cuts (10 clips) | **0.582** | 0.321 (1.81x) | 0.352 (1.65x) | 0.659 |\n"
         "| motion, cuts every 2-4 beats (45) | **0.435** | 0.323 (1.35x) | 0.393 (1.11x) | 0.528 |\n"
@@ -60,9 +62,11 @@ CARDS = {
         "FAD 37.4 / 29.1 (mel statistics, against held-out real music; 29.7 / 29.6 at temperature 1.0), "
         "harmonic share 0.855 / 0.852 (real 0.792), sustained pitched share 0.566 / 0.530 (real 0.706; "
         "0.331 / 0.369 at temperature 1.0); R@5 video to its generated music 0.21 at seed 0 with the rhythm "
-        "head (chance 0.06).",
+        "head (chance 0.06). With guidance 3 and beat guidance 12: beat cuts 0.693 (2.16x, 1.86x), motion 0.569 "
+        "(1.76x, 1.52x), all 0.496 (1.76x, 1.57x); FAD 66.4 / 68.3, sustained pitched share 0.336 / 0.335.",
         limitations="Its margin over music made for another video is small on footage whose beats are motion "
-        "and sparse cuts (1.11x; 1.26x at temperature 1.0, which holds fewer notes); how many onsets it makes "
+        "and sparse cuts (1.11x; 1.26x at temperature 1.0, 1.52x with beat guidance 12 at guidance 3, both "
+        "holding fewer notes); how many onsets it makes "
         "does not follow the footage's pace (rank correlation -0.05-0.09, real music 0.60) unless best-of-N "
         "picks for it (`num_candidates=4, pace_weight=1`: 0.44-0.58, four times the cost); its contrastive "
         "head retrieves real music by rhythm (R@5 0.218 on held-out windows, 15x chance: whether the music's "
@@ -72,26 +76,27 @@ CARDS = {
     ),
     "ldm": dict(
         name="vmas-tiny (latent DiT)",
-        summary="The bundled offline latent-diffusion model of vmas-diffusion: a 1.34 M-parameter diffusion "
-        "transformer (4 layers, 128 wide, v-prediction, EMA 0.999) over the normalised latents of a mel + "
+        summary="The bundled offline latent-diffusion model of vmas-diffusion: a 2.52 M-parameter diffusion "
+        "transformer (8 layers, 128 wide, v-prediction, EMA 0.999) over the normalised latents of a mel + "
         "Griffin-Lim codec, sampled with UniPC in 25 steps, conditioned on a 10 fps video encoder "
         "(cross-attention) and the visual beat envelope, which modulates every block frame by frame "
         "(`beat_fuse: adaln`); use guidance 6 (its config adds a guidance of 12 on the beat condition "
         "alone, `beat_guidance_scale`).",
         alignment=HEADER.replace("), guidance 6.", "), guidance 6, beat guidance 12 (its config's).")
-        + "| beat cuts (10 clips) | **0.779** | 0.391 (1.99x) | 0.423 (1.84x) | 0.659 |\n"
-        "| motion, cuts every 2-4 beats (45) | **0.624** | 0.380 (1.64x) | 0.376 (1.66x) | 0.528 |\n"
-        "| events on onsets (17) | 0.596 | 0.368 (1.62x) | 0.381 (1.57x) | 0.418 |\n"
-        "| all (86) | 0.547 | 0.335 (1.63x) | 0.333 (1.64x) | 0.459 |\n\n"
+        + "| beat cuts (10 clips) | **0.764** | 0.384 (1.99x) | 0.437 (1.75x) | 0.659 |\n"
+        "| motion, cuts every 2-4 beats (45) | **0.621** | 0.382 (1.63x) | 0.373 (1.66x) | 0.528 |\n"
+        "| events on onsets (17) | 0.601 | 0.373 (1.61x) | 0.329 (1.83x) | 0.418 |\n"
+        "| all (86) | 0.544 | 0.335 (1.62x) | 0.311 (1.75x) | 0.459 |\n\n"
         "(Videos of the music set's fourth version; above the real music's own score, as BHS counts the "
-        "visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD 61.0 / 78.6 (mel statistics; 40.5 "
-        "/ 49.3 sampled as before, DPM-Solver++ at guidance 3 + beat guidance 6), harmonic share 0.729 / "
-        "0.765 (real 0.792), sustained pitched share 0.248 / 0.266 (real 0.706; 0.082 / 0.125 before), "
-        "4.7 / 5.7 onsets a second (real 4.6); R@5 video to its generated music 0.56 at seed 0 (chance 0.06).",
-        limitations="Held notes come out smeared (35-38% of the real music's sustained pitched share) and "
-        "its pace does not follow the footage's (rank correlation of onset density -0.15 / -0.52, real "
-        "music 0.60); the guidance that holds more notes costs FAD (61-79 against 40-49 at guidance 3). Its "
-        "contrastive head retrieves real music by rhythm (R@5 0.218 on held-out windows, 15x chance), not "
+        "visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD 62.3 / 71.6 (mel statistics), "
+        "harmonic share 0.721 / 0.756 (real 0.792), sustained pitched share 0.285 / 0.290 (real 0.706; the "
+        "4-layer model 0.248 / 0.266), 4.3 / 5.1 onsets a second (real 4.6); R@5 video to its generated music "
+        "0.54 at seed 0 (chance 0.06).",
+        limitations="Held notes come out smeared (40-41% of the real music's sustained pitched share) and "
+        "its pace does not follow the footage's (rank correlation of onset density -0.33 / -0.30, real "
+        "music 0.60); the guidance that holds more notes costs FAD (62-72 against 40-49 for the 4-layer "
+        "model at guidance 3). Its "
+        "contrastive head retrieves real music by rhythm (R@5 0.227 on held-out windows, 15x chance), not "
         "by style (its global part alone is at chance). "
         "In float16 its music moves by about 5% relative L2 from float32's.",
     ),

@@ -188,8 +188,9 @@ def test_bundled_weights_are_small():
     assert any(f.suffix == ".safetensors" for f in files)
     assert not any(f.suffix in (".bin", ".pt", ".pth", ".pkl") for f in files)  # nothing pickled
     # float32: stored in float16 the AR's sampled music diverges from the float32 model's and the
-    # LDM's moves by ~5% (relative L2; scripts/train_vmas_tiny.py ship --half prints it)
-    assert sum(f.stat().st_size for f in files) < 15e6
+    # LDM's moves by ~3% (relative L2; scripts/train_vmas_tiny.py ship --half prints it). About 18 MB
+    # since the LDM grew to 8 layers (2.6 M parameters).
+    assert sum(f.stat().st_size for f in files) < 20e6
 
 
 @pytest.mark.parametrize("name, backend", [("vmas-tiny", "ar"), ("vmas-tiny-ldm", "ldm")])
