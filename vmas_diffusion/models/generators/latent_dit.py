@@ -655,19 +655,22 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         timestep: torch.Tensor,
         prepared: FusedConditions,
         guidance: Optional[Guidance],
-        start_frame: int = 0,
+        gate: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """One guided model call: with ``guidance`` the prepared conditions hold its branches
-        (:meth:`Guidance.conditions`), which run as one batched forward and are combined (a gated beat
-        scale read at the window's frames from ``start_frame``)."""
-        b, _, t_len = sample.shape
+        (:meth:`Guidance.conditions`), which run as one batched forward and are combined (with the
+        window's beat-scale ``gate``, :meth:`_window_gate`)."""
+        b = sample.shape[0]
         branches = guidance.branches if guidance is not None else 1
         t = timestep.reshape(-1)[:1].float().expand(b * branches).to(sample.device)
         out = self._denoise(torch.cat([sample] * branches), t, prepared)[0]
-        if guidance is None:
-            return out
-        gate = guidance.gate(torch.arange(start_frame, start_frame + t_len), self.config.frame_rate)
-        return guidance.combine(out, None if gate is None else gate[:, None, :])
+        return out if guidance is None else guidance.combine(out, gate)
+
+    def _window_gate(self, guidance: Optional[Guidance], start_frame: int, num_frames: int) -> Optional[torch.Tensor]:
+        """The gate of a gated beat scale over a window's latent frames, ``[B, 1, T]`` (None when not gated):
+        the same at every denoising step, so read once a window."""
+        gate = None if guidance is None else guidance.gate(torch.arange(start_frame, start_frame + num_frames), self.config.frame_rate)
+        return None if gate is None else gate[:, None, :]
 
     def guided_output(
         self,
@@ -686,7 +689,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         self.check_conditions(conditions, sample.shape[0])
         guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
         prepared = self.fuse_conditions(cond_in, sample.shape[-1])
-        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance)
+        return self._guided(sample, torch.as_tensor(timestep, device=sample.device), prepared, guidance,
+                            self._window_gate(guidance, 0, sample.shape[-1]))
 
     def _guidance_plan(self, conditions: Dict[str, Condition], guidance_scale: float, beat_guidance_scale):
         """``(guidance or None, the conditions to fuse)``: the beat guidance is the argument, else the config's."""
@@ -747,6 +751,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             # the context is the same at every step: project its keys and values once per window
             kv = [block.cross_attn.project_kv(prepared.cross) for block in self.blocks]
             prepared = replace(prepared, cross_kv=kv)
+        gate = self._window_gate(guidance, start_frame, shape[-1])
         scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
@@ -763,7 +768,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     fresh = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
                 sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
-            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance, start_frame)
+            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance, gate)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
