@@ -24,11 +24,13 @@ from .conditions import BEAT, Condition
 from .modules.condition_fusion import frame_values
 
 
-def check_beat_guidance(value, name: str, error) -> None:
-    """Raise ``error`` unless ``value`` is a finite number >= 0 (None is checked by the caller); the
-    check of a beat guidance scale and of its reach."""
+def check_beat_guidance(value, name: str) -> Optional[str]:
+    """The problem with a beat guidance scale or its reach, or None when ``value`` is None or a finite number >= 0."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise error(f"{name} must be a finite number >= 0 or None, got {value!r}")
+        return f"{name} must be a finite number >= 0 or None, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ def plan_guidance(
 
     if beat_scale is None:
         beat_scale = config.get("beat_guidance_scale")
+    if (problem := check_beat_guidance(beat_scale, "beat_guidance_scale")) is not None:
+        raise InputError(problem)
     if beat_scale is not None:
-        check_beat_guidance(beat_scale, "beat_guidance_scale", InputError)
         beat_scale = float(beat_scale) if BEAT in (conditions or {}) else None
     if not conditions or (scale == 1.0 and beat_scale is None):
         return None

@@ -378,11 +378,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if isinstance(c.temperature, bool) or not isinstance(c.temperature, (int, float)) or not 0 <= c.temperature < math.inf:
             problems.append(f"temperature must be a finite number >= 0, 0 = greedy (got {c.temperature!r})")
         for name in ("beat_guidance_scale", "beat_guidance_reach"):
-            if c.get(name) is not None:
-                try:
-                    check_beat_guidance(c[name], name, ValueError)
-                except ValueError as err:
-                    problems.append(str(err))
+            if (problem := check_beat_guidance(c.get(name), name)) is not None:
+                problems.append(problem)
         window = round(c.max_duration * c.frame_rate)
         stride = round(c.extend_stride * c.frame_rate)
         if window < 2 or not 1 <= stride < window:

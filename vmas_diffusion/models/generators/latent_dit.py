@@ -286,8 +286,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             if not 0.0 <= getattr(cfg, name) < 1.0:
                 raise ConfigError(f"{where}: {name} must be in [0, 1), got {getattr(cfg, name)}")
         for name in ("beat_guidance_scale", "beat_guidance_reach"):
-            if cfg.get(name) is not None:
-                check_beat_guidance(cfg[name], f"{where}: {name}", ConfigError)
+            if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
+                raise ConfigError(problem)
         if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
             raise ConfigError(f"{where}: frame_rate, flow_shift and ffn_mult must be > 0")
         if round(cfg.max_duration * cfg.frame_rate) < 1:
