@@ -41,6 +41,7 @@ Run: ``python scripts/build_music_set.py`` (about 10 minutes on 2 cores).
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -90,7 +91,11 @@ def fetch(packages, debs: Path) -> dict[str, Path]:
         folder = debs / "root" / package
         if not folder.is_dir():
             deb = next(debs.glob(f"{package}_*.deb"))
-            subprocess.run(["dpkg", "-x", str(deb), str(folder)], check=True)
+            partial = folder.with_name(folder.name + ".partial")  # renamed once whole: a killed run unpacks again
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)  # dpkg -x makes the last folder only
+            subprocess.run(["dpkg", "-x", str(deb), str(partial)], check=True)
+            partial.rename(folder)
         folders[package] = folder
     return folders
 

@@ -396,6 +396,7 @@ class FakePipeline:
 
     calls: list = []
     sampling: list = []  # the generator options of each call
+    guidance: list = []  # (model folder name, guidance_scale) of each call
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -411,6 +412,7 @@ class FakePipeline:
                  generator=None, output_type="np", **sampling):
         FakePipeline.calls.append((self.folder.name, str(video) if fps is None else len(video)))
         FakePipeline.sampling.append(sampling)
+        FakePipeline.guidance.append((self.folder.name, guidance_scale))
         seconds = duration or self._duration(video, fps)
         u = torch.rand(2, generator=generator).numpy()
         t = np.arange(int(seconds * SR)) / SR
@@ -456,6 +458,30 @@ def eval_manifest(tmp_path, media):
 def _quality(report):
     """Every metric value except the timing ones, per model."""
     return [{k: v for k, v in m["metrics"].items() if k not in TIMING_KEYS} for m in report.results["models"]]
+
+
+def test_guidance_defaults_to_each_models_own(tmp_path, eval_manifest, monkeypatch):
+    import vmas_diffusion.defaults as defaults
+
+    monkeypatch.setattr(defaults, "ASSETS", tmp_path / "assets")
+    bundled = make_fake_model(tmp_path / "assets" / defaults.DEFAULT_MODEL, "ldm", noise=0.0, backend="ldm")
+    other = make_fake_model(tmp_path / "models", "mine", noise=0.0)
+    FakePipeline.guidance = []
+    run = lambda out, **kw: run_evaluation(  # noqa: E731
+        [bundled, other], str(eval_manifest), str(out), seed=0, progress=False, plots=False,
+        load_pipeline=FakePipeline, **kw)
+
+    report = run(tmp_path / "out")
+    assert set(FakePipeline.guidance) == {("ldm", defaults.RECOMMENDED_GUIDANCE["ldm"]), ("mine", 3.0)}
+    assert [m["guidance_scale"] for m in report.results["models"]] == [defaults.RECOMMENDED_GUIDANCE["ldm"], 3.0]
+    assert f"guidance ldm {defaults.RECOMMENDED_GUIDANCE['ldm']:g}, mine 3" in report.markdown
+
+    FakePipeline.guidance = []  # a given guidance is every model's, and a new cache key
+    report = run(tmp_path / "out", guidance_scale=1.5)
+    assert set(FakePipeline.guidance) == {("ldm", 1.5), ("mine", 1.5)}
+    assert report.markdown.splitlines()[0].count("guidance 1.5") == 1
+    with pytest.raises(InputError, match="guidance_scale"):
+        run(tmp_path / "out", guidance_scale=-1.0)
 
 
 def test_table_one_column_per_model_deterministic_and_cached(tmp_path, eval_manifest):

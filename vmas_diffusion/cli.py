@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="eval_out", help="folder for the JSON table, plots and the cache")
     ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--steps", type=int)
-    ev.add_argument("--guidance", type=float, default=3.0,
-                    help="classifier-free guidance for every model (default 3; the bundled ones were chosen at 6)")
+    ev.add_argument("--guidance", type=float,
+                    help="classifier-free guidance for every model (default: each model's own, what the bundled "
+                    "ones were chosen with (6), 3 for other models)")
     ev.add_argument("--duration", type=seconds)
     ev.add_argument("--fad-embedder", default="mel", help="mel (no weights) | vggish=PATH | panns=PATH | clap[=PATH]")
     ev.add_argument("--clap-checkpoint")

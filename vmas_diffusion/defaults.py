@@ -53,12 +53,13 @@ def bundled_model_path(name: str = DEFAULT_MODEL, backend: Optional[str] = None)
     return folder
 
 
-def default_guidance(pipe) -> float:
+def default_guidance(model) -> float:
     """The guidance a command uses when none is given: the bundled model's recommended one
-    (``RECOMMENDED_GUIDANCE``) for a bundled pipeline, else 3.0."""
-    folder = Path(str(getattr(pipe, "name_or_path", "") or "")).resolve()
+    (``RECOMMENDED_GUIDANCE``) for a bundled pipeline, else 3.0. ``model`` is a pipeline (read by
+    its ``name_or_path``) or a model folder, so the choice can be made before loading it."""
+    folder = Path(str(getattr(model, "name_or_path", model) or "")).resolve()
     if folder.parent == (ASSETS / DEFAULT_MODEL).resolve():
-        return RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
+        return RECOMMENDED_GUIDANCE.get(folder.name, 3.0)  # a bundled folder is named by its backend
     return 3.0
 
 

@@ -51,6 +51,7 @@ class ModelColumn:
     metrics: dict[str, Optional[float]]
     memory_kind: str = ""
     per_clip: list[dict[str, Any]] = field(default_factory=list)
+    guidance_scale: Optional[float] = None  # the classifier-free guidance its music was made with
 
     @property
     def header(self) -> str:
@@ -124,8 +125,13 @@ def render_markdown(
     """Markdown of the main table plus a short reference table (real music vs visual beats)."""
     rows = table_rows(columns, embedder_name)
     headers = ["metric"] + [c.header.replace("|", "\\|") for c in columns]  # a '|' would split the cell
+    guidance = sorted({c.guidance_scale for c in columns if c.guidance_scale is not None})
+    if len(guidance) > 1:
+        guidance_text = ", guidance " + ", ".join(f"{c.name} {c.guidance_scale:g}" for c in columns)
+    else:
+        guidance_text = f", guidance {guidance[0]:g}" if guidance else ""
     lines = [
-        f"Evaluation on {num_clips} clip(s) ({num_with_reference} with real music), seed {seed}, "
+        f"Evaluation on {num_clips} clip(s) ({num_with_reference} with real music), seed {seed}{guidance_text}, "
         f"FAD embedder: {embedder_name}",
         "",
         "| " + " | ".join(headers) + " |",
@@ -169,6 +175,7 @@ def write_report(
                 "path": c.path,
                 "backend": c.backend,
                 "memory_kind": c.memory_kind,
+                "guidance_scale": c.guidance_scale,
                 "metrics": c.metrics,
                 "per_clip": c.per_clip,
             }

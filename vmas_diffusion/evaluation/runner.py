@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -66,7 +66,7 @@ class EvaluationConfig:
 
     seed: int = 0
     num_inference_steps: Optional[int] = None
-    guidance_scale: float = 3.0
+    guidance_scale: Optional[float] = None  # None: each model's own (defaults.default_guidance)
     duration: Optional[float] = None
     num_candidates: int = 1  # best-of-N in the pipeline call
     pace_weight: float = 0.0  # best-of-N's pace term
@@ -79,6 +79,14 @@ class EvaluationConfig:
     visual_size: int = 128  # frames are resized to this square for the visual beats
     reference_sample_rate: int = 32000  # real music is decoded at this rate
     plots: bool = True
+
+    def for_model(self, model: str) -> "EvaluationConfig":
+        """These settings with the guidance resolved for one model (its recommended one when unset)."""
+        if self.guidance_scale is not None:
+            return self
+        from ..defaults import default_guidance
+
+        return replace(self, guidance_scale=default_guidance(model))
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the pipeline call (besides video and generator)."""
@@ -201,9 +209,10 @@ class Evaluator:
 
     # ------------------------------------------------------------------ per (model, clip)
 
-    def generate(self, pipe, clip: EvalClip) -> GenerationRecord:
-        """One pipeline call (timed, memory measured) plus the contrastive embeddings when the pipeline has them."""
-        c = self.config
+    def generate(self, pipe, clip: EvalClip, config: Optional[EvaluationConfig] = None) -> GenerationRecord:
+        """One pipeline call (timed, memory measured) plus the contrastive embeddings when the pipeline has them.
+        ``config``: the settings resolved for this model (default: the evaluator's, for ``pipe``'s own path)."""
+        c = config or self.config.for_model(str(getattr(pipe, "name_or_path", "") or ""))
         video: Any = str(clip.video)
         fps = None
         if not clip.is_whole_file:
@@ -307,26 +316,29 @@ class Evaluator:
         plots: list[str] = []
         columns: list[ModelColumn] = []
         names = _column_names(models)
-        kwargs = self.config.cache_kwargs()
         total = tqdm(total=len(models) * len(analyses), desc="generate", disable=not self.progress)
         for model, name, fp in zip(models, names, fingerprints):
             pipe = None
             records: list[GenerationRecord] = []
             new = 0
+            config = self.config.for_model(model)
+            kwargs = config.cache_kwargs()
             for a in analyses:
                 key = generation_key(fp, a.clip, self.config.seed, kwargs)
                 record = self.cache.get(key)
                 if record is None:
                     if pipe is None:
                         pipe = self._load_model(model)
-                    record = self.generate(pipe, a.clip)
+                    record = self.generate(pipe, a.clip, config)
                     self.cache.put(key, record)
                     self.generated += 1
                     new += 1
                 records.append(record)
                 total.update(1)
             del pipe  # one model in memory at a time
-            columns.append(self._model_column(model, name, records, analyses, reference_windows, new, plots))
+            column = self._model_column(model, name, records, analyses, reference_windows, new, plots)
+            column.guidance_scale = config.guidance_scale
+            columns.append(column)
         total.close()
         reference = self._reference_scores(analyses)
         if self.config.plots:
@@ -530,7 +542,7 @@ def run_evaluation(
     out_dir: str,
     seed: int = 0,
     num_inference_steps: int | None = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     duration: float | None = None,
     fad_embedder: str = "mel",
     clap_checkpoint: str | None = None,
@@ -554,7 +566,8 @@ def run_evaluation(
         out_dir: receives ``evaluation.md``, ``evaluation.json``, ``plots/`` and ``cache/`` (generations
             per model/clip/seed/settings, and clip analyses); re-running in the same folder reuses it.
         seed: generation seed (the same for every clip), part of the cache key.
-        num_inference_steps, guidance_scale, duration: passed to the pipeline, part of the cache key.
+        num_inference_steps, guidance_scale, duration: passed to the pipeline, part of the cache key;
+            ``guidance_scale`` None: each model's own (the bundled ones' recommended guidance, else 3).
         fad_embedder: ``"mel"`` (weight-free default), ``"vggish=PATH"``, ``"panns=PATH"``, ``"clap"``
             (uses ``clap_checkpoint``) or ``"clap=PATH"``; the table names the one used.
         clap_checkpoint: local laion-clap checkpoint; enables the CLAP score row.
@@ -575,7 +588,7 @@ def run_evaluation(
         CheckpointError: a missing or unloadable model, a bad embedder checkpoint.
         ConfigError: an unknown ``fad_embedder``.
     """
-    if guidance_scale is None or not np.isfinite(guidance_scale) or guidance_scale < 0:
+    if guidance_scale is not None and not (np.isfinite(guidance_scale) and guidance_scale >= 0):
         raise InputError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     if duration is not None and not (np.isfinite(duration) and duration > 0):
         raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
@@ -587,7 +600,7 @@ def run_evaluation(
     config = EvaluationConfig(
         seed=int(seed),
         num_inference_steps=num_inference_steps,
-        guidance_scale=float(guidance_scale),
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
         duration=None if duration is None else float(duration),
         num_candidates=num_candidates,
         pace_weight=pace_weight,
