@@ -152,7 +152,7 @@ def clip_track(job) -> list[dict]:
         rms = float(np.sqrt(np.mean(clip**2)))
         if clip.size < length or rms < 0.01:
             continue
-        tracked = music_beats(clip, SAMPLE_RATE, onset_delta=None)  # the onsets the shipped models' set was built with
+        tracked = music_beats(clip, SAMPLE_RATE)
         grid = beat_grid(clip, SAMPLE_RATE, tracked=tracked)
         uid = f"{split}_{hashlib.sha1(f'{package}/{track.name}/{k}'.encode()).hexdigest()[:10]}"
         sf.write(str(out / "music" / f"{uid}.wav"), (0.9 * clip / np.abs(clip).max()).astype(np.float32), SAMPLE_RATE)
