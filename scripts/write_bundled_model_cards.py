@@ -20,7 +20,7 @@ are not trusted, events on their strongest onsets or, when calm, steady drifts) 
 bigbuckbunny and bikes footage (BSD-3-Clause) and `xblast-tnt-images` art. Trained on a 2-core CPU:
 6000 steps from scratch, then 3000 steps (the AR then 4000 more on the set's fourth version, whose
 busy untrusted clips got onset events instead of drifts; the LDM 4000 + 4000 more with its beat as
-per-frame modulation, then 5000 more on the fourth version after growing from 4 to 8 layers), batch 8
+per-frame modulation, then 5000 + 3000 more on the fourth version after growing from 4 to 8 layers), batch 8
 windows of 4 s. How the
 set is built: `scripts/build_music_set.py`; training: `scripts/train_vmas_tiny.py`
 (docs/alignment_results.md)."""
@@ -83,18 +83,18 @@ CARDS = {
         "(`beat_fuse: adaln`); use guidance 6 (its config adds a guidance of 12 on the beat condition "
         "alone, `beat_guidance_scale`).",
         alignment=HEADER.replace("), guidance 6.", "), guidance 6, beat guidance 12 (its config's).")
-        + "| beat cuts (10 clips) | **0.764** | 0.384 (1.99x) | 0.437 (1.75x) | 0.659 |\n"
-        "| motion, cuts every 2-4 beats (45) | **0.621** | 0.382 (1.63x) | 0.373 (1.66x) | 0.528 |\n"
-        "| events on onsets (17) | 0.601 | 0.373 (1.61x) | 0.329 (1.83x) | 0.418 |\n"
-        "| all (86) | 0.544 | 0.335 (1.62x) | 0.311 (1.75x) | 0.459 |\n\n"
+        + "| beat cuts (10 clips) | **0.749** | 0.391 (1.92x) | 0.404 (1.85x) | 0.659 |\n"
+        "| motion, cuts every 2-4 beats (45) | **0.600** | 0.380 (1.58x) | 0.372 (1.61x) | 0.528 |\n"
+        "| events on onsets (17) | 0.584 | 0.368 (1.59x) | 0.322 (1.81x) | 0.418 |\n"
+        "| all (86) | 0.528 | 0.335 (1.58x) | 0.311 (1.70x) | 0.459 |\n\n"
         "(Videos of the music set's fourth version; above the real music's own score, as BHS counts the "
-        "visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD 62.3 / 71.6 (mel statistics), "
-        "harmonic share 0.721 / 0.756 (real 0.792), sustained pitched share 0.285 / 0.290 (real 0.706; the "
-        "4-layer model 0.248 / 0.266), 4.3 / 5.1 onsets a second (real 4.6); R@5 video to its generated music "
-        "0.54 at seed 0 (chance 0.06).",
-        limitations="Held notes come out smeared (40-41% of the real music's sustained pitched share) and "
-        "its pace does not follow the footage's (rank correlation of onset density -0.33 / -0.30, real "
-        "music 0.60); the guidance that holds more notes costs FAD (62-72 against 40-49 for the 4-layer "
+        "visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD 68.6 / 90.3 (mel statistics), "
+        "harmonic share 0.761 / 0.798 (real 0.792), sustained pitched share 0.324 / 0.322 (real 0.706; "
+        "3000 steps before 0.285 / 0.290, the 4-layer model 0.248 / 0.266), 4.6 / 5.0 onsets a second (real "
+        "4.6); R@5 video to its generated music 0.54 at seed 0 (chance 0.06).",
+        limitations="Held notes come out smeared (46% of the real music's sustained pitched share) and "
+        "its pace does not follow the footage's (rank correlation of onset density -0.24 / -0.03, real "
+        "music 0.60); the guidance that holds more notes costs FAD (69-90 against 40-49 for the 4-layer "
         "model at guidance 3). Its "
         "contrastive head retrieves real music by rhythm (R@5 0.227 on held-out windows, 15x chance), not "
         "by style (its global part alone is at chance). "
