@@ -79,3 +79,30 @@ def test_accent_events_are_the_strongest_onsets_at_least_min_gap_apart():
     loud = clicks[::4]
     assert len(events) == len(loud)
     assert np.abs(events - loud).max() < 0.05
+
+
+@pytest.mark.skipif(__import__("shutil").which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
+def test_fetch_unpacks_on_a_fresh_machine(tmp_path):
+    """A downloaded package unpacks into debs/root/<package> when debs/root does not exist yet (dpkg -x
+    makes only the last folder: the first run on a new machine failed there), and a half-unpacked
+    folder left by a killed run is unpacked again rather than taken as whole."""
+    import subprocess
+
+    source = tmp_path / "src"
+    (source / "DEBIAN").mkdir(parents=True)
+    (source / "DEBIAN" / "control").write_text(
+        "Package: tinymusic\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n")
+    (source / "usr" / "share" / "tinymusic").mkdir(parents=True)
+    (source / "usr" / "share" / "tinymusic" / "track.ogg").write_bytes(b"OggS")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "--build", str(source), str(debs / "tinymusic_1.0_all.deb")], check=True,
+                   capture_output=True)
+    (debs / "root" / "tinymusic.partial").mkdir(parents=True)  # a killed run's leftovers
+    (debs / "root" / "tinymusic.partial" / "junk").write_text("half")
+
+    folders = build.fetch(["tinymusic"], debs)
+    folder = folders["tinymusic"]
+    assert folder == debs / "root" / "tinymusic"
+    assert (folder / "usr" / "share" / "tinymusic" / "track.ogg").read_bytes() == b"OggS"
+    assert not (folder / "junk").exists() and not (debs / "root" / "tinymusic.partial").exists()
