@@ -255,3 +255,31 @@ def test_beat_grid_on_the_beat_of_a_click_and_tone_track():
     assert grid.tempo == pytest.approx(bpm, rel=0.02)
     assert np.abs(grid.times[:, None] - beats[None, :]).min(1).max() < 0.03  # on the beat, not 0.3 s off
     assert grid.contrast > 1.3 and grid.trusted()
+
+
+def test_onsets_need_an_attack_not_a_scaled_wiggle():
+    """A steady chord has no onsets (librosa's default, on the envelope scaled to [0, 1], counts
+    about 20 a second); decaying notes once a second are found one by one; ``onset_delta=None``
+    is librosa's default (what the data set's energy was measured with)."""
+    import librosa
+
+    from vmas_diffusion.beats.music import ANALYSIS_RATE, HOP_LENGTH, onset_strength
+
+    rate = 16000
+    t = np.arange(8 * rate) / rate
+    chord = (0.1 * sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))).astype(np.float32)
+    assert music_beats(chord, rate).onsets.size == 0
+    assert music_beats(chord, rate, onset_delta=None).onsets.size / 8 > 5  # the count it replaces
+
+    starts = np.arange(0.5, 8.0, 1.0)
+    notes = np.zeros_like(t)
+    for k, s in enumerate(starts):
+        after = t >= s
+        notes[after] += 0.3 * np.sin(2 * np.pi * 220 * 2 ** (k % 4 / 12) * (t[after] - s)) * np.exp(-2 * (t[after] - s))
+    onsets = music_beats(notes.astype(np.float32), rate).onsets
+    assert onsets.size == starts.size
+    np.testing.assert_allclose(onsets, starts, atol=0.05)
+
+    env, _ = onset_strength(notes.astype(np.float32), rate)
+    default = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP_LENGTH, units="time")
+    np.testing.assert_array_equal(music_beats(notes.astype(np.float32), rate, onset_delta=None).onsets, default)

@@ -21,7 +21,7 @@ import numpy as np
 from .cache import atomic_savez, clip_fingerprint, file_fingerprint
 from .dataset import EvalClip
 
-ANALYSIS_FORMAT = 2  # bump when what is stored changes
+ANALYSIS_FORMAT = 3  # bump when what is stored changes (3: onsets above ONSET_DELTA dB)
 
 
 @dataclass

@@ -8,7 +8,8 @@
   20 dB above the frame's median magnitude in that band that stay in the same bin (+-1) for at
   least 0.3 s. A drum hit's ring is shorter; a held note, chord or melody line is not (a TR-808
   drum loop scores 0.05, orchestral game music 0.7-1.0).
-- ``onset_density``: onsets per second (librosa's onset detector).
+- ``onset_density``: onsets per second (:func:`~vmas_diffusion.beats.music_beats`: peaks of the onset
+  strength ``ONSET_DELTA`` dB above their neighbourhood, so held notes count none).
 - ``pace_correlation``: Spearman rank correlation of two per-clip series (e.g. the video's visual
   beats per minute against the music's tempo); None when undefined.
 """
