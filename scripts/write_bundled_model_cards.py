@@ -97,7 +97,7 @@ CARDS = {
         limitations="Held notes come out smeared (48-52% of the real music's sustained pitched share) and "
         "its onset density follows the footage's pace only loosely (rank correlation 0.19 / 0.45 on held-out "
         "videos, real music 0.57); the guidance that holds more notes "
-        "costs FAD (66-80.5 against 40-49 for the 4-layer "
+        "costs FAD (66-81 against 40-49 for the 4-layer "
         "model at guidance 3). Its "
         "contrastive head retrieves real music by rhythm (R@5 0.349 on held-out windows, 23x chance), not "
         "by style (its global part alone is at chance). "

@@ -260,7 +260,7 @@ def test_beat_grid_on_the_beat_of_a_click_and_tone_track():
 def test_onsets_need_an_attack_not_a_scaled_wiggle():
     """A steady chord has no onsets (librosa's default, on the envelope scaled to [0, 1], counts
     about 20 a second); decaying notes once a second are found one by one; ``onset_delta=None``
-    is librosa's default (what the data set's energy was measured with)."""
+    is librosa's default (the count that paced the music set's fourth version)."""
     import librosa
 
     from vmas_diffusion.beats.music import ANALYSIS_RATE, HOP_LENGTH, onset_strength
