@@ -137,6 +137,7 @@ def restage(args) -> None:
     generator settings of ``--set key=value`` changed (e.g. ``cond_dropout=0.1``), saved as
     ``<work>/init_<backend>``, which ``prepare`` and ``train`` start from."""
     from vmas_diffusion.errors import ConfigError
+    from vmas_diffusion.conditions import DEFAULT_PACE_SECONDS
     from vmas_diffusion.pipelines import VideoToMusicPipeline
 
     source = args.source or ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
@@ -160,6 +161,15 @@ def restage(args) -> None:
 
         changes["pace_map"] = config["pace_map"] = fit_pace_map_on_shards(train_shards(args), config["pace_seconds"])
         print(f"pace map (video -> music pace, per feature [xs, ys]): {json.dumps(config['pace_map'])}", file=sys.stderr)
+    if config.get("flux_guidance_scale") and config.get("flux_map") is None:
+        # the flux that flux guidance asks for at each video pace, fitted on the training samples
+        from vmas_diffusion.training.pace_map import fit_flux_map_on_shards
+
+        if not hasattr(pipe.codec, "spectral_flux"):
+            fail(f"restage: flux guidance steers a codec's spectral flux; {type(pipe.codec).__name__} has none")
+        window = config.get("pace_seconds") or DEFAULT_PACE_SECONDS
+        changes["flux_map"] = config["flux_map"] = fit_flux_map_on_shards(train_shards(args), pipe.codec.spectral_flux, window)
+        print(f"flux map (video beats/s -> music flux dB, [xs, ys]): {json.dumps(config['flux_map'])}", file=sys.stderr)
     # diffusers gives keys the saved config lacked their defaults again, whatever the dict holds
     config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in changes]
     try:

@@ -571,3 +571,24 @@ def test_mel_filterbank_is_librosas(sr, n_fft, n_mels, f_min, f_max):
     theirs = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
     assert float(abs(ours - theirs).max()) <= 1e-12
+
+
+def test_the_mel_codec_s_spectral_flux_is_the_rise_of_its_bands_in_db():
+    from dummies import dummy_mel_codec
+
+    codec = dummy_mel_codec()
+    t = torch.arange(16000 * 2) / 16000
+    steady = 0.3 * torch.sin(2 * math.pi * 440 * t)
+    bursts = steady * torch.exp(-(t % 0.5) / 0.08)  # a struck note every half second (frames 0, 25, 50, 75)
+    flux = codec.spectral_flux(codec.encode(torch.stack([steady, bursts])[:, None]))
+    assert flux.shape == (2, 99)  # 100 frames at 50 Hz
+    assert flux[0, 5:-5].max() < 0.5  # a steady tone does not rise
+    rises = (flux[1] > 10.0).nonzero().flatten()  # every attack rises by tens of dB, nothing else does
+    assert len(rises) >= 3 and all(min(abs(int(f) + 1 - n) for n in (25, 50, 75)) <= 3 for f in rises[rises > 5])
+    # in dB of amplitude: doubling the rise of the log-mel doubles the flux
+    latents = codec.encode(bursts[None, None]).requires_grad_(True)
+    mean, std = codec._latent_stats(latents)
+    doubled = (2 * (latents * std + mean) - mean) / std
+    torch.testing.assert_close(codec.spectral_flux(doubled), 2 * codec.spectral_flux(latents))
+    codec.spectral_flux(latents).sum().backward()  # differentiable: a sampler can steer it
+    assert latents.grad.abs().sum() > 0

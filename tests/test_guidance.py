@@ -79,3 +79,103 @@ def test_a_gated_beat_scale_is_plain_cfg_without_visual_beats_and_full_with_them
     assert not torch.equal(middle, sample(ungated, weak))
     with pytest.raises(ConfigError, match="beat_guidance_reach"):
         make(beat_guidance_reach=-0.1)
+
+
+# ---------------------------------------------------------------------------- flux guidance (LDM)
+def flux_setup(ys, scale=0.5, **overrides):
+    """A tiny LDM whose latents are a tiny mel codec's (32 bands), with a constant flux map at ``ys`` dB."""
+    codec = dummies.dummy_mel_codec()
+    model = dummies.dummy_ldm_generator(latent_dim=32, beat_fuse="adaln", flux_guidance_scale=scale,
+                                        flux_map=[[0.0, 4.0], [ys, ys]], **overrides)
+    return model, codec
+
+
+def mean_flux(codec, latents):
+    return float(codec.spectral_flux(latents).mean())
+
+
+def generate(model, codec, beat, **kwargs):
+    return model.generate(conditions(beat), 150, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                          num_inference_steps=10, spectral_flux=codec.spectral_flux, **kwargs)
+
+
+def test_flux_guidance_moves_the_music_s_flux_towards_the_map_s_and_is_off_at_scale_zero():
+    beat = torch.zeros(1, 150)
+    beat[0, ::25] = 1.0  # a visual beat a second, 6 s at 25 fps: two windows
+    calm, codec = flux_setup(ys=0.5)
+    busy, _ = flux_setup(ys=40.0)
+    free = generate(calm, codec, beat, flux_guidance_scale=0.0)
+    torch.testing.assert_close(generate(busy, codec, beat, flux_guidance_scale=0.0), free, atol=0, rtol=0)
+    # off without a beat condition: nothing says how busy the video is
+    no_beat = {VIDEO: conditions(beat)[VIDEO]}
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=10, spectral_flux=codec.spectral_flux)
+    torch.testing.assert_close(calm.generate(no_beat, 150, generator=torch.Generator().manual_seed(0), **kwargs),
+                               calm.generate(no_beat, 150, generator=torch.Generator().manual_seed(0),
+                                             flux_guidance_scale=0.0, **kwargs), atol=0, rtol=0)
+    lowered, raised = generate(calm, codec, beat), generate(busy, codec, beat)
+    assert mean_flux(codec, lowered) < 0.85 * mean_flux(codec, free)
+    assert mean_flux(codec, raised) > 1.15 * mean_flux(codec, free)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "flow"])
+def test_the_steered_output_predicts_the_shifted_clean_latents(prediction_type):
+    from vmas_diffusion.guidance import FluxGuidance
+
+    model, codec = flux_setup(ys=0.5, prediction_type=prediction_type)
+    sample, output = torch.randn(2, 1, 32, 40, generator=torch.Generator().manual_seed(0))
+    flux = FluxGuidance(0.5, codec.spectral_flux, torch.ones(1, 40), [[0.0], [0.5]])
+    target = torch.tensor([0.5]).log()
+    timestep = 0.3 * model.config.num_train_timesteps if prediction_type == "flow" else torch.tensor(300)
+
+    def clean(out):  # the clean latents a model output predicts at this noisy sample
+        if prediction_type == "flow":
+            return sample - 0.3 * out
+        ac = model.noise_scheduler.alphas_cumprod[300]
+        if prediction_type == "v_prediction":
+            return ac.sqrt() * sample - (1 - ac).sqrt() * out
+        return (sample - (1 - ac).sqrt() * out) / ac.sqrt()
+
+    steered = model._steer_flux(output, sample, timestep, flux, target)
+    shift = flux.clean_shift(clean(output), target)
+    torch.testing.assert_close(clean(steered), clean(output) + shift, atol=1e-4, rtol=1e-4)
+    assert shift.pow(2).mean().sqrt() > 0.1  # a real move (RMS scale x error, the error clamped to 1)
+    assert mean_flux(codec, clean(steered)) < mean_flux(codec, clean(output))
+
+
+def test_flux_guidance_needs_a_map_a_codec_with_flux_and_a_valid_scale():
+    from vmas_diffusion.errors import InputError
+
+    beat = torch.zeros(1, 50)
+    model, codec = flux_setup(ys=1.0)
+    with pytest.raises(InputError, match="spectral_flux"):
+        model.generate(conditions(beat), 50, num_inference_steps=2)  # no codec flux given
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(InputError, match="flux_guidance_scale"):
+            generate(model, codec, beat, flux_guidance_scale=bad)
+    plain = dummies.dummy_ldm_generator(latent_dim=32)
+    with pytest.raises(InputError, match="flux_map"):
+        plain.generate(conditions(beat), 50, num_inference_steps=2, flux_guidance_scale=0.5,
+                       spectral_flux=codec.spectral_flux)
+    for config, match in ((dict(flux_guidance_scale=0.5), "flux_map"),
+                          (dict(flux_map=[[1.0, 0.0], [1.0, 2.0]]), "flux_map"),
+                          (dict(flux_guidance_scale=-0.5, flux_map=[[0.0], [1.0]]), "flux_guidance_scale")):
+        with pytest.raises(ConfigError, match=match):
+            dummies.dummy_ldm_generator(latent_dim=32, **config)
+
+
+def test_a_window_s_target_is_the_map_at_its_mean_pace():
+    from vmas_diffusion.guidance import plan_flux_guidance
+
+    beat = torch.zeros(2, 200)  # 8 s at 25 fps
+    beat[0, :100:25] = 1.0  # first item: a beat a second for 4 s, then none; second item: none
+    conds = conditions(beat)
+    conds[BEAT].mask[1] = False  # the second item has no video: no target
+    flux_map = [[0.0, 1.0, 2.0], [1.0, 2.0, 4.0]]
+    plan = plan_flux_guidance(conds, 400, 50.0, 0.5, flux_map, lambda x: x, 2.0)
+    assert plan_flux_guidance(conds, 400, 50.0, 0.0, flux_map, lambda x: x, 2.0) is None
+    first, last = plan.window_target(0, 200), plan.window_target(200, 200)
+    assert torch.isnan(first[1]) and torch.isnan(last[1])
+    pace = plan.pace[0, :200].mean()
+    assert 0.5 < pace < 1.1  # about a beat a second (less near the end of the beats)
+    torch.testing.assert_close(first[0], torch.log(1.0 + pace))  # the map is 1 + pace below 1 beat/s
+    assert last[0] < first[0]

@@ -2,6 +2,7 @@
 settings changed, keeping every trained weight that still fits."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,24 @@ def test_restage_to_a_music_pace_control_fits_its_map_on_the_training_samples(tm
     assert model.config.pace_source == "music" and model.config.pace_seconds == 2.0
     assert model.config.pace_map == fit_pace_map_on_shards(shards, 2.0) and "pace map" in done.stderr
     assert model.pace_proj.weight.abs().max() == 0  # new, at its init: the music stays the shipped model's
+
+
+def test_restage_to_flux_guidance_fits_its_map_on_the_training_samples(tmp_path):
+    from dummies import make_synthetic_data
+
+    from vmas_diffusion.models.codecs.mel_griffinlim import MelGriffinLimCodec
+    from vmas_diffusion.models.generators.latent_dit import LatentDiT
+    from vmas_diffusion.training.pace_map import fit_flux_map_on_shards
+
+    shards = make_synthetic_data(tmp_path / "shards")  # 16-d latents: a 16-band mel codec's
+    source = tmp_path / "source"  # the shipped LDM with a codec of the shards' 16 bands
+    shutil.copytree(SHIPPED_LDM, source)
+    codec_config = json.loads((source / "codec" / "config.json").read_text())
+    codec = MelGriffinLimCodec(**{**{k: v for k, v in codec_config.items() if not k.startswith("_")}, "n_mels": 16,
+                                  "latent_mean": 0.0, "latent_std": 1.0})
+    codec.save_pretrained(str(source / "codec"))
+    done = restage(tmp_path / "w", "flux_guidance_scale=0.5", source=source, shards=shards)
+    assert done.returncode == 0, done.stderr
+    model = LatentDiT.from_pretrained(str(tmp_path / "w" / "init_ldm" / "generator"))
+    assert model.config.flux_guidance_scale == 0.5 and "flux map" in done.stderr
+    assert model.config.flux_map == fit_flux_map_on_shards(shards, codec.spectral_flux, 4.0)

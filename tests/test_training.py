@@ -132,6 +132,30 @@ def test_pace_map_is_fitted_on_the_training_samples(data_dir):
     assert (mapped >= music.min(0).values - 1e-6).all()
 
 
+def test_flux_map_is_fitted_on_the_training_windows(data_dir):
+    from vmas_diffusion.conditions import Condition, check_quantile_map, interpolate_map, local_pace
+    from vmas_diffusion.training.pace_map import fit_flux_map_on_shards, flux_pairs
+
+    def flux(latents):  # any codec's flux: the mean rise of the latent channels
+        return torch.relu(latents[..., 1:] - latents[..., :-1]).mean(1)
+
+    data = ShardDataset(data_dir, batch_size=1, shuffle=False)
+    pace, music = flux_pairs(data_dir, flux, 2.0)
+    assert pace.shape == music.shape == (data.num_samples,)  # one pair per window (every one has a video)
+    first = next(iter(data))
+    own = local_pace(Condition(first["visual_envelope"][..., None], first["video_mask"], data.video_fps), 2.0)
+    torch.testing.assert_close(pace[0], own.tensor[0, first["video_mask"][0], 0].mean())
+    valid = first["music_mask"][0]
+    torch.testing.assert_close(music[0], flux(first["latents"])[0][valid[1:] & valid[:-1]].mean())
+    table = fit_flux_map_on_shards(data_dir, flux, 2.0, num_quantiles=5)
+    assert check_quantile_map(table)
+    # quantiles (ties in pace keep their mean flux): a map onto the music's range, rising with the pace
+    mapped = interpolate_map(pace.float(), table)
+    assert music.min() - 1e-5 <= mapped.min() and mapped.max() <= music.max() + 1e-5
+    assert table[0] == sorted(table[0]) and table[1] == sorted(table[1])
+    assert mapped[pace.argmax()] > mapped[pace.argmin()]
+
+
 def test_task_randomness_is_a_function_of_the_samples(data_dir):
     task = _task("ldm")
     batch = next(iter(ShardDataset(data_dir, batch_size=2)))

@@ -110,8 +110,9 @@ def alignment_kwargs(args) -> dict:
 
 
 def sampling_kwargs(args) -> dict:
-    """The generator's own sampling options given on the command line (top_k, temperature, beat guidance)."""
-    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance))
+    """The generator's own sampling options given on the command line (top_k, temperature, beat and flux guidance)."""
+    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance),
+               ("flux_guidance_scale", args.flux_guidance))
     return {k: v for k, v in options if v is not None}
 
 
@@ -215,6 +216,9 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--beat-guidance", type=float, metavar="G",
                         help="a guidance scale of its own for the visual beats (default the model's; higher: "
                              "the music follows the video's cuts and motion more closely)")
+    parser.add_argument("--flux-guidance", type=float, metavar="S",
+                        help="LDM backend: how hard sampling pulls the music's spectral flux towards the flux training "
+                             "music has under videos of this pace (default the model's; 0: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,9 @@ PACE_FEATURES = 2
 #: a local maximum of the strength at least this high counts as a beat (the ``peak_height`` of
 #: :func:`vmas_diffusion.beats.visual_beats`)
 PACE_PEAK_HEIGHT = 0.3
+#: the window of the pace measures when a generator has none of its own (``pace_seconds``); its
+#: ``pace_map`` and ``flux_map`` are fitted over the same window (``train_vmas_tiny.py restage``)
+DEFAULT_PACE_SECONDS = 4.0
 
 
 @dataclass
@@ -126,27 +129,56 @@ def local_pace(envelope: Condition, window_seconds: float) -> Condition:
     return Condition(pace, envelope.mask, envelope.frame_rate)
 
 
+def fit_quantile_map(source, target, num_quantiles: int = 21) -> list:
+    """A monotone map from one scale onto another, ``[xs, ys]`` for :func:`interpolate_map`: the
+    ``num_quantiles`` quantiles of ``source [N]`` paired with those of ``target [N]``. Quantiles, not a
+    regression: a regression shrinks the spread towards the mean by the correlation, and a calm video
+    should get music as calm as calm music is. Ties in ``xs`` (e.g. many frames without a beat) keep
+    the mean of their ``ys``."""
+    source, target = (torch.as_tensor(x, dtype=torch.float64) for x in (source, target))
+    if source.dim() != 1 or source.shape != target.shape or len(source) < 2:
+        raise InputError(f"a quantile map needs two [N >= 2] arrays of the same shape, "
+                         f"got {tuple(source.shape)} and {tuple(target.shape)}")
+    if num_quantiles < 2:
+        raise InputError(f"a quantile map needs num_quantiles >= 2, got {num_quantiles}")
+    levels = torch.linspace(0, 1, num_quantiles, dtype=torch.float64)
+    xs, ys = torch.quantile(source, levels), torch.quantile(target, levels)
+    unique, which = torch.unique_consecutive(xs, return_inverse=True)
+    means = torch.zeros_like(unique).index_add_(0, which, ys) / torch.bincount(which).to(ys)
+    return [[round(float(v), 6) for v in unique], [round(float(v), 6) for v in means]]
+
+
+def check_quantile_map(pair) -> bool:
+    """Whether ``pair`` is a :func:`fit_quantile_map` table: ``[xs, ys]`` of finite numbers, xs increasing."""
+    try:
+        xs, ys = pair
+        return len(xs) == len(ys) >= 1 and all(a < b for a, b in zip(xs, xs[1:])) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf") for v in [*xs, *ys])
+    except (TypeError, ValueError):
+        return False
+
+
+def interpolate_map(x: torch.Tensor, pair) -> torch.Tensor:
+    """``x`` through the piecewise-linear ``pair = [xs, ys]`` (flat beyond the ends, as ``np.interp``)."""
+    xs, ys = x.new_tensor(pair[0]), x.new_tensor(pair[1])
+    v = x.clamp(xs[0], xs[-1])
+    if len(xs) == 1:  # a constant map
+        return ys[0].expand_as(v)
+    hi = torch.searchsorted(xs, v.contiguous()).clamp(1, len(xs) - 1)
+    lo = hi - 1
+    w = (v - xs[lo]) / (xs[hi] - xs[lo])
+    return ys[lo] + w * (ys[hi] - ys[lo])
+
+
 def fit_pace_map(source, target, num_quantiles: int = 21) -> list:
-    """A monotone map from one pace's scale onto another's: per feature, the ``num_quantiles`` quantiles
-    of ``source [N, PACE_FEATURES]`` (e.g. the videos' pace at training frames) paired with those of
-    ``target [N, PACE_FEATURES]`` (the music's pace at the same frames), as ``[[xs, ys], ...]`` for
-    :func:`map_pace`. Quantiles, not a regression: a regression shrinks the spread towards the mean
-    by the correlation, and a calm video should get music as calm as calm music is. Ties in ``xs``
-    (e.g. many frames without a beat) keep the mean of their ``ys``."""
+    """A monotone map from one pace's scale onto another's: per feature, :func:`fit_quantile_map` of
+    ``source [N, PACE_FEATURES]`` (e.g. the videos' pace at training frames) onto ``target [N,
+    PACE_FEATURES]`` (the music's pace at the same frames), as ``[[xs, ys], ...]`` for :func:`map_pace`."""
     source, target = (torch.as_tensor(x, dtype=torch.float64) for x in (source, target))
     if source.dim() != 2 or source.shape != target.shape or source.shape[1] != PACE_FEATURES or len(source) < 2:
         raise InputError(f"fit_pace_map needs two [N >= 2, {PACE_FEATURES}] arrays of the same shape, "
                          f"got {tuple(source.shape)} and {tuple(target.shape)}")
-    if num_quantiles < 2:
-        raise InputError(f"fit_pace_map needs num_quantiles >= 2, got {num_quantiles}")
-    levels = torch.linspace(0, 1, num_quantiles, dtype=torch.float64)
-    table = []
-    for f in range(PACE_FEATURES):
-        xs, ys = torch.quantile(source[:, f], levels), torch.quantile(target[:, f], levels)
-        unique, which = torch.unique_consecutive(xs, return_inverse=True)
-        means = torch.zeros_like(unique).index_add_(0, which, ys) / torch.bincount(which).to(ys)
-        table.append([[round(float(v), 6) for v in unique], [round(float(v), 6) for v in means]])
-    return table
+    return [fit_quantile_map(source[:, f], target[:, f], num_quantiles) for f in range(PACE_FEATURES)]
 
 
 def check_pace_map(table, who: str) -> Optional[str]:
@@ -154,11 +186,7 @@ def check_pace_map(table, who: str) -> Optional[str]:
     if table is None:
         return None
     try:
-        ok = len(table) == PACE_FEATURES and all(
-            len(xs) == len(ys) >= 1 and all(a < b for a, b in zip(xs, xs[1:]))
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf") for v in [*xs, *ys])
-            for xs, ys in table
-        )
+        ok = len(table) == PACE_FEATURES and all(check_quantile_map(pair) for pair in table)
     except TypeError:
         ok = False
     return None if ok else (f"{who} must be {PACE_FEATURES} pairs [xs, ys] of finite numbers, xs increasing "
@@ -166,23 +194,12 @@ def check_pace_map(table, who: str) -> Optional[str]:
 
 
 def map_pace(pace: Condition, table) -> Condition:
-    """Each feature of ``pace`` through its piecewise-linear ``[xs, ys]`` of ``table`` (flat beyond the ends,
-    as ``np.interp``); masked frames stay zero. ``table`` None: the pace as it is."""
+    """Each feature of ``pace`` through its ``[xs, ys]`` of ``table`` (:func:`interpolate_map`); masked
+    frames stay zero. ``table`` None: the pace as it is."""
     if table is None:
         return pace
-    x = pace.tensor
-    out = []
-    for f, (xs, ys) in enumerate(table):
-        xs, ys = x.new_tensor(xs), x.new_tensor(ys)
-        v = x[..., f].clamp(xs[0], xs[-1])
-        if len(xs) == 1:  # a constant map
-            out.append(ys[0].expand_as(v))
-            continue
-        hi = torch.searchsorted(xs, v.contiguous()).clamp(1, len(xs) - 1)
-        lo = hi - 1
-        w = (v - xs[lo]) / (xs[hi] - xs[lo])
-        out.append(ys[lo] + w * (ys[hi] - ys[lo]))
-    return Condition(torch.stack(out, -1) * pace.mask[..., None].to(x.dtype), pace.mask, pace.frame_rate)
+    out = torch.stack([interpolate_map(pace.tensor[..., f], pair) for f, pair in enumerate(table)], -1)
+    return Condition(out * pace.mask[..., None].to(out.dtype), pace.mask, pace.frame_rate)
 
 
 def pace_condition(conditions: dict, window_seconds: float, table) -> Optional[Condition]:

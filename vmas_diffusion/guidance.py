@@ -12,15 +12,23 @@ The beat scale can be *gated* by the visual beats (``reach``, seconds): at each 
 ``g + (g_beat - g) * gate``, the gate being the strongest visual beat within ``reach`` of the frame
 (the envelope is in [0, 1]). Near a cut or a motion accent the beat gets its full scale; between
 them guidance is plain CFG, which leaves the music's held notes alone.
+
+**Flux guidance** (latent diffusion over log-mel latents, :class:`FluxGuidance`) steers how much
+the music moves rather than what the model predicts: at every denoising step the predicted clean
+latents are nudged down (or up) the gradient of their spectral flux (the mean rise of the mel bands
+from frame to frame, in dB), towards the flux that training music has under videos of this pace (a
+quantile map of the video's beats per second, ``flux_map``). A small denoiser leaves frame-to-frame
+jitter in its spectra, which counts as onsets and breaks held notes; the pull is strongest where the
+video is calm.
 """
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
-from .conditions import BEAT, Condition
+from .conditions import BEAT, Condition, interpolate_map, local_pace
 from .modules.condition_fusion import frame_values
 
 
@@ -101,3 +109,50 @@ def plan_guidance(
         return None
     reach = config.get("beat_guidance_reach") if beat_scale is not None else None
     return Guidance(float(scale), beat_scale, conditions[BEAT] if reach is not None else None, reach)
+
+
+@dataclass(frozen=True)
+class FluxGuidance:
+    """Flux guidance of one sampling call: ``scale`` (the shift of the predicted clean latents, in latent
+    standard deviations, per unit of log flux error), the codec's ``spectral_flux`` (normalised latents
+    ``[B, D, T]`` -> dB ``[B, T - 1]``, differentiable), the video's ``pace [B, T]`` at each latent frame
+    (beats per second, NaN where there is no video) and ``flux_map`` (``[xs, ys]``: the flux of training
+    music under windows of that pace, :func:`~vmas_diffusion.conditions.fit_quantile_map`)."""
+
+    scale: float
+    spectral_flux: Callable[[torch.Tensor], torch.Tensor]
+    pace: torch.Tensor
+    flux_map: list
+
+    def window_target(self, start: int, length: int) -> torch.Tensor:
+        """``[B]``: the log of the flux the music should have in the latent frames ``[start, start + length)``:
+        the map at the window's mean pace, as it was fitted on training windows (NaN: no target)."""
+        pace = self.pace[:, start : start + length].nanmean(dim=1)
+        target = interpolate_map(pace.nan_to_num(0.0), self.flux_map).clamp_min(1e-6).log()
+        return target.masked_fill(pace.isnan(), float("nan"))
+
+    def clean_shift(self, clean: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
+        """The step ``[B, D, T]`` to add to the predicted clean latents ``clean`` of a window whose target is
+        ``log_target [B]``: ``-scale * (log flux - log target)`` along the unit-RMS direction in which the
+        log flux rises fastest (zero for items without a target). The error is clamped to ±1 (a factor
+        of e), so one step moves the latents by at most ``scale`` standard deviations (RMS)."""
+        with torch.enable_grad():
+            x = clean.detach().float().requires_grad_(True)
+            log_flux = self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log()
+            (grad,) = torch.autograd.grad(log_flux.sum(), x)
+        error = (log_flux.detach() - log_target.to(log_flux)).nan_to_num(0.0).clamp(-1.0, 1.0)
+        unit = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+        return (-self.scale * error[:, None, None] * unit).to(clean.dtype)
+
+
+def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: int, frame_rate: float,
+                       scale: float, flux_map, spectral_flux, window_seconds: float) -> Optional[FluxGuidance]:
+    """The flux guidance of a sampling call of ``num_frames`` latent frames at ``frame_rate``, or None when
+    ``scale`` is 0 or there is no beat condition (nothing says how busy the video is). The pace at each
+    frame is the video's visual beats per second around it (:func:`~vmas_diffusion.conditions.local_pace`
+    of the beat over ``window_seconds``)."""
+    if not scale or BEAT not in (conditions or {}):
+        return None
+    pace = local_pace(conditions[BEAT], window_seconds).resample(num_frames, frame_rate)
+    beats = pace.tensor[..., 0].float().masked_fill(~pace.mask, float("nan"))
+    return FluxGuidance(float(scale), spectral_flux, beats, flux_map)

@@ -608,9 +608,9 @@ def _check_videos(videos: list, fps) -> None:
 
 #: what the pipeline itself passes to ``generate``: not for ``generation_kwargs``
 #: generate() arguments the pipeline fills itself (``callback`` and ``latents`` come from
-#: ``callback_on_step_end`` and ``latents=``), so not user generation options
+#: ``callback_on_step_end`` and ``latents=``, ``spectral_flux`` from the codec), so not user generation options
 _PIPELINE_ARGS = {"self", "conditions", "num_frames", "guidance_scale", "generator", "progress_bar", "scheduler",
-                  "num_inference_steps", "callback", "latents"}
+                  "num_inference_steps", "callback", "latents", "spectral_flux"}
 
 
 def _check_generation_kwargs(model, kwargs: dict) -> None:

@@ -100,6 +100,10 @@ class MusicGenerator:
         depends on the music alone (what the contrastive head embeds for retrieval)."""
         raise NotImplementedError
 
+    def codec_sampling_kwargs(self, codec) -> dict:
+        """What :meth:`generate` takes from ``codec`` when :meth:`generate_audio` samples with it (none here)."""
+        return {}
+
     @torch.no_grad()
     def generate_audio(
         self,
@@ -123,6 +127,7 @@ class MusicGenerator:
         backend with :attr:`callback_tensor_inputs`.
         """
         kwargs = dict(sampling, guidance_scale=guidance_scale, generator=generator, progress_bar=progress_bar)
+        kwargs.update(self.codec_sampling_kwargs(codec))
         onload(self)
         if self.needs_scheduler:
             kwargs.update(scheduler=scheduler, num_inference_steps=num_inference_steps or self.default_inference_steps)

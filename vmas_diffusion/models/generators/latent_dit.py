@@ -54,9 +54,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
+from ...conditions import (
+    BEAT,
+    DEFAULT_PACE_SECONDS,
+    PACE,
+    PACE_FEATURES,
+    PACE_SOURCES,
+    VIDEO,
+    Condition,
+    check_pace_map,
+    check_quantile_map,
+    pace_condition,
+)
 from ...errors import ConfigError, InputError
-from ...guidance import Guidance, check_beat_guidance, plan_guidance
+from ...guidance import FluxGuidance, Guidance, check_beat_guidance, plan_flux_guidance, plan_guidance
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.transformer import Attention, FeedForward, sinusoidal_embedding
 from .base import GeneratorTrainOutput, MusicGenerator, StepEnd, draw_items, draw_items_normal, frame_weights, pool_frames
@@ -170,6 +181,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         beat_guidance_scale: the sampling default of the beat's own guidance (None: plain CFG), and
         beat_guidance_reach: seconds around the visual beats where it applies in full (None: everywhere;
             :mod:`vmas_diffusion.guidance`).
+        flux_guidance_scale: the sampling default of the flux guidance (0: off; it needs a codec with
+            ``spectral_flux``, the mel codec), which pulls the music's spectral flux towards the
+            ``flux_map``'s at the video's pace.
+        flux_map: ``[xs, ys]``, the flux of training music (dB per frame, ``codec.spectral_flux``) under
+            windows of video of that pace (visual beats per second); ``train_vmas_tiny.py restage`` fits it
+            (:func:`~vmas_diffusion.training.pace_map.fit_flux_map_on_shards`, :mod:`vmas_diffusion.guidance`).
         video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"``, ``"prepend"`` or
             ``"adaln"`` (per-frame modulation of every block).
         align_features: where :meth:`forward_train` takes ``music_embedding`` and
@@ -213,6 +230,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         pace_seconds: float = 0.0,
         pace_source: str = "video",
         pace_map: Optional[list] = None,
+        flux_guidance_scale: float = 0.0,
+        flux_map: Optional[list] = None,
     ):
         super().__init__()
         self._check_config()
@@ -288,6 +307,14 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("beat_guidance_scale", "beat_guidance_reach"):
             if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
                 raise ConfigError(problem)
+        if (problem := check_beat_guidance(cfg.get("flux_guidance_scale", 0.0), f"{where}: flux_guidance_scale")) is not None:
+            raise ConfigError(problem)
+        if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
+            raise ConfigError(f"{where}: flux_map must be [xs, ys] of finite numbers, xs increasing "
+                              f"(fit_flux_map_on_shards' output), got {cfg.flux_map!r}")
+        if cfg.get("flux_guidance_scale") and (cfg.get("flux_map") is None or cfg.beat_dim != 1):
+            raise ConfigError(f"{where}: flux_guidance_scale > 0 reads the video's pace off a beat strength "
+                              f"(beat_dim=1) through a flux_map; got beat_dim={cfg.beat_dim}, flux_map={cfg.get('flux_map')!r}")
         if not cfg.frame_rate > 0 or not cfg.flow_shift > 0 or cfg.ffn_mult <= 0:
             raise ConfigError(f"{where}: frame_rate, flow_shift and ffn_mult must be > 0")
         if round(cfg.max_duration * cfg.frame_rate) < 1:
@@ -697,6 +724,21 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         guidance = plan_guidance(conditions, guidance_scale, beat_guidance_scale, self.config)
         return guidance, conditions if guidance is None else guidance.conditions(conditions)
 
+    def _flux_plan(self, conditions: Dict[str, Condition], num_frames: int, scale: Optional[float],
+                   spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
+        """The call's flux guidance (None when off); InputError for a bad scale or one it cannot apply."""
+        if scale is None:
+            scale = self.config.get("flux_guidance_scale", 0.0)
+        if (problem := check_beat_guidance(scale, "flux_guidance_scale")) is not None or scale is None:
+            raise InputError(problem or "flux_guidance_scale must be a finite number >= 0, got None")
+        if scale and (spectral_flux is None or self.config.get("flux_map") is None):
+            raise InputError("flux guidance steers the music's spectral flux towards the flux_map's: it needs a "
+                             "generator with a flux_map and a codec with spectral_flux (the mel codec; "
+                             "generate_audio passes it); set flux_guidance_scale=0 to sample without it")
+        window = self.config.pace_seconds or DEFAULT_PACE_SECONDS
+        return plan_flux_guidance(conditions, num_frames, self.config.frame_rate, scale, self.config.get("flux_map"),
+                                  spectral_flux, window)
+
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
 
@@ -742,16 +784,19 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         step_end: StepEnd,
         noise: Optional[torch.Tensor] = None,
         start_frame: int = 0,
+        flux: Optional[FluxGuidance] = None,
     ) -> torch.Tensor:
         """Run the denoising loop for one window ``shape = (B, D, T)``; the first
         ``known.shape[-1]`` frames are in-painted from ``known``. ``noise``: the window's initial
-        noise (drawn from ``generator`` when None), then also the in-painting noise of ``known``."""
+        noise (drawn from ``generator`` when None), then also the in-painting noise of ``known``;
+        ``flux``: the call's flux guidance."""
         device, dtype = self.proj_in.weight.device, self.proj_in.weight.dtype
         if prepared.cross is not None and self.blocks[0].cross_attn is not None:
             # the context is the same at every step: project its keys and values once per window
             kv = [block.cross_attn.project_kv(prepared.cross) for block in self.blocks]
             prepared = replace(prepared, cross_kv=kv)
         gate = self._window_gate(guidance, start_frame, shape[-1])
+        flux_target = None if flux is None else flux.window_target(start_frame, shape[-1]).to(device)
         scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
@@ -769,11 +814,32 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
             output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance, gate)
+            if flux is not None:
+                output = self._steer_flux(output, model_input, self.model_timestep(scheduler, i), flux, flux_target)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
             sample = torch.cat([known, sample[..., k:]], dim=-1)
         return sample
+
+    def _steer_flux(self, output: torch.Tensor, sample: torch.Tensor, timestep, flux: FluxGuidance,
+                    log_target: torch.Tensor) -> torch.Tensor:
+        """The model output that predicts the clean latents moved by ``flux.clean_shift``, at the same
+        noisy ``sample``: so any solver takes the step as if the model had predicted them."""
+        t = float(torch.as_tensor(timestep).reshape(-1)[0])
+        if self.config.prediction_type == "flow":  # sample = (1 - s) x0 + s noise, output = noise - x0
+            sigma = max(t / self.config.num_train_timesteps, 1e-4)
+            return output - flux.clean_shift(sample - sigma * output, log_target) / sigma
+        ac = self.noise_scheduler.alphas_cumprod[int(round(t))].to(sample)
+        alpha, sigma = ac.sqrt(), (1 - ac).sqrt().clamp_min(1e-4)
+        if self.config.prediction_type == "v_prediction":  # output = alpha noise - sigma x0
+            return output - flux.clean_shift(alpha * sample - sigma * output, log_target) / sigma
+        return output - alpha * flux.clean_shift((sample - sigma * output) / alpha, log_target) / sigma  # epsilon
+
+    def codec_sampling_kwargs(self, codec) -> dict:
+        """The codec's ``spectral_flux``, which flux guidance steers (when the codec has one)."""
+        flux = getattr(codec, "spectral_flux", None)
+        return {} if flux is None else {"spectral_flux": flux}
 
     @torch.no_grad()
     def generate(
@@ -789,6 +855,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         latents: Optional[torch.Tensor] = None,
         callback: Optional[Callable] = None,
         beat_guidance_scale: Optional[float] = None,
+        flux_guidance_scale: Optional[float] = None,
+        spectral_flux: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample normalised latents ``[B, latent_dim, num_frames]``.
 
@@ -818,6 +886,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             callback: ``callback(step, timestep, {"latents": [B, D, window]}) -> dict | None`` after
                 every denoising step (:class:`~vmas_diffusion.models.generators.base.StepEnd`); a
                 returned ``"latents"`` replaces the window's current sample.
+            flux_guidance_scale: the flux guidance (default the config's; 0 = off): at every step the
+                predicted clean latents move by ``scale`` latent standard deviations per unit of error
+                between their log spectral flux and the log of ``flux_map`` at the video's pace
+                (:class:`~vmas_diffusion.guidance.FluxGuidance`); it needs a beat condition (without one
+                it is off) and ``spectral_flux``.
+            spectral_flux: the codec's ``spectral_flux`` (:meth:`generate_audio` passes it).
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
@@ -845,6 +919,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
         guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
+        flux = self._flux_plan(conditions, num_frames, flux_guidance_scale, spectral_flux)
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
@@ -868,6 +943,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     step_end,
                     None if noise is None else noise[..., start : start + length],
                     start,
+                    flux,
                 )
         return latents
 
