@@ -275,6 +275,26 @@ def test_bundled_model_puts_its_onsets_on_the_video_cuts(media, backend):
         assert onset_share_near(audio, beats[phase]) > onset_share_near(audio, beats[other])
 
 
+def test_the_bundled_ldm_s_flux_guidance_calms_the_music_of_a_calm_video(media):
+    """A still shot (no visual beat: the map's calmest flux) gets music that moves less from frame to
+    frame and has fewer onsets with the bundled LDM's flux guidance than without it."""
+    from vmas_diffusion.beats import music_beats
+    from vmas_diffusion.media import load_video
+
+    pipe = VideoToMusicPipeline.from_pretrained("vmas-tiny-ldm")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.generator.config.flux_guidance_scale > 0 and pipe.generator.config.flux_map is not None
+    still = np.repeat(load_video(str(media("bigbuckbunny.mp4")), fps=25.0, size=64).frames[:1], 100, axis=0)
+    music = {}
+    for scale in (None, 0.0):
+        kwargs = {} if scale is None else {"flux_guidance_scale": scale}
+        audio = pipe(video=still, fps=25.0, guidance_scale=6.0, generator=torch.Generator().manual_seed(0), **kwargs).audios[0]
+        flux = float(pipe.codec.spectral_flux(pipe.codec.encode(torch.from_numpy(audio)[None])).mean())
+        music[scale] = (flux, len(music_beats(audio, SR).onsets))
+    (guided_flux, guided_onsets), (free_flux, free_onsets) = music[None], music[0.0]
+    assert guided_flux < 0.8 * free_flux and guided_onsets < free_onsets
+
+
 def test_commands_default_to_the_guidance_the_bundled_model_was_chosen_with(tmp_path):
     from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE, default_guidance
 
