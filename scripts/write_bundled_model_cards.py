@@ -1,6 +1,6 @@
 """Write the model cards (README.md) of the bundled vmas-tiny folders, leaving their weights alone.
 
-The facts come from docs/alignment_results.md (held-out split; AR guidance 6, LDM guidance 6 + beat guidance 12) and
+The facts come from docs/alignment_results.md (held-out split; AR guidance 6, LDM guidance 6 + beat guidance 12 + flux guidance 0.5) and
 vmas_diffusion/assets/vmas-tiny/README.md; rerun after retraining and updating those numbers:
 
     python scripts/write_bundled_model_cards.py
@@ -83,22 +83,23 @@ CARDS = {
         "Griffin-Lim codec, sampled with UniPC in 25 steps, conditioned on a 10 fps video encoder "
         "(cross-attention) and the visual beat envelope, which modulates every block frame by frame "
         "(`beat_fuse: adaln`); use guidance 6 (its config adds a guidance of 12 on the beat condition "
-        "alone, `beat_guidance_scale`).",
-        alignment=HEADER.replace("), guidance 6.", "), guidance 6, beat guidance 12 (its config's).")
-        + "| beat cuts (16 clips) | **0.762** | 0.383 (1.99x) | 0.401 (1.90x) | 0.699 |\n"
-        "| motion, cuts every 2-4 beats (39) | **0.619** | 0.374 (1.65x) | 0.380 (1.63x) | 0.521 |\n"
-        "| events on onsets (24) | 0.569 | 0.371 (1.53x) | 0.352 (1.62x) | 0.408 |\n"
-        "| all (86) | 0.581 | 0.344 (1.69x) | 0.345 (1.68x) | 0.480 |\n\n"
+        "alone, `beat_guidance_scale`, and flux guidance 0.5, `flux_guidance_scale`: every denoising step pulls "
+        "the music's spectral flux towards what training music has under footage of the video's pace).",
+        alignment=HEADER.replace("), guidance 6.", "), guidance 6, beat guidance 12, flux guidance 0.5 (its config's).")
+        + "| beat cuts (16 clips) | **0.758** | 0.383 (1.98x) | 0.359 (2.11x) | 0.699 |\n"
+        "| motion, cuts every 2-4 beats (39) | **0.639** | 0.374 (1.71x) | 0.362 (1.77x) | 0.521 |\n"
+        "| events on onsets (24) | 0.566 | 0.371 (1.53x) | 0.322 (1.76x) | 0.408 |\n"
+        "| all (86) | 0.589 | 0.344 (1.71x) | 0.321 (1.84x) | 0.480 |\n\n"
         "(Videos of the music set's fifth version, whose pace follows onsets that need an attack; above the real "
-        "music's own score, as BHS counts the visual beats hit.) Music (86 held-out clips, seeds 0 and 1): FAD "
-        "66.3 / 80.5 (mel statistics), harmonic share 0.744 / 0.771 (real 0.792), sustained pitched share "
-        "0.337 / 0.365 (real 0.706; before its last 2000 steps 0.287 / 0.293 on the same videos), 4.9 / 5.8 "
-        "onsets a second (real 4.6); R@5 video to its generated music 0.58 at seed 0 (chance 0.06).",
-        limitations="Held notes come out smeared (48-52% of the real music's sustained pitched share) and "
-        "its onset density follows the footage's pace only loosely (rank correlation 0.19 / 0.45 on held-out "
-        "videos, real music 0.57); the guidance that holds more notes "
-        "costs FAD (66-81 against 40-49 for the 4-layer "
-        "model at guidance 3). Its "
+        "music's own score, as BHS counts the visual beats hit; the unconditional music has no video and so no flux "
+        "guidance.) Music (86 held-out clips, seeds 0 and 1): FAD "
+        "53.6 / 61.6 (mel statistics), harmonic share 0.786 / 0.829 (real 0.792), sustained pitched share "
+        "0.442 / 0.445 (real 0.706; 0.337 / 0.365 without flux guidance), 3.0 / 3.4 "
+        "onsets a second (real 4.6); R@5 video to its generated music 0.64 at seed 0 (chance 0.06).",
+        limitations="Held notes come out smeared (63% of the real music's sustained pitched share) and "
+        "its onset density follows the footage's pace only loosely (rank correlation 0.34 / 0.50 on held-out "
+        "videos, real music 0.57); its flux map asks for the training music's movement, so for the busier "
+        "held-out soundtracks its music is calmer than theirs (3.0-3.4 onsets a second against 4.6). Its "
         "contrastive head retrieves real music by rhythm (R@5 0.349 on held-out windows, 23x chance), not "
         "by style (its global part alone is at chance). "
         "In float16 its music moves by about 5% relative L2 from float32's.",

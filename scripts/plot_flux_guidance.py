@@ -1,0 +1,91 @@
+"""The figure of the LDM's flux guidance in docs/alignment_results.md: left, each held-out clip's video
+pace against its music's onsets per second, without and with the guidance (two `vmas-diffusion
+evaluate` folders of the same clips and seed); right, the log-mel spectrogram of one clip's music
+made both ways by a pipeline whose generator has a flux map.
+
+    python scripts/plot_flux_guidance.py --free .cache/eval11/new_test_s0 --guided .cache/eval13/flux05_test_s0 \
+        --model .cache/vmas_tiny13/init_ldm --video .cache/music_set_v5/videos/test_XXXX.mp4 \
+        --out docs/img/flux_guidance_heldout.png
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def per_clip(folder: Path) -> tuple[list, list, float]:
+    """``(video pace, onsets per second, rank correlation)`` of an evaluation folder's one model."""
+    model = json.loads((folder / "evaluation.json").read_text())["models"][0]
+    clips = model["per_clip"]
+    return [c["visual_pace"] for c in clips], [c["onset_density"] for c in clips], model["metrics"]["pace_onsets_rho"]
+
+
+def spectrograms(model: str, video: str, seconds: float, seed: int) -> tuple[dict, float]:
+    """``({label: log-mel [D, T] in dB}, frames per second)`` of the music ``model`` makes for ``video`` with
+    and without flux guidance."""
+    from vmas_diffusion import VideoToMusicPipeline
+    from vmas_diffusion.defaults import default_guidance
+
+    pipe = VideoToMusicPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    scale = pipe.generator.config.get("flux_guidance_scale")
+    if not scale:
+        sys.exit(f"{model}: its generator has no flux guidance (flux_guidance_scale is 0)")
+    out = {}
+    for label, value in ((f"flux guidance {scale:g}", scale), ("no flux guidance", 0.0)):
+        audio = pipe(video, duration=seconds, guidance_scale=default_guidance(pipe), flux_guidance_scale=value,
+                     generator=torch.Generator().manual_seed(seed)).audios[0]
+        latents = pipe.codec.encode(torch.from_numpy(audio)[None])
+        mean, std = pipe.codec._latent_stats(latents)
+        out[label] = ((latents * std + mean)[0] * (20 / np.log(10))).numpy()
+    return out, float(pipe.codec.frame_rate)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--free", type=Path, required=True, help="evaluate folder of the model without flux guidance")
+    parser.add_argument("--guided", type=Path, required=True, help="evaluate folder of the same clips with it")
+    parser.add_argument("--model", required=True, help="a pipeline whose generator has flux guidance")
+    parser.add_argument("--video", required=True, help="the clip whose spectrograms are shown")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mels, frame_rate = spectrograms(args.model, args.video, args.seconds, args.seed)
+    fig = plt.figure(figsize=(12, 4))
+    grid = fig.add_gridspec(2, 2, width_ratios=(1, 1.6))
+    ax = fig.add_subplot(grid[:, 0])
+    for label, folder in (("without flux guidance", args.free), ("with flux guidance", args.guided)):
+        pace, onsets, rho = per_clip(folder)
+        ax.scatter(pace, onsets, s=14, alpha=0.7, label=f"{label} (rank corr. {rho:+.2f})")
+    ax.set_xlabel("video pace (visual beats per minute)")
+    ax.set_ylabel("music onsets per second")
+    ax.set_title("held-out clips: does the music's density follow the video's pace?", fontsize=9)
+    ax.legend(fontsize=8)
+    top = max(m.max() for m in mels.values())
+    for row, (label, mel) in enumerate(mels.items()):
+        axis = fig.add_subplot(grid[row, 1])
+        axis.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+                    extent=(0, mel.shape[1] / frame_rate, 0, mel.shape[0]))
+        axis.set_ylabel("mel band")
+        axis.set_title(f"{Path(args.video).stem}: {label}", fontsize=9)
+    axis.set_xlabel("seconds")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
