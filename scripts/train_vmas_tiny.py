@@ -150,7 +150,7 @@ def restage(args) -> None:
         current = pipe.generator.config[key]
         try:
             parsed = json.loads(value) if not isinstance(current, str) or value[:1] == '"' else value  # a bare word is a string
-            changes[key] = parsed if current is None else type(current)(parsed)
+            changes[key] = parsed if current is None or parsed is None else type(current)(parsed)
         except (ValueError, TypeError):
             fail(f"restage: {key}={value!r} is not a value of the {type(current).__name__} setting {key!r}")
     old = pipe.generator
@@ -163,6 +163,7 @@ def restage(args) -> None:
         print(f"pace map (video -> music pace, per feature [xs, ys]): {json.dumps(config['pace_map'])}", file=sys.stderr)
     if config.get("flux_guidance_scale") and config.get("flux_map") is None:
         # the flux that flux guidance asks for at each video pace, fitted on the training samples
+        # (a model that has a map keeps it; --set flux_map=null fits a new one)
         from vmas_diffusion.training.pace_map import fit_flux_map_on_shards
 
         if not hasattr(pipe.codec, "spectral_flux"):

@@ -81,8 +81,13 @@ def test_restage_to_flux_guidance_fits_its_map_on_the_training_samples(tmp_path)
     codec = MelGriffinLimCodec(**{**{k: v for k, v in codec_config.items() if not k.startswith("_")}, "n_mels": 16,
                                   "latent_mean": 0.0, "latent_std": 1.0})
     codec.save_pretrained(str(source / "codec"))
-    done = restage(tmp_path / "w", "flux_guidance_scale=0.5", source=source, shards=shards)
+    done = restage(tmp_path / "w", "flux_guidance_scale=0.5", "flux_map=null", source=source, shards=shards)
     assert done.returncode == 0, done.stderr
     model = LatentDiT.from_pretrained(str(tmp_path / "w" / "init_ldm" / "generator"))
     assert model.config.flux_guidance_scale == 0.5 and "flux map" in done.stderr
     assert model.config.flux_map == fit_flux_map_on_shards(shards, codec.spectral_flux, 4.0)
+    # a model with a map keeps it unless told to fit a new one
+    done = restage(tmp_path / "k", "flux_guidance_scale=1.0", source=tmp_path / "w" / "init_ldm", shards=shards)
+    assert done.returncode == 0 and "flux map" not in done.stderr, done.stderr
+    kept = LatentDiT.from_pretrained(str(tmp_path / "k" / "init_ldm" / "generator")).config
+    assert kept.flux_guidance_scale == 1.0 and kept.flux_map == model.config.flux_map

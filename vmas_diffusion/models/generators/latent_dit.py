@@ -728,9 +728,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                    spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
         """The call's flux guidance (None when off); InputError for a bad scale or one it cannot apply."""
         if scale is None:
-            scale = self.config.get("flux_guidance_scale", 0.0)
-        if (problem := check_beat_guidance(scale, "flux_guidance_scale")) is not None or scale is None:
-            raise InputError(problem or "flux_guidance_scale must be a finite number >= 0, got None")
+            scale = self.config.get("flux_guidance_scale") or 0.0
+        if (problem := check_beat_guidance(scale, "flux_guidance_scale")) is not None:
+            raise InputError(problem)
         if scale and (spectral_flux is None or self.config.get("flux_map") is None):
             raise InputError("flux guidance steers the music's spectral flux towards the flux_map's: it needs a "
                              "generator with a flux_map and a codec with spectral_flux (the mel codec; "
@@ -813,9 +813,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                     fresh = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
                 sample = torch.cat([self._noise_to(scheduler, known, fresh, t), sample[..., k:]], dim=-1)
             model_input = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
-            output = self._guided(model_input, self.model_timestep(scheduler, i), prepared, guidance, gate)
+            timestep = self.model_timestep(scheduler, i)
+            output = self._guided(model_input, timestep, prepared, guidance, gate)
             if flux is not None:
-                output = self._steer_flux(output, model_input, self.model_timestep(scheduler, i), flux, flux_target)
+                output = self._steer_flux(output, model_input, timestep, flux, flux_target)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
