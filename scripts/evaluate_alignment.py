@@ -91,7 +91,8 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     # token sampling options, for a generator that takes them; the same for the model, shuffled and unconditional rows
     takes = inspect.signature(pipe.generator.generate).parameters
-    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance))
+    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance),
+               ("flux_guidance_scale", args.flux_guidance))
     sampling = {k: v for k, v in options if v is not None and k in takes}
     fps = float(pipe.video_encoder.config.fps)
     size = int(pipe.video_encoder.config.frame_size)
@@ -220,6 +221,8 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=None, help="AR sampling temperature")
     parser.add_argument("--beat-guidance", type=float, default=None,
                         help="a guidance scale of its own for the beat condition (default the model's)")
+    parser.add_argument("--flux-guidance", type=float, default=None,
+                        help="LDM: the flux guidance scale (default the model's; 0: off)")
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")
