@@ -125,7 +125,7 @@ class Settings:
     model: str
     backend: Optional[str]  # None: whatever the model holds
     steps: int
-    guidance_scale: Optional[float]  # None: the model's own (default_guidance: 6 AR / 3 LDM for vmas-tiny)
+    guidance_scale: Optional[float]  # None: the model's own (default_guidance: 6 for both vmas-tiny models)
     seed: int
     sync_beats: bool = False  # warp the music onto the visual beats after generation
 
