@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -39,9 +38,7 @@ def spectrograms(model: str, video: str, seconds: float, seed: int) -> tuple[dic
     for label, value in ((f"flux guidance {scale:g}", scale), ("no flux guidance", 0.0)):
         audio = pipe(video, duration=seconds, guidance_scale=default_guidance(pipe), flux_guidance_scale=value,
                      generator=torch.Generator().manual_seed(seed)).audios[0]
-        latents = pipe.codec.encode(torch.from_numpy(audio)[None])
-        mean, std = pipe.codec._latent_stats(latents)
-        out[label] = ((latents * std + mean)[0] * (20 / np.log(10))).numpy()
+        out[label] = pipe.codec.decibels(pipe.codec.encode(torch.from_numpy(audio)[None]))[0].numpy()
     return out, float(pipe.codec.frame_rate)
 
 

@@ -137,7 +137,7 @@ def restage(args) -> None:
     generator settings of ``--set key=value`` changed (e.g. ``cond_dropout=0.1``), saved as
     ``<work>/init_<backend>``, which ``prepare`` and ``train`` start from."""
     from vmas_diffusion.errors import ConfigError
-    from vmas_diffusion.conditions import DEFAULT_PACE_SECONDS
+    from vmas_diffusion.conditions import pace_window_seconds
     from vmas_diffusion.pipelines import VideoToMusicPipeline
 
     source = args.source or ROOT / "vmas_diffusion" / "assets" / "vmas-tiny" / args.backend
@@ -168,8 +168,8 @@ def restage(args) -> None:
 
         if not hasattr(pipe.codec, "spectral_flux"):
             fail(f"restage: flux guidance steers a codec's spectral flux; {type(pipe.codec).__name__} has none")
-        window = config.get("pace_seconds") or DEFAULT_PACE_SECONDS
-        changes["flux_map"] = config["flux_map"] = fit_flux_map_on_shards(train_shards(args), pipe.codec.spectral_flux, window)
+        changes["flux_map"] = config["flux_map"] = fit_flux_map_on_shards(train_shards(args), pipe.codec.spectral_flux,
+                                                                          pace_window_seconds(config))
         print(f"flux map (video beats/s -> music flux dB, [xs, ys]): {json.dumps(config['flux_map'])}", file=sys.stderr)
     # diffusers gives keys the saved config lacked their defaults again, whatever the dict holds
     config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in changes]

@@ -35,6 +35,11 @@ PACE_PEAK_HEIGHT = 0.3
 DEFAULT_PACE_SECONDS = 4.0
 
 
+def pace_window_seconds(config) -> float:
+    """The window of a generator's pace measures: its config's ``pace_seconds``, else :data:`DEFAULT_PACE_SECONDS`."""
+    return float(config.get("pace_seconds") or DEFAULT_PACE_SECONDS)
+
+
 @dataclass
 class Condition:
     tensor: torch.Tensor  # [B, T, D]

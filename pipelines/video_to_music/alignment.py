@@ -36,7 +36,7 @@ import torch
 
 from vmas_diffusion.beats import beat_scores
 from vmas_diffusion.beats.sync import BeatSync, check_max_stretch, sync_to_beats
-from vmas_diffusion.conditions import DEFAULT_PACE_SECONDS, Condition, local_pace, map_pace
+from vmas_diffusion.conditions import Condition, local_pace, map_pace, pace_window_seconds
 from vmas_diffusion.errors import InputError
 
 SIMILARITY_WEIGHT = 0.5
@@ -121,8 +121,7 @@ def select_candidates(pipe, candidates: List[torch.Tensor], analyses, prepared, 
 
     sample_rate = pipe.sample_rate
     videos = _video_embeddings(pipe, prepared, candidates[0].shape[-1] / sample_rate)
-    config = pipe.generator.config
-    table, window = pace_table(pipe.generator, pace_weight), float(config.get("pace_seconds") or DEFAULT_PACE_SECONDS)
+    table, window = pace_table(pipe.generator, pace_weight), pace_window_seconds(pipe.generator.config)
     kept, reports, kept_beats = [], [], []
     for b in range(candidates[0].shape[0]):
         v = b // num_waveforms_per_video

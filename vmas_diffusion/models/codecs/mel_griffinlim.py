@@ -238,13 +238,17 @@ class MelGriffinLimCodec(CodecModel):
         """RMS of the log-mel's detail across bands (``raw - smooth(raw)``): how peaked the spectra are."""
         return float((raw - self._band_smooth(raw)).float().pow(2).mean().sqrt())
 
+    def decibels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised ``latents [B, D, T]`` -> the mel spectrogram they stand for, in dB (of amplitude)."""
+        mean, std = self._latent_stats(latents)
+        return (latents * std + mean) * (20.0 / math.log(10.0))
+
     def spectral_flux(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised ``latents [B, D, T]`` -> ``[B, T - 1]``: the mean rise of the mel bands from one
         frame to the next, in dB (librosa's onset strength, on this codec's frames). Differentiable,
         so a sampler can steer how much the music moves (:class:`~vmas_diffusion.models.generators.latent_dit.LatentDiT`'s
         flux guidance)."""
-        mean, std = self._latent_stats(latents)
-        decibels = (latents * std + mean) * (20.0 / math.log(10.0))  # the log is of amplitudes
+        decibels = self.decibels(latents)
         return torch.relu(decibels[..., 1:] - decibels[..., :-1]).mean(dim=1)
 
     def _decode_raw(self, raw: torch.Tensor) -> torch.Tensor:

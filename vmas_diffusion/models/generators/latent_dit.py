@@ -56,7 +56,6 @@ from tqdm.auto import tqdm
 
 from ...conditions import (
     BEAT,
-    DEFAULT_PACE_SECONDS,
     PACE,
     PACE_FEATURES,
     PACE_SOURCES,
@@ -65,6 +64,7 @@ from ...conditions import (
     check_pace_map,
     check_quantile_map,
     pace_condition,
+    pace_window_seconds,
 )
 from ...errors import ConfigError, InputError
 from ...guidance import FluxGuidance, Guidance, check_beat_guidance, plan_flux_guidance, plan_guidance
@@ -735,9 +735,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError("flux guidance steers the music's spectral flux towards the flux_map's: it needs a "
                              "generator with a flux_map and a codec with spectral_flux (the mel codec; "
                              "generate_audio passes it); set flux_guidance_scale=0 to sample without it")
-        window = self.config.pace_seconds or DEFAULT_PACE_SECONDS
         return plan_flux_guidance(conditions, num_frames, self.config.frame_rate, scale, self.config.get("flux_map"),
-                                  spectral_flux, window)
+                                  spectral_flux, pace_window_seconds(self.config))
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
