@@ -388,6 +388,64 @@ def test_sampling_defaults_come_from_the_config(tmp_path):
             dummies.dummy_ar_generator(**bad)
 
 
+def paced_conditions(beats_per_second: list, seconds: float, video_fps=10.0):
+    """One item per rate: a random video with a beat envelope of hits at ``rate`` a second (0: still)."""
+    conds = make_conditions(batch=len(beats_per_second), seconds=seconds, video_fps=video_fps)
+    envelope = torch.zeros_like(conds["beat"].tensor)
+    for i, rate in enumerate(beats_per_second):
+        if rate:
+            envelope[i, :: round(video_fps / rate), 0] = 1.0
+    return {**conds, "beat": Condition(envelope, conds["beat"].mask, video_fps)}
+
+
+def test_sampling_temperature_follows_the_videos_pace(tmp_path):
+    """With a ``temperature_map`` each step samples at the map's temperature for the video's pace there:
+    near-greedy under a still video, hot under a busy one, past the first window too; a call's own
+    temperature samples every step at it, and without a beat the config's constant applies."""
+    conds = paced_conditions([0, 5], seconds=2.8)  # still, 5 beats a second; longer than the music, so no step
+    # (the delay pattern's last ones included) falls past the video's end, where the fallback applies
+    plain = dummies.dummy_ar_generator(temperature=1.0)
+    paced = dummies.dummy_ar_generator(temperature=1.0, temperature_map=[[0.0, 1.0], [1e-6, 5.0]])
+    paced.load_state_dict(plain.state_dict())
+    frames = 120  # 2.4 s: five windows of the 1 s model
+    run = lambda m, c, **kw: m.generate(c, frames, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    greedy = run(plain, conds, temperature=0.0)
+    codes = run(paced, conds)
+    assert torch.equal(codes[0], greedy[0])  # still video: the map's 1e-6, the argmax at every step
+    assert (codes[1] != greedy[1]).float().mean() > 0.5  # busy: sampled at 5.0, far from the argmax
+    assert torch.equal(run(paced, conds, temperature=0.0), greedy)  # a call's own temperature wins
+    assert torch.equal(run(paced, {"video": conds["video"]}), run(plain, {"video": conds["video"]}))  # no beat: 1.0
+    paced.save_pretrained(tmp_path)
+    assert torch.equal(run(ARTokenLM.from_pretrained(tmp_path).eval(), conds), codes)
+    for bad in ([[1.0, 0.0], [0.5, 0.9]], [[0.0, 3.0], [0.0, 0.9]], [[0.0], [0.5, 0.9]], "hot"):
+        with pytest.raises(ConfigError, match="temperature_map"):
+            dummies.dummy_ar_generator(temperature_map=bad)
+
+
+def test_pace_temperature_changes_within_a_video():
+    """:class:`PaceTemperature` reads the pace around each frame: a video still for 10 s and then busy is
+    sampled cool at first and hot later, and at the fallback past its end."""
+    from vmas_diffusion.guidance import plan_pace_temperature
+
+    envelope = torch.zeros(1, 200, 1)
+    envelope[0, 100::5, 0] = 1.0  # 10 fps: still, then 2 beats a second from 10 s
+    beat = Condition(envelope, torch.ones(1, 200, dtype=torch.bool), 10.0)
+    plan = plan_pace_temperature({"beat": beat}, [[0.0, 2.0], [0.5, 1.0]], fallback=0.8, window_seconds=4.0)
+    temperature = plan.at(torch.tensor([100, 350, 700, 900, 1100]), FR)[0]  # 2, 7, 14, 18, 22 s
+    torch.testing.assert_close(temperature, torch.tensor([0.5, 0.5, 1.0, 1.0, 0.8]), atol=0.03, rtol=0)
+    assert plan_pace_temperature({"video": beat}, [[0.0], [0.5]], 0.8, 4.0) is None  # nothing says the pace
+    assert plan_pace_temperature({"beat": beat}, None, 0.8, 4.0) is None
+
+
+def test_per_row_temperature_is_each_rows_scalar_one():
+    logits = torch.randn(6, 64, generator=torch.Generator().manual_seed(0))
+    u = torch.rand(6, generator=torch.Generator().manual_seed(1))
+    temperatures = torch.tensor([0.3, 0.5, 0.8, 1.0, 1.5, 3.0])
+    rows = torch.stack([sample_from_logits(logits[i : i + 1], u[i : i + 1], top_k=20, temperature=float(t))[0]
+                        for i, t in enumerate(temperatures)])
+    assert torch.equal(sample_from_logits(logits, u, top_k=20, temperature=temperatures), rows)
+
+
 # ------------------------------------------------------------------------------------- save, load, build
 def test_save_load_round_trip(tmp_path):
     model = dummies.dummy_ar_generator(pattern="flatten", video_fuse="prepend")

@@ -20,6 +20,10 @@ from frame to frame, in dB), towards the flux that training music has under vide
 quantile map of the video's beats per second, ``flux_map``). A small denoiser leaves frame-to-frame
 jitter in its spectra, which counts as onsets and breaks held notes; the pull is strongest where the
 video is calm.
+
+**Pace temperature** (the AR, :class:`PaceTemperature`) does the same job for token sampling: each
+step's temperature comes from a map of the video's beats per second around its frame
+(``temperature_map``), cool and regular under calm footage, hotter under busy footage.
 """
 
 import math
@@ -156,3 +160,43 @@ def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: i
     pace = local_pace(conditions[BEAT], window_seconds).resample(num_frames, frame_rate)
     beats = pace.tensor[..., 0].float().masked_fill(~pace.mask, float("nan"))
     return FluxGuidance(float(scale), spectral_flux, beats, flux_map)
+
+
+def check_temperature_map(value, name: str = "temperature_map") -> Optional[str]:
+    """The problem with a pace temperature map, or None when ``value`` is None or ``[paces, temperatures]``
+    (beats per second increasing, temperatures finite and > 0)."""
+    from .conditions import check_quantile_map
+
+    if value is None:
+        return None
+    if not check_quantile_map(value) or not all(t > 0 for t in value[1]):
+        return f"{name} must be [[beats/s, increasing], [temperatures > 0]] of equal length, or None (got {value!r})"
+    return None
+
+
+@dataclass(frozen=True)
+class PaceTemperature:
+    """The AR's sampling temperature by the video's local pace: ``temperature_map`` (``[beats/s,
+    temperatures]``, piecewise linear) read at the video's visual beats per second around each frame
+    (``pace``: :func:`~vmas_diffusion.conditions.local_pace` of the beat), ``fallback`` where there is no
+    video. A calm video gets the cooler, more regular draws that hold notes; a busy one the hotter draws
+    that play more of them, so the music's density follows the footage in one draw."""
+
+    pace: Condition
+    temperature_map: list
+    fallback: float
+
+    def at(self, frames: torch.Tensor, frame_rate: float) -> torch.Tensor:
+        """``[B, N]``: the temperature at music frames ``frames [N]`` (absolute indices at ``frame_rate``)."""
+        values, valid = frame_values(self.pace, frames, frame_rate)
+        temperature = interpolate_map(values[..., 0].float(), self.temperature_map)
+        return temperature.masked_fill(~valid, self.fallback)
+
+
+def plan_pace_temperature(conditions: Optional[Dict[str, Condition]], temperature_map, fallback: float,
+                          window_seconds: float) -> Optional[PaceTemperature]:
+    """The pace temperature of a sampling call, or None without a map or a beat condition (then the
+    constant ``fallback`` applies)."""
+    if temperature_map is None or BEAT not in (conditions or {}):
+        return None
+    return PaceTemperature(local_pace(conditions[BEAT], window_seconds), temperature_map, float(fallback))

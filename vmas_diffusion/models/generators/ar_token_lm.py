@@ -56,9 +56,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...conditions import BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition
+from ...conditions import (
+    BEAT, PACE, PACE_FEATURES, PACE_SOURCES, VIDEO, Condition, check_pace_map, pace_condition, pace_window_seconds,
+)
 from ...errors import CheckpointError, ConfigError, InputError
-from ...guidance import Guidance, check_beat_guidance, plan_guidance
+from ...guidance import Guidance, PaceTemperature, check_beat_guidance, check_temperature_map, plan_guidance, plan_pace_temperature
 from ...modules.codebook_patterns import PATTERNS, build_pattern
 from ...modules.condition_fusion import FusedConditions, check_conditions, frame_values, window_tokens
 from ...modules.item_randomness import ItemDropout
@@ -89,20 +91,24 @@ class ARTrainOutput(GeneratorTrainOutput):
 
 
 def sample_from_logits(
-    logits: torch.Tensor, uniform: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0
+    logits: torch.Tensor, uniform: torch.Tensor, top_k: int = 250, top_p: float = 0.0,
+    temperature: Union[float, torch.Tensor] = 1.0,
 ) -> torch.Tensor:
     """Draw one id per row of ``logits [N, V]`` by inverse CDF with ``uniform [N]`` in [0, 1).
 
     ``top_p > 0`` keeps the smallest set of ids whose probability reaches ``top_p`` (and then
     ignores ``top_k``, as audiocraft); otherwise ``top_k > 0`` keeps the ``top_k`` most likely;
-    ``temperature == 0`` is greedy. The caller owns the randomness: one uniform per row makes
-    the draw a pure function of ``(logits, uniform)``.
+    ``temperature == 0`` is greedy; a tensor ``[N]`` (each > 0) gives each row its own. The caller owns
+    the randomness: one uniform per row makes the draw a pure function of ``(logits, uniform)``.
     """
-    if temperature == 0:
+    if isinstance(temperature, torch.Tensor):
+        logits = logits.float() / temperature.to(logits.device, torch.float32)[:, None]
+    elif temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float()
-    if temperature != 1:  # x / 1 == x: skip an op a step
-        logits = logits / temperature
+    else:
+        logits = logits.float()
+        if temperature != 1:  # x / 1 == x: skip an op a step
+            logits = logits / temperature
     if top_p > 0:
         values, ids = logits.sort(dim=-1, descending=True)
         probs = values.softmax(-1)
@@ -286,6 +292,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         align_features: str = "clean",
         top_k: int = 250,
         temperature: float = 1.0,
+        temperature_map: Optional[list] = None,
         beat_guidance_scale: Optional[float] = None,
         beat_guidance_reach: Optional[float] = None,
     ):
@@ -377,6 +384,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"top_k must be a whole number >= 0, 0 = all codes (got {c.top_k!r})")
         if isinstance(c.temperature, bool) or not isinstance(c.temperature, (int, float)) or not 0 <= c.temperature < math.inf:
             problems.append(f"temperature must be a finite number >= 0, 0 = greedy (got {c.temperature!r})")
+        if (problem := check_temperature_map(c.get("temperature_map"))) is not None:
+            problems.append(problem)
         for name in ("beat_guidance_scale", "beat_guidance_reach"):
             if (problem := check_beat_guidance(c.get(name), name)) is not None:
                 problems.append(problem)
@@ -683,7 +692,10 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         """Sample codes ``[B, K, num_frames]`` (ids in ``[0, cardinality)``).
 
         ``top_k`` / ``temperature``: None takes the model's own (``config.top_k`` / ``config.temperature``,
-        what it was chosen with, as a transformers generation config).
+        what it was chosen with, as a transformers generation config). With a ``config.temperature_map``
+        and a beat condition, ``temperature=None`` samples each step at the map's temperature for the
+        video's local pace there (:class:`~vmas_diffusion.guidance.PaceTemperature`; ``config.temperature``
+        where there is no video); a number samples every step at it.
         ``conditions``: ``dict[str, Condition]``; a missing one counts as dropped, and ``B`` comes
         from them (or from a generator list; 1 when both are absent). ``guidance_scale``: CFG
         weight, ``logits = uncond + scale * (cond - uncond)``; 1 turns CFG off. ``beat_guidance_scale``
@@ -707,6 +719,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         if num_frames is None or num_frames < 1:
             raise InputError(f"ARTokenLM.generate: num_frames must be a positive int, got {num_frames!r}")
         top_k = self.config.top_k if top_k is None else top_k
+        by_pace = temperature is None
         temperature = self.config.temperature if temperature is None else temperature
         values = (guidance_scale, top_k, top_p, temperature)
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values) or not (
@@ -721,6 +734,9 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             batch_size = 1 if generator is None or isinstance(generator, torch.Generator) else len(list(generator))
         generators = self._item_generators(generator, batch_size)
         sampling = dict(top_k=top_k, top_p=top_p, temperature=temperature)
+        if by_pace and (pace_temperature := plan_pace_temperature(
+                conds, self.config.get("temperature_map"), temperature, pace_window_seconds(self.config))) is not None:
+            sampling["temperature"] = pace_temperature
         guidance = plan_guidance(conds, guidance_scale, beat_guidance_scale, self.config)
         if guidance is not None:  # one batched forward of its branches
             conds = guidance.conditions(conds)
@@ -806,7 +822,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
 
         branches = guidance.branches if guidance is not None else 1
         rows = branches * b
-        gate = None if guidance is None else guidance.gate(pattern.lead_frame(s_total, device) + start_frame, self.config.frame_rate)
+        lead = pattern.lead_frame(s_total, device) + start_frame  # [S] the absolute frame each step predicts
+        gate = None if guidance is None else guidance.gate(lead, self.config.frame_rate)
         fused = self.fuse_conditions(conds, s_total, start_frame, rows)
         cross_kv = self._cross_kv(fused)
         p = fused.prefix_len
@@ -860,9 +877,13 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         inputs = torch.cat([torch.full_like(steps[..., :1], self.special_id), steps[..., :first]], 2)
         logits = step_logits(inputs, positions[: first + 1], with_prefix=True)
         uniforms = uniforms.transpose(0, 1).flatten(1)  # [S, B * K]: one row a step
+        temperatures = sampling["temperature"]
+        if isinstance(temperatures, PaceTemperature):  # [S, B * K]: every codebook of a step at its lead frame's
+            temperatures = temperatures.at(lead, self.config.frame_rate).t().repeat_interleave(k, dim=1)
         every_slot = to_sample.all(0).tolist()  # steps where every codebook is sampled (all but the pattern's edges)
         for s in range(first, s_total):
-            sampled = sample_from_logits(logits.flatten(0, 1), uniforms[s], **sampling).view(b, k)
+            temperature = temperatures[s] if isinstance(temperatures, torch.Tensor) else temperatures
+            sampled = sample_from_logits(logits.flatten(0, 1), uniforms[s], **{**sampling, "temperature": temperature}).view(b, k)
             steps[:, :, s] = sampled if every_slot[s] else torch.where(to_sample[:, s], sampled, steps[:, :, s])
             returned = step_end(s, {"tokens": steps})["tokens"]
             if returned is not steps:  # the callback replaced them
