@@ -32,7 +32,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .conditions import BEAT, Condition, interpolate_map, local_pace
+from .conditions import BEAT, Condition, check_quantile_map, interpolate_map, local_pace
 from .modules.condition_fusion import frame_values
 
 
@@ -165,8 +165,6 @@ def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: i
 def check_temperature_map(value, name: str = "temperature_map") -> Optional[str]:
     """The problem with a pace temperature map, or None when ``value`` is None or ``[paces, temperatures]``
     (beats per second increasing, temperatures finite and > 0)."""
-    from .conditions import check_quantile_map
-
     if value is None:
         return None
     if not check_quantile_map(value) or not all(t > 0 for t in value[1]):
