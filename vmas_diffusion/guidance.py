@@ -157,9 +157,17 @@ def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: i
     of the beat over ``window_seconds``)."""
     if not scale or BEAT not in (conditions or {}):
         return None
-    pace = local_pace(conditions[BEAT], window_seconds).resample(num_frames, frame_rate)
-    beats = pace.tensor[..., 0].float().masked_fill(~pace.mask, float("nan"))
+    pace = local_pace(conditions[BEAT], window_seconds)
+    beats = beats_per_second(pace, torch.arange(num_frames, device=pace.tensor.device), frame_rate)
     return FluxGuidance(float(scale), spectral_flux, beats, flux_map)
+
+
+def beats_per_second(pace: Condition, frames: torch.Tensor, frame_rate: float) -> torch.Tensor:
+    """``[B, N]``: the visual beats per second of a :func:`~vmas_diffusion.conditions.local_pace` at music
+    frames ``frames [N]`` (absolute indices at ``frame_rate``), NaN where there is no video: what both
+    pace controls read."""
+    values, valid = frame_values(pace, frames, frame_rate)
+    return values[..., 0].float().masked_fill(~valid, float("nan"))
 
 
 def check_temperature_map(value, name: str = "temperature_map") -> Optional[str]:
@@ -186,9 +194,8 @@ class PaceTemperature:
 
     def at(self, frames: torch.Tensor, frame_rate: float) -> torch.Tensor:
         """``[B, N]``: the temperature at music frames ``frames [N]`` (absolute indices at ``frame_rate``)."""
-        values, valid = frame_values(self.pace, frames, frame_rate)
-        temperature = interpolate_map(values[..., 0].float(), self.temperature_map)
-        return temperature.masked_fill(~valid, self.fallback)
+        beats = beats_per_second(self.pace, frames, frame_rate)
+        return interpolate_map(beats.nan_to_num(0.0), self.temperature_map).masked_fill(beats.isnan(), self.fallback)
 
 
 def plan_pace_temperature(conditions: Optional[Dict[str, Condition]], temperature_map, fallback: float,
