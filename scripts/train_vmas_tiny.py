@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--half", action=argparse.BooleanOptionalAction, default=False,
                         help="ship: store the generator, video encoder and contrastive head in float16 and print how far "
-                             "the music moves (off by default: the AR's sampled music diverges, the LDM's moves ~5%%)")
+                             "the music moves (off by default: the AR's sampled music diverges, the LDM's moves by a third)")
     parser.add_argument("--lookahead", type=int, default=10, help="widen: beat frames each AR step sees ahead")
     parser.add_argument("--source", type=Path, default=None, help="restage: the pipeline to start from (default the shipped one)")
     parser.add_argument("--post-filter", type=int, default=0, metavar="CLIPS",
