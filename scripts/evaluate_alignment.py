@@ -80,6 +80,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     import torch
 
     from vmas_diffusion.beats import beat_scores, music_beats, plot_alignment, visual_beats
+    from vmas_diffusion.cli import sampling_kwargs
     from vmas_diffusion.defaults import RECOMMENDED_GUIDANCE
     from vmas_diffusion.media import load_audio, load_video
     from vmas_diffusion.pipelines import VideoToMusicPipeline
@@ -91,9 +92,7 @@ def evaluate_model(name: str, model: str, clips, args) -> dict:
     guidance = args.guidance if args.guidance is not None else RECOMMENDED_GUIDANCE.get(pipe.backend, 3.0)
     # token sampling options, for a generator that takes them; the same for the model, shuffled and unconditional rows
     takes = inspect.signature(pipe.generator.generate).parameters
-    options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance),
-               ("flux_guidance_scale", args.flux_guidance))
-    sampling = {k: v for k, v in options if v is not None and k in takes}
+    sampling = {k: v for k, v in sampling_kwargs(args).items() if k in takes}
     fps = float(pipe.video_encoder.config.fps)
     size = int(pipe.video_encoder.config.frame_size)
     n = len(clips)
@@ -223,6 +222,8 @@ def main(argv=None) -> int:
                         help="a guidance scale of its own for the beat condition (default the model's)")
     parser.add_argument("--flux-guidance", type=float, default=None,
                         help="LDM: the flux guidance scale (default the model's; 0: off)")
+    parser.add_argument("--flux-smoothing", type=float, default=None,
+                        help="LDM: flux guidance steps towards the music smoothed over this many seconds (default the model's)")
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")

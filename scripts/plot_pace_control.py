@@ -1,7 +1,8 @@
-"""The figures of the pace controls in docs/alignment_results.md (the LDM's flux guidance, the AR's pace
-temperature): left, each held-out clip's video pace against its music's onsets per second, without and
-with the control (two `vmas-diffusion evaluate` folders of the same clips and seed); right, the log-mel
-spectrogram of one clip's music made both ways by a pipeline whose generator has the control.
+"""The figures of the pace controls in docs/alignment_results.md (the LDM's flux guidance, its smoothing
+step against the gradient step, the AR's pace temperature): left, each held-out clip's video pace against
+its music's onsets per second, without and with the control (two `vmas-diffusion evaluate` folders of the
+same clips and seed); right, the log-mel spectrogram of one clip's music made both ways by a pipeline whose
+generator has the control.
 
     python scripts/plot_pace_control.py --control flux_guidance --free .cache/eval11/new_test_s0 \
         --controlled .cache/eval13/flux05_test_s0 --model .cache/vmas_tiny13/init_ldm \
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+#: the flux guidance scale that the gradient step was shipped with, which the smoothing step replaced
+GRADIENT_FLUX_SCALE = 0.5
 
 
 def per_clip(folder: Path) -> tuple[list, list, float]:
@@ -30,6 +34,10 @@ def without_control(pipe, control: str) -> tuple[str, str, dict]:
     if control == "flux_guidance" and config.get("flux_guidance_scale"):
         scale = config["flux_guidance_scale"]
         return f"flux guidance {scale:g}", "no flux guidance", {"flux_guidance_scale": 0.0}
+    if control == "flux_smoothing" and config.get("flux_guidance_smoothing"):
+        with_label = f"smoothing step {config['flux_guidance_scale']:g}, {config['flux_guidance_smoothing']:g} s"
+        return (with_label, f"gradient step {GRADIENT_FLUX_SCALE:g}",
+                {"flux_guidance_scale": GRADIENT_FLUX_SCALE, "flux_guidance_smoothing": 0.0})
     if control == "pace_temperature" and config.get("temperature_map") is not None:
         temperatures = config["temperature_map"][1]
         return (f"temperature {min(temperatures):g}-{max(temperatures):g} by pace", f"temperature {config['temperature']:g}",
@@ -56,7 +64,7 @@ def spectrograms(model: str, video: str, seconds: float, seed: int, control: str
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--control", choices=("flux_guidance", "pace_temperature"), required=True)
+    parser.add_argument("--control", choices=("flux_guidance", "flux_smoothing", "pace_temperature"), required=True)
     parser.add_argument("--free", type=Path, required=True, help="evaluate folder of the model without the control")
     parser.add_argument("--controlled", type=Path, required=True, help="evaluate folder of the same clips with it")
     parser.add_argument("--model", required=True, help="a pipeline whose generator has the control")

@@ -85,6 +85,7 @@ def test_generate_sampling_options_reach_the_sampler(media, saved_pipeline, tmp_
         (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--flux-guidance", "0.5"], "takes no 'flux_guidance_scale'"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-guidance", "0.5"], "flux_map"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-guidance", "-1"], "flux_guidance_scale"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-smoothing", "-1"], "flux_guidance_smoothing"),
         (["frobnicate"], "invalid choice"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--threads", "0"], "positive number of threads"),
     ],

@@ -99,7 +99,8 @@ def generate(model, codec, beat, **kwargs):
                           num_inference_steps=10, spectral_flux=codec.spectral_flux, **kwargs)
 
 
-def test_flux_guidance_moves_the_music_s_flux_towards_the_map_s_and_is_off_at_scale_zero():
+@pytest.mark.parametrize("smoothing", [0.0, 0.08])  # the gradient step; the step towards the smoothed latents
+def test_flux_guidance_moves_the_music_s_flux_towards_the_map_s_and_is_off_at_scale_zero(smoothing):
     beat = torch.zeros(1, 150)
     beat[0, ::25] = 1.0  # a visual beat a second, 6 s at 25 fps: two windows
     calm, codec = flux_setup(ys=0.5)
@@ -112,18 +113,19 @@ def test_flux_guidance_moves_the_music_s_flux_towards_the_map_s_and_is_off_at_sc
     torch.testing.assert_close(calm.generate(no_beat, 150, generator=torch.Generator().manual_seed(0), **kwargs),
                                calm.generate(no_beat, 150, generator=torch.Generator().manual_seed(0),
                                              flux_guidance_scale=0.0, **kwargs), atol=0, rtol=0)
-    lowered, raised = generate(calm, codec, beat), generate(busy, codec, beat)
+    lowered, raised = (generate(m, codec, beat, flux_guidance_smoothing=smoothing) for m in (calm, busy))
     assert mean_flux(codec, lowered) < 0.85 * mean_flux(codec, free)
     assert mean_flux(codec, raised) > 1.15 * mean_flux(codec, free)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 2.0])
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "flow"])
-def test_the_steered_output_predicts_the_shifted_clean_latents(prediction_type):
+def test_the_steered_output_predicts_the_shifted_clean_latents(prediction_type, smoothing):
     from vmas_diffusion.guidance import FluxGuidance
 
     model, codec = flux_setup(ys=0.5, prediction_type=prediction_type)
     sample, output = torch.randn(2, 1, 32, 40, generator=torch.Generator().manual_seed(0))
-    flux = FluxGuidance(0.5, codec.spectral_flux, torch.ones(1, 40), [[0.0], [0.5]])
+    flux = FluxGuidance(0.5, codec.spectral_flux, torch.ones(1, 40), [[0.0], [0.5]], smoothing)
     target = torch.tensor([0.5]).log()
     timestep = 0.3 * model.config.num_train_timesteps if prediction_type == "flow" else torch.tensor(300)
 
@@ -150,17 +152,33 @@ def test_flux_guidance_needs_a_map_a_codec_with_flux_and_a_valid_scale():
     with pytest.raises(InputError, match="spectral_flux"):
         model.generate(conditions(beat), 50, num_inference_steps=2)  # no codec flux given
     for bad in (-1.0, float("nan"), "1"):
-        with pytest.raises(InputError, match="flux_guidance_scale"):
-            generate(model, codec, beat, flux_guidance_scale=bad)
+        for name in ("flux_guidance_scale", "flux_guidance_smoothing"):
+            with pytest.raises(InputError, match=name):
+                generate(model, codec, beat, **{name: bad})
     plain = dummies.dummy_ldm_generator(latent_dim=32)
     with pytest.raises(InputError, match="flux_map"):
         plain.generate(conditions(beat), 50, num_inference_steps=2, flux_guidance_scale=0.5,
                        spectral_flux=codec.spectral_flux)
     for config, match in ((dict(flux_guidance_scale=0.5), "flux_map"),
                           (dict(flux_map=[[1.0, 0.0], [1.0, 2.0]]), "flux_map"),
-                          (dict(flux_guidance_scale=-0.5, flux_map=[[0.0], [1.0]]), "flux_guidance_scale")):
+                          (dict(flux_guidance_scale=-0.5, flux_map=[[0.0], [1.0]]), "flux_guidance_scale"),
+                          (dict(flux_guidance_smoothing=float("inf")), "flux_guidance_smoothing")):
         with pytest.raises(ConfigError, match=match):
             dummies.dummy_ldm_generator(latent_dim=32, **config)
+
+
+def test_smoothing_over_time_keeps_steady_latents_and_never_adds_rises():
+    from vmas_diffusion.guidance import smooth_over_time
+
+    steady = torch.linspace(-1.0, 1.0, 8)[None, :, None].expand(2, 8, 30)
+    torch.testing.assert_close(smooth_over_time(steady, 2.0), steady)  # a held note stays exactly as it is
+    jittery = torch.randn(2, 8, 60, generator=torch.Generator().manual_seed(0))
+    for std in (0.5, 2.0, 6.0):
+        smoothed = smooth_over_time(jittery, std)
+        assert smoothed.shape == jittery.shape
+        rises = [torch.relu(x.diff(dim=-1)).sum(dim=-1) for x in (jittery, smoothed)]
+        assert bool((rises[1] <= rises[0] + 1e-5).all())
+    assert smooth_over_time(jittery, 6.0).diff(dim=-1).abs().mean() < 0.2 * jittery.diff(dim=-1).abs().mean()
 
 
 def test_a_window_s_target_is_the_map_at_its_mean_pace():

@@ -112,7 +112,7 @@ def alignment_kwargs(args) -> dict:
 def sampling_kwargs(args) -> dict:
     """The generator's own sampling options given on the command line (top_k, temperature, beat and flux guidance)."""
     options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance),
-               ("flux_guidance_scale", args.flux_guidance))
+               ("flux_guidance_scale", args.flux_guidance), ("flux_guidance_smoothing", args.flux_smoothing))
     return {k: v for k, v in options if v is not None}
 
 
@@ -219,6 +219,9 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--flux-guidance", type=float, metavar="S",
                         help="LDM backend: how hard sampling pulls the music's spectral flux towards the flux training "
                              "music has under videos of this pace (default the model's; 0: off)")
+    parser.add_argument("--flux-smoothing", type=float, metavar="SECONDS",
+                        help="LDM backend: flux guidance steps towards the music smoothed over this many seconds "
+                             "(a Gaussian's deviation) instead of along the flux gradient (default the model's; 0: gradient)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,10 @@ latents are nudged down (or up) the gradient of their spectral flux (the mean ri
 from frame to frame, in dB), towards the flux that training music has under videos of this pace (a
 quantile map of the video's beats per second, ``flux_map``). A small denoiser leaves frame-to-frame
 jitter in its spectra, which counts as onsets and breaks held notes; the pull is strongest where the
-video is calm.
+video is calm. With ``smoothing`` (a Gaussian over time, in latent frames) the step is not along the
+gradient but towards the latents' own smoothed version (away from it, sharpening what attacks there
+are, when the music should move more): a fixed-size gradient step zigzags the spectra, which adds
+rises of its own when the pull is strong, whereas smoothing can only take rises away.
 
 **Pace temperature** (the AR, :class:`PaceTemperature`) does the same job for token sampling: each
 step's temperature comes from a map of the video's beats per second around its frame
@@ -31,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .conditions import BEAT, Condition, check_quantile_map, interpolate_map, local_pace
 from .modules.condition_fusion import frame_values
@@ -117,16 +121,20 @@ def plan_guidance(
 
 @dataclass(frozen=True)
 class FluxGuidance:
-    """Flux guidance of one sampling call: ``scale`` (the shift of the predicted clean latents, in latent
-    standard deviations, per unit of log flux error), the codec's ``spectral_flux`` (normalised latents
+    """Flux guidance of one sampling call: ``scale`` (per unit of log flux error, the shift of the predicted
+    clean latents in latent standard deviations, or with ``smoothing`` the share of their difference from
+    their smoothed self), the codec's ``spectral_flux`` (normalised latents
     ``[B, D, T]`` -> dB ``[B, T - 1]``, differentiable), the video's ``pace [B, T]`` at each latent frame
     (beats per second, NaN where there is no video) and ``flux_map`` (``[xs, ys]``: the flux of training
-    music under windows of that pace, :func:`~vmas_diffusion.conditions.fit_quantile_map`)."""
+    music under windows of that pace, :func:`~vmas_diffusion.conditions.fit_quantile_map`) and
+    ``smoothing`` (0: the gradient step; > 0: the standard deviation, in latent frames, of the Gaussian
+    over time that the smoothing step pulls towards)."""
 
     scale: float
     spectral_flux: Callable[[torch.Tensor], torch.Tensor]
     pace: torch.Tensor
     flux_map: list
+    smoothing: float = 0.0
 
     def window_target(self, start: int, length: int) -> torch.Tensor:
         """``[B]``: the log of the flux the music should have in the latent frames ``[start, start + length)``:
@@ -137,29 +145,51 @@ class FluxGuidance:
 
     def clean_shift(self, clean: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
         """The step ``[B, D, T]`` to add to the predicted clean latents ``clean`` of a window whose target is
-        ``log_target [B]``: ``-scale * (log flux - log target)`` along the unit-RMS direction in which the
-        log flux rises fastest (zero for items without a target). The error is clamped to ±1 (a factor
-        of e), so one step moves the latents by at most ``scale`` standard deviations (RMS)."""
+        ``log_target [B]`` (zero for items without one), from the error between their log flux and it,
+        clamped to ±1 (a factor of e). Without ``smoothing``: ``-scale * error`` along the unit-RMS direction
+        in which the log flux rises fastest, so one step moves the latents by at most ``scale`` standard
+        deviations (RMS). With it: ``-clamp(scale * error, -1, 1)`` times the latents' difference from their
+        smoothed self, so a pull of 1 replaces them by the smoothed version (a push sharpens them)."""
+        x = clean.detach().float()
+        if self.smoothing:
+            error = self._error(self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log(), log_target)
+            pull = (self.scale * error).clamp(-1.0, 1.0)
+            return (-pull[:, None, None] * (x - smooth_over_time(x, self.smoothing))).to(clean.dtype)
         with torch.enable_grad():
-            x = clean.detach().float().requires_grad_(True)
+            x.requires_grad_(True)
             log_flux = self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log()
             (grad,) = torch.autograd.grad(log_flux.sum(), x)
-        error = (log_flux.detach() - log_target.to(log_flux)).nan_to_num(0.0).clamp(-1.0, 1.0)
         unit = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
-        return (-self.scale * error[:, None, None] * unit).to(clean.dtype)
+        return (-self.scale * self._error(log_flux.detach(), log_target)[:, None, None] * unit).to(clean.dtype)
+
+    @staticmethod
+    def _error(log_flux: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
+        """``[B]``: log flux minus log target, clamped to ±1; 0 for items without a target (NaN)."""
+        return (log_flux - log_target.to(log_flux)).nan_to_num(0.0).clamp(-1.0, 1.0)
+
+
+def smooth_over_time(x: torch.Tensor, std: float) -> torch.Tensor:
+    """``x [B, D, T]`` convolved over time with a normalised Gaussian of ``std`` frames (edges replicated):
+    a positive kernel summing to one, so no band's total variation, hence its rises, can grow."""
+    radius = max(1, int(math.ceil(3.0 * std)))
+    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device) / std) ** 2)
+    batch, dim, frames = x.shape
+    rows = F.pad(x.reshape(batch * dim, 1, frames), (radius, radius), mode="replicate")
+    return F.conv1d(rows, (kernel / kernel.sum()).view(1, 1, -1)).reshape(batch, dim, frames)
 
 
 def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: int, frame_rate: float,
-                       scale: float, flux_map, spectral_flux, window_seconds: float) -> Optional[FluxGuidance]:
+                       scale: float, flux_map, spectral_flux, window_seconds: float,
+                       smoothing_seconds: float = 0.0) -> Optional[FluxGuidance]:
     """The flux guidance of a sampling call of ``num_frames`` latent frames at ``frame_rate``, or None when
     ``scale`` is 0 or there is no beat condition (nothing says how busy the video is). The pace at each
     frame is the video's visual beats per second around it (:func:`~vmas_diffusion.conditions.local_pace`
-    of the beat over ``window_seconds``)."""
+    of the beat over ``window_seconds``); ``smoothing_seconds`` > 0 takes the smoothing step."""
     if not scale or BEAT not in (conditions or {}):
         return None
     pace = local_pace(conditions[BEAT], window_seconds)
     beats = beats_per_second(pace, torch.arange(num_frames, device=pace.tensor.device), frame_rate)
-    return FluxGuidance(float(scale), spectral_flux, beats, flux_map)
+    return FluxGuidance(float(scale), spectral_flux, beats, flux_map, float(smoothing_seconds) * frame_rate)
 
 
 def beats_per_second(pace: Condition, frames: torch.Tensor, frame_rate: float) -> torch.Tensor:

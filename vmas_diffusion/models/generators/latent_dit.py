@@ -187,6 +187,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         flux_map: ``[xs, ys]``, the flux of training music (dB per frame, ``codec.spectral_flux``) under
             windows of video of that pace (visual beats per second); ``train_vmas_tiny.py restage`` fits it
             (:func:`~vmas_diffusion.training.pace_map.fit_flux_map_on_shards`, :mod:`vmas_diffusion.guidance`).
+        flux_guidance_smoothing: the sampling default of how flux guidance steps (seconds; 0: along the flux
+            gradient; > 0: towards the latents smoothed over time by a Gaussian of this standard deviation,
+            which takes flux away without adding attacks of its own).
         video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"``, ``"prepend"`` or
             ``"adaln"`` (per-frame modulation of every block).
         align_features: where :meth:`forward_train` takes ``music_embedding`` and
@@ -232,6 +235,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         pace_map: Optional[list] = None,
         flux_guidance_scale: float = 0.0,
         flux_map: Optional[list] = None,
+        flux_guidance_smoothing: float = 0.0,
     ):
         super().__init__()
         self._check_config()
@@ -307,8 +311,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("beat_guidance_scale", "beat_guidance_reach"):
             if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
                 raise ConfigError(problem)
-        if (problem := check_beat_guidance(cfg.get("flux_guidance_scale", 0.0), f"{where}: flux_guidance_scale")) is not None:
-            raise ConfigError(problem)
+        for name in ("flux_guidance_scale", "flux_guidance_smoothing"):
+            if (problem := check_beat_guidance(cfg.get(name, 0.0), f"{where}: {name}")) is not None:
+                raise ConfigError(problem)
         if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
             raise ConfigError(f"{where}: flux_map must be [xs, ys] of finite numbers, xs increasing "
                               f"(fit_flux_map_on_shards' output), got {cfg.flux_map!r}")
@@ -725,18 +730,20 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         return guidance, conditions if guidance is None else guidance.conditions(conditions)
 
     def _flux_plan(self, conditions: Dict[str, Condition], num_frames: int, scale: Optional[float],
-                   spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
-        """The call's flux guidance (None when off); InputError for a bad scale or one it cannot apply."""
-        if scale is None:
-            scale = self.config.get("flux_guidance_scale") or 0.0
-        if (problem := check_beat_guidance(scale, "flux_guidance_scale")) is not None:
-            raise InputError(problem)
+                   smoothing: Optional[float], spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
+        """The call's flux guidance (None when off); InputError for a bad scale or smoothing, or one it cannot apply."""
+        given = {"flux_guidance_scale": scale, "flux_guidance_smoothing": smoothing}
+        options = {name: (self.config.get(name) or 0.0) if value is None else value for name, value in given.items()}
+        for name, value in options.items():
+            if (problem := check_beat_guidance(value, name)) is not None:
+                raise InputError(problem)
+        scale, smoothing = options.values()
         if scale and (spectral_flux is None or self.config.get("flux_map") is None):
             raise InputError("flux guidance steers the music's spectral flux towards the flux_map's: it needs a "
                              "generator with a flux_map and a codec with spectral_flux (the mel codec; "
                              "generate_audio passes it); set flux_guidance_scale=0 to sample without it")
         return plan_flux_guidance(conditions, num_frames, self.config.frame_rate, scale, self.config.get("flux_map"),
-                                  spectral_flux, pace_window_seconds(self.config))
+                                  spectral_flux, pace_window_seconds(self.config), smoothing)
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
@@ -856,6 +863,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         callback: Optional[Callable] = None,
         beat_guidance_scale: Optional[float] = None,
         flux_guidance_scale: Optional[float] = None,
+        flux_guidance_smoothing: Optional[float] = None,
         spectral_flux: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample normalised latents ``[B, latent_dim, num_frames]``.
@@ -891,6 +899,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 between their log spectral flux and the log of ``flux_map`` at the video's pace
                 (:class:`~vmas_diffusion.guidance.FluxGuidance`); it needs a beat condition (without one
                 it is off) and ``spectral_flux``.
+            flux_guidance_smoothing: how the flux guidance steps (default the config's): 0 along the flux
+                gradient as above; > 0 (seconds) towards (or, to raise the flux, away from) the predicted clean
+                latents smoothed over time by a Gaussian of this standard deviation, by ``scale x error``
+                (clamped to ±1) of the difference.
             spectral_flux: the codec's ``spectral_flux`` (:meth:`generate_audio` passes it).
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
@@ -919,7 +931,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
         guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
-        flux = self._flux_plan(conditions, num_frames, flux_guidance_scale, spectral_flux)
+        flux = self._flux_plan(conditions, num_frames, flux_guidance_scale, flux_guidance_smoothing, spectral_flux)
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
