@@ -88,27 +88,33 @@ CARDS = {
         "Griffin-Lim codec, sampled with UniPC in 25 steps, conditioned on a 10 fps video encoder "
         "(cross-attention) and the visual beat envelope, which modulates every block frame by frame "
         "(`beat_fuse: adaln`); use guidance 6 (its config adds a guidance of 12 on the beat condition "
-        "alone, `beat_guidance_scale`, and flux guidance 0.5, `flux_guidance_scale`: every denoising step pulls "
-        "the music's spectral flux towards what training music has under footage of the video's pace).",
-        alignment=HEADER.replace("), guidance 6.", "), guidance 6, beat guidance 12, flux guidance 0.5 (its config's).")
-        + "| beat cuts (16 clips) | **0.759** | 0.384 (1.98x) | 0.381 (1.99x) | 0.699 |\n"
-        "| motion, cuts every 2-4 beats (39) | **0.633** | 0.369 (1.72x) | 0.359 (1.76x) | 0.521 |\n"
-        "| events on onsets (24) | 0.571 | 0.376 (1.52x) | 0.318 (1.79x) | 0.408 |\n"
-        "| all (86) | 0.587 | 0.344 (1.71x) | 0.322 (1.82x) | 0.480 |\n\n"
+        "alone, `beat_guidance_scale`, and flux guidance 1.0, `flux_guidance_scale`, with its smoothing step, "
+        "`flux_guidance_smoothing` 0.08 s: every denoising step pulls the music's spectral flux towards what training "
+        "music has under footage of the video's pace by moving the predicted latents towards their own smoothed "
+        "version over time, or away from it where the music should move more).",
+        alignment=HEADER.replace("), guidance 6.",
+                                 "), guidance 6, beat guidance 12, flux guidance 1.0 with smoothing 0.08 s (its config's).")
+        + "| beat cuts (16 clips) | **0.769** | 0.384 (2.00x) | 0.416 (1.85x) | 0.699 |\n"
+        "| motion, cuts every 2-4 beats (39) | **0.588** | 0.369 (1.59x) | 0.363 (1.62x) | 0.521 |\n"
+        "| events on onsets (24) | 0.573 | 0.376 (1.52x) | 0.370 (1.55x) | 0.408 |\n"
+        "| all (86) | 0.569 | 0.344 (1.66x) | 0.345 (1.65x) | 0.480 |\n\n"
         "(Videos of the music set's fifth version, whose pace follows onsets that need an attack; above the real "
         "music's own score, as BHS counts the visual beats hit; the unconditional music has no video and so no flux "
         "guidance.) Music (86 held-out clips, seeds 0 and 1): FAD "
-        "44.6 / 52.8 (mel statistics), harmonic share 0.838 / 0.872 (real 0.792), sustained pitched share "
-        "0.451 / 0.482 (real 0.706), 3.3 / 3.5 "
-        "onsets a second (real 4.6); R@5 video to its generated music 0.58 at seed 0 (chance 0.06).",
-        limitations="Held notes come out smeared (64-68% of the real music's sustained pitched share) and "
-        "its onset density follows the footage's pace only loosely (rank correlation 0.09 / 0.45 on held-out "
-        "videos, real music 0.57; the weights before its last 3000 steps 0.34 / 0.50); its flux map asks for the "
-        "training music's movement, so for the busier "
-        "held-out soundtracks its music is calmer than theirs (3.3-3.5 onsets a second against 4.6). Its "
+        "27.1 / 32.7 (mel statistics), harmonic share 0.903 / 0.933 (real 0.792), sustained pitched share "
+        "0.569 / 0.602 (real 0.706), 3.4 / 3.7 onsets a second (real 4.6); R@5 video to its generated music 0.62 "
+        "(chance 0.06). With the gradient step it was shipped with before (flux guidance 0.5, "
+        "`flux_guidance_smoothing=0`): FAD 44.6 / 52.8, sustained pitched share 0.451 / 0.482; BHS on motion "
+        "0.633 (1.72x, 1.76x).",
+        limitations="Its onset density follows the footage's pace loosely and unevenly over seeds (rank "
+        "correlation 0.33 / 0.62 on held-out videos, real music 0.57; with the gradient step 0.09 / 0.45): among "
+        "busy footage it makes about as many onsets under fast cuts as under slower pans and zooms. Its flux map "
+        "asks for the training music's movement, so for the busier held-out soundtracks its music is calmer than "
+        "theirs (3.4-3.7 onsets a second against 4.6), and under cuts it holds fewer notes than their music "
+        "(0.52-0.56 against 0.62). Its "
         "contrastive head retrieves real music by rhythm (R@5 0.352 on held-out windows, 23x chance), not "
         "by style (its global part alone is at chance). "
-        "In float16 its music moves by a third (relative L2 0.33, bundled clip, 4 s, seed 0) from float32's, "
+        "In float16 its music moves by relative L2 0.38 (waveform, bundled clip, 4 s, seed 0) from float32's, "
         "so it ships in float32.",
     ),
 }
