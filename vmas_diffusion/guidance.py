@@ -152,15 +152,18 @@ class FluxGuidance:
         smoothed self, so a pull of 1 replaces them by the smoothed version (a push sharpens them)."""
         x = clean.detach().float()
         if self.smoothing:
-            error = self._error(self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log(), log_target)
-            pull = (self.scale * error).clamp(-1.0, 1.0)
+            pull = (self.scale * self._error(self._log_flux(x), log_target)).clamp(-1.0, 1.0)
             return (-pull[:, None, None] * (x - smooth_over_time(x, self.smoothing))).to(clean.dtype)
         with torch.enable_grad():
             x.requires_grad_(True)
-            log_flux = self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log()
+            log_flux = self._log_flux(x)
             (grad,) = torch.autograd.grad(log_flux.sum(), x)
         unit = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
         return (-self.scale * self._error(log_flux.detach(), log_target)[:, None, None] * unit).to(clean.dtype)
+
+    def _log_flux(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the log of the mean spectral flux of latents ``x [B, D, T]``."""
+        return self.spectral_flux(x).mean(dim=-1).clamp_min(1e-6).log()
 
     @staticmethod
     def _error(log_flux: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:

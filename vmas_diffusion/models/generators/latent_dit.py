@@ -308,11 +308,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("cond_dropout", "beat_dropout"):
             if not 0.0 <= getattr(cfg, name) < 1.0:
                 raise ConfigError(f"{where}: {name} must be in [0, 1), got {getattr(cfg, name)}")
-        for name in ("beat_guidance_scale", "beat_guidance_reach"):
+        for name in ("beat_guidance_scale", "beat_guidance_reach", "flux_guidance_scale", "flux_guidance_smoothing"):
             if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
-                raise ConfigError(problem)
-        for name in ("flux_guidance_scale", "flux_guidance_smoothing"):
-            if (problem := check_beat_guidance(cfg.get(name, 0.0), f"{where}: {name}")) is not None:
                 raise ConfigError(problem)
         if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
             raise ConfigError(f"{where}: flux_map must be [xs, ys] of finite numbers, xs increasing "
