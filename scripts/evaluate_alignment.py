@@ -206,6 +206,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from vmas_diffusion.cli import add_sampling_options
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=None,
                         help="NAME=PIPELINE (folder or bundled name); default ar=vmas-tiny-ar, ldm=vmas-tiny-ldm")
@@ -216,14 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance (default: the backend's RECOMMENDED_GUIDANCE, as the demo)")
-    parser.add_argument("--top-k", type=int, default=None, help="AR sampling: keep the k likeliest codes")
-    parser.add_argument("--temperature", type=float, default=None, help="AR sampling temperature")
-    parser.add_argument("--beat-guidance", type=float, default=None,
-                        help="a guidance scale of its own for the beat condition (default the model's)")
-    parser.add_argument("--flux-guidance", type=float, default=None,
-                        help="LDM: the flux guidance scale (default the model's; 0: off)")
-    parser.add_argument("--flux-smoothing", type=float, default=None,
-                        help="LDM: flux guidance steps towards the music smoothed over this many seconds (default the model's)")
+    add_sampling_options(parser)
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps (LDM)")
     parser.add_argument("--window", type=float, default=4.0, help="retrieval window seconds")
     parser.add_argument("--retrieval-seconds", type=float, default=16.0, help="seconds of each clip cut into windows")

@@ -86,6 +86,8 @@ def test_generate_sampling_options_reach_the_sampler(media, saved_pipeline, tmp_
         (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-guidance", "0.5"], "flux_map"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-guidance", "-1"], "flux_guidance_scale"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-smoothing", "-1"], "flux_guidance_smoothing"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-reach", "nan"], "flux_guidance_reach"),
+        (["generate", "{video}", "-o", "{out}", "--model", TINY_LDM, "--flux-contrast", "-2"], "flux_guidance_contrast"),
         (["frobnicate"], "invalid choice"),
         (["generate", "{video}", "-o", "{out}", "--model", TINY_AR, "--threads", "0"], "positive number of threads"),
     ],

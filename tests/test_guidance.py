@@ -1,5 +1,7 @@
 """Guidance with a beat scale of its own, gated by the visual beats (vmas_diffusion.guidance), in both backends."""
 
+from dataclasses import replace
+
 import dummies
 import pytest
 import torch
@@ -152,7 +154,7 @@ def test_flux_guidance_needs_a_map_a_codec_with_flux_and_a_valid_scale():
     with pytest.raises(InputError, match="spectral_flux"):
         model.generate(conditions(beat), 50, num_inference_steps=2)  # no codec flux given
     for bad in (-1.0, float("nan"), "1"):
-        for name in ("flux_guidance_scale", "flux_guidance_smoothing"):
+        for name in ("flux_guidance_scale", "flux_guidance_smoothing", "flux_guidance_reach", "flux_guidance_contrast"):
             with pytest.raises(InputError, match=name):
                 generate(model, codec, beat, **{name: bad})
     plain = dummies.dummy_ldm_generator(latent_dim=32)
@@ -162,7 +164,10 @@ def test_flux_guidance_needs_a_map_a_codec_with_flux_and_a_valid_scale():
     for config, match in ((dict(flux_guidance_scale=0.5), "flux_map"),
                           (dict(flux_map=[[1.0, 0.0], [1.0, 2.0]]), "flux_map"),
                           (dict(flux_guidance_scale=-0.5, flux_map=[[0.0], [1.0]]), "flux_guidance_scale"),
-                          (dict(flux_guidance_smoothing=float("inf")), "flux_guidance_smoothing")):
+                          (dict(flux_guidance_smoothing=float("inf")), "flux_guidance_smoothing"),
+                          (dict(flux_guidance_reach=-0.1), "flux_guidance_reach"),
+                          (dict(flux_guidance_contrast=float("nan")), "flux_guidance_contrast"),
+                          (dict(flux_guidance_pivot=0.0), "flux_guidance_pivot")):
         with pytest.raises(ConfigError, match=match):
             dummies.dummy_ldm_generator(latent_dim=32, **config)
 
@@ -197,3 +202,37 @@ def test_a_window_s_target_is_the_map_at_its_mean_pace():
     assert 0.5 < pace < 1.1  # about a beat a second (less near the end of the beats)
     torch.testing.assert_close(first[0], torch.log(1.0 + pace))  # the map is 1 + pace below 1 beat/s
     assert last[0] < first[0]
+    # a contrast stretches the log target around the pivot: calmer than the map below it, busier above
+    for pivot in (1.0, 4.0):
+        stretched = plan_flux_guidance(conds, 400, 50.0, 0.5, flux_map, lambda x: x, 2.0, contrast=1.5, pivot=pivot)
+        log_pivot = torch.tensor(pivot).log()
+        torch.testing.assert_close(stretched.window_target(0, 200)[0], log_pivot + 1.5 * (first[0] - log_pivot))
+        assert torch.isnan(stretched.window_target(0, 200)[1])
+
+
+def test_flux_guidance_holds_off_near_visual_beats_within_its_reach():
+    from vmas_diffusion.guidance import beat_nearby, plan_flux_guidance
+
+    beat = torch.zeros(1, 100)  # 4 s at 25 fps, a strong beat at 1 s and a weak one at 3 s
+    beat[0, 25], beat[0, 75] = 1.0, 0.5
+    conds = conditions(beat)
+    rises = lambda x: x.diff(dim=-1).clamp_min(0).mean(dim=1)  # noqa: E731 (a flux in latent units)
+    plan = plan_flux_guidance(conds, 200, 50.0, 0.5, [[0.0], [1.0]], rises, 2.0, 0.08, reach=0.1)
+    torch.testing.assert_close(plan.keep, 1.0 - beat_nearby(conds[BEAT], torch.arange(200), 50.0, 0.1))
+    assert plan.keep[0, 50] == 0 and plan.keep[0, 150] == 0.5 and plan.keep[0, 100] == 1  # at the beats; between
+    assert plan_flux_guidance(conds, 200, 50.0, 0.5, [[0.0], [1.0]], rises, 2.0, 0.08).keep is None
+    jittery = torch.randn(1, 8, 100, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([-5.0])
+    unkept = replace(plan, keep=None).clean_shift(jittery, target)
+    first, second = plan.clean_shift(jittery, target, start=0), plan.clean_shift(jittery, target, start=100)
+    assert unkept[..., 50].abs().min() > 0 and torch.all(first[..., 50] == 0)  # the strong beat's frame is kept
+    torch.testing.assert_close(second[..., 50], 0.5 * unkept[..., 50])  # half of the step at the weak beat (150)
+    torch.testing.assert_close(first[..., 80], unkept[..., 80])  # the whole step away from the beats
+
+
+def test_flux_guidance_held_off_everywhere_samples_as_without_it():
+    beat = torch.ones(1, 150)  # a visual beat on every video frame: the guidance holds off on every music frame
+    model, codec = flux_setup(ys=0.5)
+    free = generate(model, codec, beat, flux_guidance_scale=0.0)
+    torch.testing.assert_close(generate(model, codec, beat, flux_guidance_reach=0.1), free, atol=1e-6, rtol=0)
+    assert not torch.allclose(generate(model, codec, beat), free, atol=1e-3)  # without a reach it steers

@@ -112,7 +112,8 @@ def alignment_kwargs(args) -> dict:
 def sampling_kwargs(args) -> dict:
     """The generator's own sampling options given on the command line (top_k, temperature, beat and flux guidance)."""
     options = (("top_k", args.top_k), ("temperature", args.temperature), ("beat_guidance_scale", args.beat_guidance),
-               ("flux_guidance_scale", args.flux_guidance), ("flux_guidance_smoothing", args.flux_smoothing))
+               ("flux_guidance_scale", args.flux_guidance), ("flux_guidance_smoothing", args.flux_smoothing),
+               ("flux_guidance_reach", args.flux_reach), ("flux_guidance_contrast", args.flux_contrast))
     return {k: v for k, v in options if v is not None}
 
 
@@ -210,6 +211,11 @@ def _add_generation_options(parser) -> None:
                         help="generate N and keep the one with the best beat hits and video-music similarity")
     parser.add_argument("--pace-weight", type=float, metavar="W",
                         help="with --candidates: also prefer music as busy as the video's pace asks (1.0 measured; default 0)")
+    add_sampling_options(parser)
+
+
+def add_sampling_options(parser) -> None:
+    """The generator's own sampling options (:func:`sampling_kwargs` reads them back), shared with the scripts."""
     parser.add_argument("--temperature", type=float,
                         help="AR backend: token sampling temperature (default the model's; lower: steadier, more held notes)")
     parser.add_argument("--top-k", type=int, help="AR backend: sample among the k likeliest codes (default the model's)")
@@ -222,6 +228,12 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--flux-smoothing", type=float, metavar="SECONDS",
                         help="LDM backend: flux guidance steps towards the music smoothed over this many seconds "
                              "(a Gaussian's deviation) instead of along the flux gradient (default the model's; 0: gradient)")
+    parser.add_argument("--flux-reach", type=float, metavar="SECONDS",
+                        help="LDM backend: flux guidance holds off within this many seconds of the visual beats, "
+                             "keeping the hits on them (default the model's; 0: applies everywhere)")
+    parser.add_argument("--flux-contrast", type=float, metavar="G",
+                        help="LDM backend: stretch the flux map's calm-to-busy range by G (default the model's; "
+                             "1: as fitted on training music)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,11 +81,7 @@ class Guidance:
         strongest visual beat within ``reach``; None when the beat scale is not gated."""
         if self.beat_scale is None or self.reach is None:
             return None
-        r = round(self.reach * frame_rate)
-        frames = frames.to(self.beat.tensor.device)
-        taps = (frames[:, None] + torch.arange(-r, r + 1, device=frames.device)).clamp(min=0)  # [N, 2r + 1]
-        values, _ = frame_values(self.beat, taps, frame_rate)  # [B, N, 2r + 1, D]
-        return values.amax(dim=(2, 3)).clamp(0.0, 1.0)
+        return beat_nearby(self.beat, frames, frame_rate, self.reach)
 
     def combine(self, out: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The guided output ``[B, ...]`` of a batch's outputs ``[branches * B, ...]``; ``gate`` (from
@@ -96,6 +92,16 @@ class Guidance:
         cond, no_beat, null = out.chunk(3)
         beat_scale = self.beat_scale if gate is None else self.scale + (self.beat_scale - self.scale) * gate.to(out)
         return null + self.scale * (no_beat - null) + beat_scale * (cond - no_beat)
+
+
+def beat_nearby(beat: Condition, frames: torch.Tensor, frame_rate: float, reach: float) -> torch.Tensor:
+    """``[B, N]`` in [0, 1]: the strongest visual beat of ``beat`` within ``reach`` seconds of each music frame
+    ``frames [N]`` (absolute indices at ``frame_rate``)."""
+    r = round(reach * frame_rate)
+    frames = frames.to(beat.tensor.device)
+    taps = (frames[:, None] + torch.arange(-r, r + 1, device=frames.device)).clamp(min=0)  # [N, 2r + 1]
+    values, _ = frame_values(beat, taps, frame_rate)  # [B, N, 2r + 1, D]
+    return values.amax(dim=(2, 3)).clamp(0.0, 1.0)
 
 
 def plan_guidance(
@@ -126,40 +132,52 @@ class FluxGuidance:
     their smoothed self), the codec's ``spectral_flux`` (normalised latents
     ``[B, D, T]`` -> dB ``[B, T - 1]``, differentiable), the video's ``pace [B, T]`` at each latent frame
     (beats per second, NaN where there is no video) and ``flux_map`` (``[xs, ys]``: the flux of training
-    music under windows of that pace, :func:`~vmas_diffusion.conditions.fit_quantile_map`) and
+    music under windows of that pace, :func:`~vmas_diffusion.conditions.fit_quantile_map`),
     ``smoothing`` (0: the gradient step; > 0: the standard deviation, in latent frames, of the Gaussian
-    over time that the smoothing step pulls towards)."""
+    over time that the smoothing step pulls towards), ``contrast`` (the map's log flux stretched by this
+    factor around ``pivot`` dB per frame: > 1 asks calmer music of calm videos) and ``keep`` (``[B, T]``,
+    the share of the step each latent frame takes; None: all of it)."""
 
     scale: float
     spectral_flux: Callable[[torch.Tensor], torch.Tensor]
     pace: torch.Tensor
     flux_map: list
     smoothing: float = 0.0
+    contrast: float = 1.0
+    pivot: float = 2.0
+    keep: Optional[torch.Tensor] = None
 
     def window_target(self, start: int, length: int) -> torch.Tensor:
         """``[B]``: the log of the flux the music should have in the latent frames ``[start, start + length)``:
-        the map at the window's mean pace, as it was fitted on training windows (NaN: no target)."""
+        the map at the window's mean pace, as it was fitted on training windows, stretched by ``contrast``
+        (NaN: no target)."""
         pace = self.pace[:, start : start + length].nanmean(dim=1)
         target = interpolate_map(pace.nan_to_num(0.0), self.flux_map).clamp_min(1e-6).log()
-        return target.masked_fill(pace.isnan(), float("nan"))
+        pivot = math.log(self.pivot)
+        return (pivot + self.contrast * (target - pivot)).masked_fill(pace.isnan(), float("nan"))
 
-    def clean_shift(self, clean: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
-        """The step ``[B, D, T]`` to add to the predicted clean latents ``clean`` of a window whose target is
-        ``log_target [B]`` (zero for items without one), from the error between their log flux and it,
-        clamped to ±1 (a factor of e). Without ``smoothing``: ``-scale * error`` along the unit-RMS direction
-        in which the log flux rises fastest, so one step moves the latents by at most ``scale`` standard
-        deviations (RMS). With it: ``-clamp(scale * error, -1, 1)`` times the latents' difference from their
-        smoothed self, so a pull of 1 replaces them by the smoothed version (a push sharpens them)."""
+    def clean_shift(self, clean: torch.Tensor, log_target: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The step ``[B, D, T]`` to add to the predicted clean latents ``clean`` of the window from latent frame
+        ``start`` whose target is ``log_target [B]`` (zero for items without one), from the error between
+        their log flux and it, clamped to ±1 (a factor of e), times ``keep`` frame by frame. Without
+        ``smoothing``: ``-scale * error`` along the unit-RMS direction in which the log flux rises fastest,
+        so one step moves the latents by at most ``scale`` standard deviations (RMS). With it:
+        ``-clamp(scale * error, -1, 1)`` times the latents' difference from their smoothed self, so a pull
+        of 1 replaces them by the smoothed version (a push sharpens them)."""
         x = clean.detach().float()
         if self.smoothing:
             pull = (self.scale * self._error(self._log_flux(x), log_target)).clamp(-1.0, 1.0)
-            return (-pull[:, None, None] * (x - smooth_over_time(x, self.smoothing))).to(clean.dtype)
-        with torch.enable_grad():
-            x.requires_grad_(True)
-            log_flux = self._log_flux(x)
-            (grad,) = torch.autograd.grad(log_flux.sum(), x)
-        unit = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
-        return (-self.scale * self._error(log_flux.detach(), log_target)[:, None, None] * unit).to(clean.dtype)
+            shift = -pull[:, None, None] * (x - smooth_over_time(x, self.smoothing))
+        else:
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                log_flux = self._log_flux(x)
+                (grad,) = torch.autograd.grad(log_flux.sum(), x)
+            unit = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+            shift = -self.scale * self._error(log_flux.detach(), log_target)[:, None, None] * unit
+        if self.keep is not None:
+            shift = shift * self.keep[:, None, start : start + x.shape[-1]].to(shift)
+        return shift.to(clean.dtype)
 
     def _log_flux(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]``: the log of the mean spectral flux of latents ``x [B, D, T]``."""
@@ -182,17 +200,22 @@ def smooth_over_time(x: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: int, frame_rate: float,
-                       scale: float, flux_map, spectral_flux, window_seconds: float,
-                       smoothing_seconds: float = 0.0) -> Optional[FluxGuidance]:
+                       scale: float, flux_map, spectral_flux, window_seconds: float, smoothing_seconds: float = 0.0,
+                       reach: Optional[float] = None, contrast: float = 1.0, pivot: float = 2.0) -> Optional[FluxGuidance]:
     """The flux guidance of a sampling call of ``num_frames`` latent frames at ``frame_rate``, or None when
     ``scale`` is 0 or there is no beat condition (nothing says how busy the video is). The pace at each
     frame is the video's visual beats per second around it (:func:`~vmas_diffusion.conditions.local_pace`
-    of the beat over ``window_seconds``); ``smoothing_seconds`` > 0 takes the smoothing step."""
+    of the beat over ``window_seconds``); ``smoothing_seconds`` > 0 takes the smoothing step; with a
+    ``reach`` (seconds) each frame takes the step times one minus the strongest visual beat within it
+    (:func:`beat_nearby`), so the hits on the video's beats stay as the model made them."""
     if not scale or BEAT not in (conditions or {}):
         return None
-    pace = local_pace(conditions[BEAT], window_seconds)
-    beats = beats_per_second(pace, torch.arange(num_frames, device=pace.tensor.device), frame_rate)
-    return FluxGuidance(float(scale), spectral_flux, beats, flux_map, float(smoothing_seconds) * frame_rate)
+    beat = conditions[BEAT]
+    frames = torch.arange(num_frames, device=beat.tensor.device)
+    beats = beats_per_second(local_pace(beat, window_seconds), frames, frame_rate)
+    keep = None if reach is None else 1.0 - beat_nearby(beat, frames, frame_rate, reach)
+    return FluxGuidance(float(scale), spectral_flux, beats, flux_map, float(smoothing_seconds) * frame_rate,
+                        float(contrast), float(pivot), keep)
 
 
 def beats_per_second(pace: Condition, frames: torch.Tensor, frame_rate: float) -> torch.Tensor:

@@ -79,6 +79,9 @@ FRAME_MODES = ("sum", "adaln")
 ALIGN_FEATURES = ("clean", "denoiser")
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "euler")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# flux guidance's sampling options (config defaults, each overridable per call) and their values when unset
+FLUX_OPTIONS = {"flux_guidance_scale": 0.0, "flux_guidance_smoothing": 0.0, "flux_guidance_reach": 0.0,
+                "flux_guidance_contrast": 1.0}
 
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 
@@ -190,6 +193,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         flux_guidance_smoothing: the sampling default of how flux guidance steps (seconds; 0: along the flux
             gradient; > 0: towards the latents smoothed over time by a Gaussian of this standard deviation,
             which takes flux away without adding attacks of its own).
+        flux_guidance_reach: the sampling default of where flux guidance holds off (seconds; 0: nowhere): each
+            latent frame takes the step times one minus the strongest visual beat within this reach, so the
+            hits the model puts on cuts and motion accents stay while the music between them is calmed.
+        flux_guidance_contrast, flux_guidance_pivot: the map's log flux is stretched by ``contrast`` (the
+            sampling default; 1: the map as fitted) around ``pivot`` dB per frame, so music under calm videos
+            is asked to be calmer than under busy ones by more than training music is.
         video_fuse, beat_fuse: how each condition enters: ``"cross"``, ``"sum"``, ``"prepend"`` or
             ``"adaln"`` (per-frame modulation of every block).
         align_features: where :meth:`forward_train` takes ``music_embedding`` and
@@ -236,6 +245,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         flux_guidance_scale: float = 0.0,
         flux_map: Optional[list] = None,
         flux_guidance_smoothing: float = 0.0,
+        flux_guidance_reach: float = 0.0,
+        flux_guidance_contrast: float = 1.0,
+        flux_guidance_pivot: float = 2.0,
     ):
         super().__init__()
         self._check_config()
@@ -308,9 +320,12 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("cond_dropout", "beat_dropout"):
             if not 0.0 <= getattr(cfg, name) < 1.0:
                 raise ConfigError(f"{where}: {name} must be in [0, 1), got {getattr(cfg, name)}")
-        for name in ("beat_guidance_scale", "beat_guidance_reach", "flux_guidance_scale", "flux_guidance_smoothing"):
+        for name in ("beat_guidance_scale", "beat_guidance_reach", *FLUX_OPTIONS):
             if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
                 raise ConfigError(problem)
+        pivot = cfg.get("flux_guidance_pivot", 2.0)
+        if isinstance(pivot, bool) or not isinstance(pivot, (int, float)) or not math.isfinite(pivot) or pivot <= 0:
+            raise ConfigError(f"{where}: flux_guidance_pivot must be > 0 (dB per frame), got {cfg.flux_guidance_pivot!r}")
         if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
             raise ConfigError(f"{where}: flux_map must be [xs, ys] of finite numbers, xs increasing "
                               f"(fit_flux_map_on_shards' output), got {cfg.flux_map!r}")
@@ -726,21 +741,25 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         guidance = plan_guidance(conditions, guidance_scale, beat_guidance_scale, self.config)
         return guidance, conditions if guidance is None else guidance.conditions(conditions)
 
-    def _flux_plan(self, conditions: Dict[str, Condition], num_frames: int, scale: Optional[float],
-                   smoothing: Optional[float], spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
-        """The call's flux guidance (None when off); InputError for a bad scale or smoothing, or one it cannot apply."""
-        given = {"flux_guidance_scale": scale, "flux_guidance_smoothing": smoothing}
-        options = {name: (self.config.get(name) or 0.0) if value is None else value for name, value in given.items()}
+    def _flux_plan(self, conditions: Dict[str, Condition], num_frames: int, given: Dict[str, Optional[float]],
+                   spectral_flux: Optional[Callable]) -> Optional[FluxGuidance]:
+        """The call's flux guidance (None when off) from its ``given`` options (:data:`FLUX_OPTIONS`, None: the
+        config's); InputError for a bad option, or guidance it cannot apply."""
+        options = {}
+        for name, default in FLUX_OPTIONS.items():
+            value = self.config.get(name) if given.get(name) is None else given[name]
+            options[name] = default if value is None else value
         for name, value in options.items():
             if (problem := check_beat_guidance(value, name)) is not None:
                 raise InputError(problem)
-        scale, smoothing = options.values()
+        scale, smoothing, reach, contrast = options.values()
         if scale and (spectral_flux is None or self.config.get("flux_map") is None):
             raise InputError("flux guidance steers the music's spectral flux towards the flux_map's: it needs a "
                              "generator with a flux_map and a codec with spectral_flux (the mel codec; "
                              "generate_audio passes it); set flux_guidance_scale=0 to sample without it")
         return plan_flux_guidance(conditions, num_frames, self.config.frame_rate, scale, self.config.get("flux_map"),
-                                  spectral_flux, pace_window_seconds(self.config), smoothing)
+                                  spectral_flux, pace_window_seconds(self.config), smoothing, reach or None,
+                                  contrast, self.config.get("flux_guidance_pivot", 2.0))
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
@@ -819,7 +838,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             timestep = self.model_timestep(scheduler, i)
             output = self._guided(model_input, timestep, prepared, guidance, gate)
             if flux is not None:
-                output = self._steer_flux(output, model_input, timestep, flux, flux_target)
+                output = self._steer_flux(output, model_input, timestep, flux, flux_target, start_frame)
             sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
             sample = step_end(t, {"latents": sample})["latents"]
         if k:
@@ -827,18 +846,18 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         return sample
 
     def _steer_flux(self, output: torch.Tensor, sample: torch.Tensor, timestep, flux: FluxGuidance,
-                    log_target: torch.Tensor) -> torch.Tensor:
+                    log_target: torch.Tensor, start_frame: int = 0) -> torch.Tensor:
         """The model output that predicts the clean latents moved by ``flux.clean_shift``, at the same
         noisy ``sample``: so any solver takes the step as if the model had predicted them."""
         t = float(torch.as_tensor(timestep).reshape(-1)[0])
         if self.config.prediction_type == "flow":  # sample = (1 - s) x0 + s noise, output = noise - x0
             sigma = max(t / self.config.num_train_timesteps, 1e-4)
-            return output - flux.clean_shift(sample - sigma * output, log_target) / sigma
+            return output - flux.clean_shift(sample - sigma * output, log_target, start_frame) / sigma
         ac = self.noise_scheduler.alphas_cumprod[int(round(t))].to(sample)
         alpha, sigma = ac.sqrt(), (1 - ac).sqrt().clamp_min(1e-4)
         if self.config.prediction_type == "v_prediction":  # output = alpha noise - sigma x0
-            return output - flux.clean_shift(alpha * sample - sigma * output, log_target) / sigma
-        return output - alpha * flux.clean_shift((sample - sigma * output) / alpha, log_target) / sigma  # epsilon
+            return output - flux.clean_shift(alpha * sample - sigma * output, log_target, start_frame) / sigma
+        return output - alpha * flux.clean_shift((sample - sigma * output) / alpha, log_target, start_frame) / sigma  # epsilon
 
     def codec_sampling_kwargs(self, codec) -> dict:
         """The codec's ``spectral_flux``, which flux guidance steers (when the codec has one)."""
@@ -861,6 +880,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         beat_guidance_scale: Optional[float] = None,
         flux_guidance_scale: Optional[float] = None,
         flux_guidance_smoothing: Optional[float] = None,
+        flux_guidance_reach: Optional[float] = None,
+        flux_guidance_contrast: Optional[float] = None,
         spectral_flux: Optional[Callable] = None,
     ) -> torch.Tensor:
         """Sample normalised latents ``[B, latent_dim, num_frames]``.
@@ -900,6 +921,10 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 gradient as above; > 0 (seconds) towards (or, to raise the flux, away from) the predicted clean
                 latents smoothed over time by a Gaussian of this standard deviation, by ``scale x error``
                 (clamped to ±1) of the difference.
+            flux_guidance_reach: seconds around the visual beats where the flux guidance holds off (default the
+                config's; 0: nowhere): each frame takes the step times one minus the strongest beat within reach.
+            flux_guidance_contrast: the map's log flux stretched by this factor around the config's
+                ``flux_guidance_pivot`` (default the config's; 1: the map as fitted).
             spectral_flux: the codec's ``spectral_flux`` (:meth:`generate_audio` passes it).
         """
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
@@ -928,7 +953,9 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
             raise InputError(f"latents must be [B, latent_dim, frames] = {expected} (frames: the duration x "
                              f"{self.config.frame_rate:g} Hz), got {got}")
         guidance, cond_in = self._guidance_plan(conditions, guidance_scale, beat_guidance_scale)
-        flux = self._flux_plan(conditions, num_frames, flux_guidance_scale, flux_guidance_smoothing, spectral_flux)
+        flux = self._flux_plan(conditions, num_frames, {
+            "flux_guidance_scale": flux_guidance_scale, "flux_guidance_smoothing": flux_guidance_smoothing,
+            "flux_guidance_reach": flux_guidance_reach, "flux_guidance_contrast": flux_guidance_contrast}, spectral_flux)
         windows = self.plan_windows(num_frames)
         total = len(windows) * num_inference_steps
         bar = (
