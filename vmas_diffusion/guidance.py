@@ -22,7 +22,10 @@ jitter in its spectra, which counts as onsets and breaks held notes; the pull is
 video is calm. With ``smoothing`` (a Gaussian over time, in latent frames) the step is not along the
 gradient but towards the latents' own smoothed version (away from it, sharpening what attacks there
 are, when the music should move more): a fixed-size gradient step zigzags the spectra, which adds
-rises of its own when the pull is strong, whereas smoothing can only take rises away.
+rises of its own when the pull is strong, whereas smoothing can only take rises away. With a ``reach``
+each frame takes the step times one minus the strongest visual beat within it (:func:`beat_nearby`), so
+the hits on cuts and motion accents stay while the music between them is calmed; a ``contrast`` above 1
+stretches the map's log flux around a ``pivot``, asking calm footage for calmer music than the map does.
 
 **Pace temperature** (the AR, :class:`PaceTemperature`) does the same job for token sampling: each
 step's temperature comes from a map of the video's beats per second around its frame
