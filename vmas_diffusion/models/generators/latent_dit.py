@@ -325,7 +325,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                 raise ConfigError(problem)
         pivot = cfg.get("flux_guidance_pivot", 2.0)
         if isinstance(pivot, bool) or not isinstance(pivot, (int, float)) or not math.isfinite(pivot) or pivot <= 0:
-            raise ConfigError(f"{where}: flux_guidance_pivot must be > 0 (dB per frame), got {cfg.flux_guidance_pivot!r}")
+            raise ConfigError(f"{where}: flux_guidance_pivot must be > 0 (dB per frame), got {pivot!r}")
         if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
             raise ConfigError(f"{where}: flux_map must be [xs, ys] of finite numbers, xs increasing "
                               f"(fit_flux_map_on_shards' output), got {cfg.flux_map!r}")
