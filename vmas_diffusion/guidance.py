@@ -204,19 +204,19 @@ def smooth_over_time(x: torch.Tensor, std: float) -> torch.Tensor:
 
 def plan_flux_guidance(conditions: Optional[Dict[str, Condition]], num_frames: int, frame_rate: float,
                        scale: float, flux_map, spectral_flux, window_seconds: float, smoothing_seconds: float = 0.0,
-                       reach: Optional[float] = None, contrast: float = 1.0, pivot: float = 2.0) -> Optional[FluxGuidance]:
+                       reach: float = 0.0, contrast: float = 1.0, pivot: float = 2.0) -> Optional[FluxGuidance]:
     """The flux guidance of a sampling call of ``num_frames`` latent frames at ``frame_rate``, or None when
     ``scale`` is 0 or there is no beat condition (nothing says how busy the video is). The pace at each
     frame is the video's visual beats per second around it (:func:`~vmas_diffusion.conditions.local_pace`
     of the beat over ``window_seconds``); ``smoothing_seconds`` > 0 takes the smoothing step; with a
-    ``reach`` (seconds) each frame takes the step times one minus the strongest visual beat within it
+    ``reach`` > 0 (seconds) each frame takes the step times one minus the strongest visual beat within it
     (:func:`beat_nearby`), so the hits on the video's beats stay as the model made them."""
     if not scale or BEAT not in (conditions or {}):
         return None
     beat = conditions[BEAT]
     frames = torch.arange(num_frames, device=beat.tensor.device)
     beats = beats_per_second(local_pace(beat, window_seconds), frames, frame_rate)
-    keep = None if reach is None else 1.0 - beat_nearby(beat, frames, frame_rate, reach)
+    keep = None if not reach else 1.0 - beat_nearby(beat, frames, frame_rate, reach)
     return FluxGuidance(float(scale), spectral_flux, beats, flux_map, float(smoothing_seconds) * frame_rate,
                         float(contrast), float(pivot), keep)
 

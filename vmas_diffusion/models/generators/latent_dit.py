@@ -323,7 +323,7 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
         for name in ("beat_guidance_scale", "beat_guidance_reach", *FLUX_OPTIONS):
             if (problem := check_beat_guidance(cfg.get(name), f"{where}: {name}")) is not None:
                 raise ConfigError(problem)
-        pivot = cfg.get("flux_guidance_pivot", 2.0)
+        pivot = cfg.flux_guidance_pivot
         if isinstance(pivot, bool) or not isinstance(pivot, (int, float)) or not math.isfinite(pivot) or pivot <= 0:
             raise ConfigError(f"{where}: flux_guidance_pivot must be > 0 (dB per frame), got {pivot!r}")
         if cfg.get("flux_map") is not None and not check_quantile_map(cfg.flux_map):
@@ -758,8 +758,8 @@ class LatentDiT(ModelMixin, ConfigMixin, MusicGenerator):
                              "generator with a flux_map and a codec with spectral_flux (the mel codec; "
                              "generate_audio passes it); set flux_guidance_scale=0 to sample without it")
         return plan_flux_guidance(conditions, num_frames, self.config.frame_rate, scale, self.config.get("flux_map"),
-                                  spectral_flux, pace_window_seconds(self.config), smoothing, reach or None,
-                                  contrast, self.config.get("flux_guidance_pivot", 2.0))
+                                  spectral_flux, pace_window_seconds(self.config), smoothing, reach,
+                                  contrast, self.config.flux_guidance_pivot)
 
     def plan_windows(self, num_frames: int) -> List[Tuple[int, int, int]]:
         """``[(start, length, known), ...]`` windows covering ``num_frames`` latent frames.
