@@ -60,6 +60,35 @@ def test_beat_dropout_drops_the_beat_alone():
         dummies.dummy_ar_generator(beat_dropout=1.0)
 
 
+def test_context_noise_replaces_past_codes_not_targets():
+    """context_noise p swaps about p of the teacher-forced input codes for random ones (never the start
+    token), the same per item whatever the batch's padding; the targets, eval mode and the alignment
+    pass see the clean past."""
+    model = dummies.dummy_ar_generator(cond_dropout=0.0, context_noise=0.3, dropout=0.0).train()
+    codes = torch.randint(0, V, (2, K, 200), generator=torch.Generator().manual_seed(0))
+    _, inputs = teacher_inputs(model, codes)
+    noisy = model._noisy_context(inputs, [torch.Generator().manual_seed(i) for i in (1, 2)])
+    real = inputs != model.special_id
+    changed = (noisy != inputs)[real].float().mean().item()
+    assert 0.25 < changed < 0.32  # 0.3 minus the draws that land on the same code (1 in 64)
+    assert torch.equal(noisy[~real], inputs[~real]) and noisy[real].max() < V
+    # item 0 alone, on a shorter (less padded) clip, draws the same noise on the steps they share
+    short = model._noisy_context(inputs[:1, :, :120], [torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(short, noisy[:1, :, :120])
+
+    batch = {"codes": codes[:, :, :20], "conditions": make_conditions(), "generator": torch.Generator().manual_seed(3)}
+    out = model.forward_train(batch)
+    clean = dummies.dummy_ar_generator(cond_dropout=0.0, dropout=0.0).train()
+    clean.load_state_dict(model.state_dict())
+    ref = clean.forward_train(batch)
+    assert not torch.allclose(out.losses["ce"], ref.losses["ce"])  # the LM pass reads a noisy past
+    torch.testing.assert_close(out.music_embedding, ref.music_embedding)  # the alignment pass a clean one
+    model.eval(), clean.eval()
+    torch.testing.assert_close(model.forward_train(batch).losses["ce"], clean.forward_train(batch).losses["ce"])
+    with pytest.raises(ConfigError, match="context_noise"):
+        dummies.dummy_ar_generator(context_noise=1.0)
+
+
 def test_alignment_features_read_the_music_alone_when_clean():
     codes = torch.randint(0, V, (2, K, 20))
     a, b = make_conditions(seed=0), make_conditions(seed=1)

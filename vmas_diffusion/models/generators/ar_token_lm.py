@@ -29,6 +29,9 @@ Training (:meth:`ARTokenLM.forward_train`): cross-entropy per codebook over vali
 averaged over codebooks; during training every condition of an item is dropped together with
 probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance, and of the others the
 beat alone with probability ``beat_dropout`` (the branch beat guidance contrasts with). With
+``context_noise > 0`` each teacher-forced input code is replaced by a random one with that
+probability (the targets stay): a model that can always read from its own past how busy the music
+is learns little from the conditions about it, so a noisy past makes it lean on them. With
 ``align_features="clean"`` (default) the alignment features (``music_embedding``,
 ``onset_logits``) come from a second pass with every condition dropped, so the alignment losses
 shape what the model hears in the music rather than rewarding a copy of the video condition.
@@ -288,6 +291,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         text_fuse: str = "none",
         cond_dropout: float = 0.3,
         beat_dropout: float = 0.0,
+        context_noise: float = 0.0,
         dropout: float = 0.1,
         align_features: str = "clean",
         top_k: int = 250,
@@ -371,7 +375,7 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             problems.append(f"beat_lookahead must be >= 0 frames (got {c.beat_lookahead})")
         if c.beat_fuse not in BEAT_FUSES:
             problems.append(f"beat_fuse must be one of {BEAT_FUSES} (got {c.beat_fuse!r})")
-        for name in ("cond_dropout", "beat_dropout"):
+        for name in ("cond_dropout", "beat_dropout", "context_noise"):
             if not 0.0 <= c[name] < 1.0:
                 problems.append(f"{name} must be in [0, 1) (got {c[name]})")
         if not 0.0 <= c.dropout < 1.0:
@@ -591,7 +595,8 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
         # pattern the last frames' later codebooks see earlier codebooks' next frames as input
         steps, inputs = self._teacher_forcing(codes.masked_fill(~mask[:, None, :], self.special_id))
         s = steps.shape[2]
-        hidden = self._hidden(inputs, self.fuse_conditions(conds, s, 0, b))  # [B, S, H]
+        lm_inputs = self._noisy_context(inputs, batch.get("generator")) if self.training else inputs
+        hidden = self._hidden(lm_inputs, self.fuse_conditions(conds, s, 0, b))  # [B, S, H]
         logits = self._logits(hidden)  # [B, K, S, V]
 
         layout = pattern.layout(t, codes.device)  # [K, S]
@@ -617,6 +622,19 @@ class ARTokenLM(ModelMixin, ConfigMixin, MusicGenerator):
             onset_logits=self.beat_head(frame_hidden).squeeze(-1),
             ce_per_codebook=per_codebook.detach(),
         )
+
+    def _noisy_context(self, inputs: torch.Tensor, generator: GeneratorArg) -> torch.Tensor:
+        """Step inputs ``[B, K, S]`` with each code replaced by a uniformly random one with probability
+        ``context_noise`` (special tokens kept). One uniform per slot gives both the choice and the
+        code (below p, u / p is uniform again); drawn time-first, so an item's draws do not depend on
+        how far the batch is padded."""
+        p = self.config.context_noise
+        if p <= 0:
+            return inputs
+        b, k, s = inputs.shape
+        u = draw_items(torch.rand, (b, s, k), generator, inputs.device).transpose(1, 2)
+        random_codes = (u / p * self.config.cardinality).long().clamp(max=self.config.cardinality - 1)
+        return torch.where((u < p) & (inputs != self.special_id), random_codes, inputs)
 
     def _teacher_forcing(self, codes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Codes ``[B, K, T]`` -> (step targets ``[B, K, S]``, step inputs ``[B, K, S]``: the targets one step
