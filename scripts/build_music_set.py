@@ -363,6 +363,9 @@ def main(argv=None) -> int:
                 count = args.test_clips_per_track if split == "test" else args.clips_per_track
                 jobs.append((package, style, track, split, count, args.seconds, out))
         print(f"cutting {len(jobs)} tracks into clips...", file=sys.stderr)
+        from vmas_diffusion.beats import compile_beat_kernels
+
+        compile_beat_kernels()  # once, here, before the workers would each compile them at the same time
         with ProcessPoolExecutor(args.jobs) as pool:
             items = [item for clips in tqdm(pool.map(clip_track, jobs), total=len(jobs)) for item in clips]
         items += medleys(items, out / "music", args.num_medley, args.seed, args.seconds, args.medley_beats)

@@ -1,5 +1,9 @@
 """Beats: hand-computed BCS/BHS, envelopes, cuts and motion on real video, tempo of real music."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -283,3 +287,14 @@ def test_onsets_need_an_attack_not_a_scaled_wiggle():
     env, _ = onset_strength(notes.astype(np.float32), rate)
     default = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP_LENGTH, units="time")
     np.testing.assert_array_equal(music_beats(notes.astype(np.float32), rate, onset_delta=None).onsets, default)
+
+
+def test_compile_beat_kernels_caches_what_music_beats_runs(tmp_path):
+    """In a fresh process with an empty numba cache, compile_beat_kernels writes the cache of the
+    beat tracker's and the peak picker's kernels, so worker processes started after it load them
+    instead of compiling them at the same time (which left a corrupt cache: segfaults)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    code = "from vmas_diffusion.beats import compile_beat_kernels; compile_beat_kernels()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    cached = " ".join(p.name for p in tmp_path.rglob("*.nbi"))
+    assert "beat_track_dp" in cached and "peak_pick" in cached

@@ -15,6 +15,7 @@ _LAZY = {
     "BeatGrid": "music",
     "beat_grid": "music",
     "onset_envelope": "music",
+    "compile_beat_kernels": "music",
     "beat_scores": "metrics",
     "SCORE_KEYS": "metrics",
     "plot_alignment": "plot",

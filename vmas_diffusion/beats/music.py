@@ -125,6 +125,17 @@ def music_beats(audio, sample_rate: int, start_bpm: float = 120.0, tightness: fl
     )
 
 
+def compile_beat_kernels() -> None:
+    """Find the beats of a few seconds of noise, so that librosa's numba kernels behind
+    :func:`music_beats` are compiled, and written to numba's on-disk cache, by this process alone.
+
+    Call it before starting worker processes that find beats: workers compiling the same kernels at
+    once can leave a corrupt cache next to librosa, after which every process that loads it segfaults
+    (seen here with numba 0.68 when ``build_music_set.py``'s workers started on a fresh install)."""
+    noise = np.random.default_rng(0).standard_normal(ANALYSIS_RATE * 4).astype(np.float32)
+    music_beats(0.1 * noise, ANALYSIS_RATE)
+
+
 def onset_envelope(audio, sample_rate: int, frame_rate: float, num_frames: int | None = None) -> np.ndarray:
     """Music onset strength on an arbitrary frame grid (e.g. a codec's 50 Hz), float32 ``(T,)`` in [0, 1].
 
