@@ -158,7 +158,7 @@ def check_settings(model, backend, steps, guidance, seed, models: Sequence[str],
 def bundled_models() -> list[str]:
     """``["vmas-tiny"]`` when the trained default shipped inside the package has weights for a backend.
 
-    One name covers both of its versions: the Backend choice picks AR or LDM (auto: AR).
+    One name covers both of its versions: the Backend choice picks AR or LDM (auto: the LDM, the default).
     """
     for backend in defaults.BACKENDS:
         try:
@@ -411,7 +411,7 @@ def build_demo(models: Optional[Sequence[str]] = None, limits: Optional[AppLimit
                     steps = gr.Slider(1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Diffusion steps (ldm)",
                                       elem_id="steps")
                     guidance = gr.Slider(0.0, 10.0, value=0.0, step=0.5, label="Guidance",
-                                         info="0: the model's own (vmas-tiny: 6 ar, 3 ldm)")
+                                         info="0: the model's own (vmas-tiny: 6 for both backends)")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                 sync_beats = gr.Checkbox(value=False, label="Sync beats to the video", elem_id="sync-beats",
                                          info="after generating, warp the music (at most ±15 % locally, length kept) "

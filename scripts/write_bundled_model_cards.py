@@ -47,7 +47,7 @@ with a music beat within 0.1 s; "x" = the model over that reference
 CARDS = {
     "ar": dict(
         name="vmas-tiny (AR token LM)",
-        summary="The bundled offline default of vmas-diffusion: a 1.32 M-parameter autoregressive token LM "
+        summary="The bundled offline token model of vmas-diffusion (`vmas-tiny-ar`): a 1.32 M-parameter autoregressive token LM "
         "(4 layers, 128 wide, sees the visual beat 0.2 s ahead) over a mel + Griffin-Lim codec, conditioned on "
         "a 10 fps video encoder and the visual beat envelope. Small enough to run on a CPU "
         "(0.28 x real time, one thread); use guidance 6. It samples at a temperature that follows the video's "
@@ -83,7 +83,7 @@ CARDS = {
     ),
     "ldm": dict(
         name="vmas-tiny (latent DiT)",
-        summary="The bundled offline latent-diffusion model of vmas-diffusion: a 2.52 M-parameter diffusion "
+        summary="The bundled offline default of vmas-diffusion (`vmas-tiny`, `vmas-tiny-ldm`): a 2.52 M-parameter diffusion "
         "transformer (8 layers, 128 wide, v-prediction, EMA 0.999) over the normalised latents of a mel + "
         "Griffin-Lim codec, sampled with UniPC in 25 steps, conditioned on a 10 fps video encoder "
         "(cross-attention) and the visual beat envelope, which modulates every block frame by frame "

@@ -336,12 +336,12 @@ def test_handle_request_with_the_ar_backend(tmp_path):
 
 
 def test_the_page_uses_the_bundled_models_own_guidance_by_default(tmp_path):
-    """The slider's 0 is the guidance the bundled AR was chosen with (6), as on the command line."""
+    """The slider's 0 is the guidance the bundled default (the LDM) was chosen with (6), as on the command line."""
     video, audio, plot, status = vmas_app.handle_request(
         str(DEMO), "vmas-tiny", "auto", 25, 0.0, 0, models=["vmas-tiny"], pipes=vmas_app.PipelineCache(),
         limits=LIMITS, out_root=tmp_path,
     )
-    assert status.startswith("**Done.**") and "(ar backend, guidance 6" in status, status
+    assert status.startswith("**Done.**") and "(ldm backend, 25 steps, guidance 6" in status, status
 
 
 def test_build_demo_wires_the_page():

@@ -170,10 +170,11 @@ def test_codec_bad_config_and_input():
 def test_bundled_names_resolve():
     from vmas_diffusion.defaults import ASSETS, bundled_model_path, resolve_model
 
-    assert bundled_model_path("vmas-tiny") == ASSETS / "vmas-tiny" / "ar"
+    assert bundled_model_path("vmas-tiny") == ASSETS / "vmas-tiny" / "ldm"
+    assert bundled_model_path("vmas-tiny", "ar") == ASSETS / "vmas-tiny" / "ar"
     assert bundled_model_path("vmas-tiny", "ldm") == ASSETS / "vmas-tiny" / "ldm"
     assert bundled_model_path("vmas-tiny-ldm") == ASSETS / "vmas-tiny" / "ldm"
-    assert resolve_model(None) == ASSETS / "vmas-tiny" / "ar"
+    assert resolve_model(None) == ASSETS / "vmas-tiny" / "ldm"
     assert resolve_model("some/folder") == "some/folder"
     with pytest.raises(InputError, match="unknown bundled model"):
         bundled_model_path("vmas-huge")
@@ -193,7 +194,7 @@ def test_bundled_weights_are_small():
     assert sum(f.stat().st_size for f in files) < 20e6
 
 
-@pytest.mark.parametrize("name, backend", [("vmas-tiny", "ar"), ("vmas-tiny-ldm", "ldm")])
+@pytest.mark.parametrize("name, backend", [("vmas-tiny", "ldm"), ("vmas-tiny-ar", "ar")])
 def test_from_pretrained_bundled_name(name, backend):
     pipe = VideoToMusicPipeline.from_pretrained(name)
     assert pipe.backend == backend
@@ -205,8 +206,8 @@ def test_from_pretrained_bundled_name(name, backend):
 def test_load_pipeline_defaults_to_bundled():
     from vmas_diffusion.cli import load_pipeline
 
-    assert load_pipeline(None).backend == "ar"
-    assert load_pipeline(None, "ldm").backend == "ldm"
+    assert load_pipeline(None).backend == "ldm"
+    assert load_pipeline(None, "ar").backend == "ar"
 
 
 @pytest.mark.parametrize("backend", ["ar", "ldm"])

@@ -52,7 +52,7 @@ def load_pipeline(model: Optional[str], backend: Optional[str] = None):
     """A pipeline from a saved folder, a Hub id, a recipe YAML (random weights), or a bundled name.
 
     ``backend`` picks ``ar``/``ldm`` and must match what the model holds. No ``model`` (or
-    ``vmas-tiny``) is the offline default bundled in the package, of ``backend`` (default ``ar``).
+    ``vmas-tiny``) is the offline default bundled in the package, of ``backend`` (default ``ldm``).
     """
     from .defaults import resolve_model
     from .pipelines import VideoToMusicPipeline
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="vmas_demo.mp4", help="OUT.mp4 (the plot goes to OUT_alignment.png)")
     demo.add_argument("--video", help="another video instead of the bundled clip")
     demo.add_argument("--model", help="pipeline folder or bundled name (default: vmas-tiny)")
-    demo.add_argument("--backend", choices=BACKENDS, help="bundled backend (default ar)")
+    demo.add_argument("--backend", choices=BACKENDS, help="bundled backend (default ldm)")
     demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: what the bundled "
                                                      "backend aligns best with: 6)")
