@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden" / "golden_slices.json"
 NUM_SAMPLES = 32  # evenly spaced audio samples kept per case
 TOLERANCE = 1e-4
+#: single waveform samples: the bundled LDM's (4 steps with flux guidance, then Griffin-Lim) moved by 1.5e-3 on
+#: another CPU (AMD EPYC, AVX-512) while its rms and mean |x| agreed to 1e-6; those aggregates keep TOLERANCE
+SAMPLES_TOLERANCE = 5e-3
 
 # name -> (how to load, generation kwargs)
 CASES = {
@@ -74,7 +77,7 @@ def _compare(expected, got, path=""):
             _compare(expected[key], got[key], f"{path}.{key}")
     elif isinstance(expected, list):
         np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64),
-                                   rtol=0, atol=TOLERANCE, err_msg=path)
+                                   rtol=0, atol=SAMPLES_TOLERANCE if path.endswith(".samples") else TOLERANCE, err_msg=path)
     else:
         assert got == pytest.approx(expected, abs=TOLERANCE), path
 

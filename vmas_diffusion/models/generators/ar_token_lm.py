@@ -30,8 +30,8 @@ averaged over codebooks; during training every condition of an item is dropped t
 probability ``cond_dropout`` (MusicGen: 0.3) for classifier-free guidance, and of the others the
 beat alone with probability ``beat_dropout`` (the branch beat guidance contrasts with). With
 ``context_noise > 0`` each teacher-forced input code is replaced by a random one with that
-probability (the targets stay): a model that can always read from its own past how busy the music
-is learns little from the conditions about it, so a noisy past makes it lean on them. With
+probability (the targets stay), meant to make a model that reads from its own past how busy the music
+is lean on the conditions instead (tried on vmas-tiny: it did not; docs/alignment_results.md). With
 ``align_features="clean"`` (default) the alignment features (``music_embedding``,
 ``onset_logits``) come from a second pass with every condition dropped, so the alignment losses
 shape what the model hears in the music rather than rewarding a copy of the video condition.
