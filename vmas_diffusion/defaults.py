@@ -7,8 +7,8 @@ with real footage and game art cut, zoomed and moved on their beats (``scripts/b
     vmas_diffusion/assets/vmas-tiny/ar/    VideoToMusicPipeline, AR token LM
     vmas_diffusion/assets/vmas-tiny/ldm/   VideoToMusicPipeline, latent DiT
 
-Names: ``"vmas-tiny"`` (the LDM one, the default: of the two it is the one that meets every goal of
-issue 17 on held-out videos), ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"``.
+Names: ``"vmas-tiny"`` (the LDM one, the default: of the two it is the one that meets every goal on
+held-out videos, ``docs/alignment_results.md``), ``"vmas-tiny-ar"``, ``"vmas-tiny-ldm"``.
 ``VideoToMusicPipeline.from_pretrained(name)`` and the CLI's ``--model`` accept them; nothing
 is downloaded. This module sits below the pipeline: it names folders and never imports it.
 """
